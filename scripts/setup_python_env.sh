@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Creates (idempotently) the Python virtual environment of quantppl's model pipeline.
+#
+# The venv sees Debian's system packages (--system-site-packages) because torch comes from
+# Debian's python3-torch (1.13): the exported TorchScript must be written by the same torch
+# version as the LibTorch the C++ side links. On top of it we pip-install a pinned
+# transformers (only the parity tests and the default-model training need it) and pytest when
+# Debian's python3-pytest is missing.
+#
+# Needs (apt): python3-venv python3-torch python3-sentencepiece (python3-numpy comes with torch).
+# Usage: scripts/setup_python_env.sh            (venv at build/venv)
+#        QUANTPPL_VENV=/some/dir scripts/setup_python_env.sh
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${QUANTPPL_VENV:-$repo_root/build/venv}"
+py=/usr/bin/python3
+
+# transformers 4.46.x is the last line that supports torch 1.13. Its dependencies are pinned
+# to versions checked to install and import next to torch 1.13 / numpy 1.24 on Debian 12.
+pins=(
+  "transformers==4.46.3"
+  "tokenizers==0.20.3"
+  "safetensors==0.4.5"
+  "huggingface_hub==0.26.5"
+)
+
+if [ ! -x "$py" ]; then
+  echo "error: $py not found; install Debian's python3 (apt-get install python3)" >&2; exit 1
+fi
+for mod in venv torch sentencepiece; do
+  if ! "$py" -c "import $mod" 2>/dev/null; then
+    pkg="python3-$mod"
+    echo "error: $py cannot import '$mod'; install it with: apt-get install $pkg" >&2; exit 1
+  fi
+done
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "creating venv at $venv"
+  "$py" -m venv --system-site-packages "$venv"
+fi
+vpy="$venv/bin/python"
+
+need=()
+for pin in "${pins[@]}"; do
+  name="${pin%%==*}"; want="${pin##*==}"
+  have="$("$vpy" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)"
+  [ "$have" = "$want" ] || need+=("$pin")
+done
+if ! "$vpy" -c "import pytest" 2>/dev/null; then need+=("pytest"); fi
+
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "pip-installing: ${need[*]}"
+  # numpy must stay Debian's 1.24 (torch 1.13 is built against numpy 1.x); the pins above do
+  # not ask for a newer one, and --upgrade-strategy only-if-needed keeps system packages.
+  "$vpy" -m pip install --disable-pip-version-check --no-input --upgrade-strategy only-if-needed "${need[@]}"
+fi
+
+# Smoke check: everything the pipeline imports loads together.
+"$vpy" - <<'PY'
+import torch, numpy, sentencepiece, transformers, tokenizers, safetensors, huggingface_hub, pytest
+from transformers import T5Config, T5ForConditionalGeneration
+assert numpy.__version__.startswith("1."), numpy.__version__
+print("venv ok: torch %s, numpy %s, transformers %s, tokenizers %s, safetensors %s, huggingface_hub %s"
+      % (torch.__version__, numpy.__version__, transformers.__version__, tokenizers.__version__,
+         safetensors.__version__, huggingface_hub.__version__))
+PY
+echo "venv python: $vpy"
