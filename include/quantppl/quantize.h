@@ -1,0 +1,179 @@
+// Uniform (linear) quantization of float tensors: choose quantization
+// parameters, quantize to integer codes, dequantize, and fake-quantize
+// (quantize then dequantize in one call, the form used to measure damage).
+//
+// ---------------------------------------------------------------------------
+// The math (equation numbers are cited in quantize.cpp)
+// ---------------------------------------------------------------------------
+// A tensor is cut into blocks (see Granularity); each block b gets a scale
+// s_b and an integer zero point z_b. With b bits:
+//
+//   (1) q     = clamp(round(x / s + z), qmin, qmax)      ScaleForm::kStep
+//   (2) x_hat = (q - z) * s
+//
+// `round` is round-half-to-even (IEEE nearbyint, as np.round and
+// torch.round).  Note the order in (1): z is added *before* rounding, exactly
+// as both seeds write it (np.round(params / scale + zero) and
+// (ip * scale + zeropoint).round()); since z is an integer this differs from
+// round(x / s) + z only where adding z rounds away low bits of x / s.
+//
+// Absmax (symmetric, Scheme::kAbsmax), with a = the block's clipping
+// magnitude (max|x| for min-max ranges):
+//
+//   (3) qmax = 2^(b-1) - 1,  qmin = -qmax,  s = a / qmax,  z = 0
+//
+// so codes are symmetric, +-(2^(b-1) - 1): -128 is never used at 8 bits,
+// which keeps 0 exact and the grid symmetric (the numpy seed's choice).
+//
+// Zero point (asymmetric, Scheme::kZeroPoint), with [lo, hi] the block's
+// clipping range (min and max for min-max ranges) and L = 2^b - 1 levels:
+//
+//   (4) s = (hi - lo) / L
+//   (5) unsigned codes (numpy seed):  qmin = 0,         qmax = L,
+//                                     z = -round(lo / s)
+//   (6) signed codes (torch tutorial): qmin = -2^(b-1), qmax = 2^(b-1) - 1,
+//                                     z = -round(lo / s) - 2^(b-1)
+//
+// Why (5) and (6) dequantize identically: (6) is (5) with both q and z
+// shifted by the even integer 2^(b-1). Adding an integer commutes with
+// round() and shifts clamp()'s bounds with it, so q6 = q5 - 2^(b-1) and
+// z6 = z5 - 2^(b-1); in (2) the shift cancels in q - z. (Tested bit-exact.)
+//
+// ScaleForm::kInverseStep is the torch tutorial's arithmetic, where "scale"
+// is the number of codes per unit, k = qmax / a or L / (hi - lo), and
+//
+//   (1') q = clamp(round(x * k + z), qmin, qmax)   with z = round(-k * lo + qmin)
+//   (2') x_hat = (q - z) / k
+//
+// (1') and (1) agree except where x * k and x / s round differently near a
+// .5 tie: the tutorial's [-0.3, 0, 0.1, 0.7] example is such a case
+// (0.1 * 255 = 25.5 exactly in float, 0.1 / (1/255) = 25.4999...).
+// PyTorch's own fake-quantize kernels use a third arithmetic,
+// round(x * (1/s)) + z; see tests/torch_reference_test.cpp.
+//
+// ---------------------------------------------------------------------------
+// Decisions
+// ---------------------------------------------------------------------------
+// * Arithmetic happens in the tensor's own dtype (float32 weights in float32,
+//   the numpy seed's float64 arrays in float64), so the seeds' printed
+//   numbers are reproduced exactly. Only float32 and float64 are accepted.
+// * Granularity: kPerTensor = one block; kPerChannel = one block per output
+//   row (dim 0; a tensor of fewer than 2 dims is one row); kPerGroup = runs of
+//   G consecutive elements along the last (input) dimension. G must divide the
+//   row length: a ragged last group would need its own rule and no
+//   flan-t5 layer needs one (512, 1024, 384 are multiples of 32, 64, 128), so
+//   it is an error that names the tensor.
+// * Constant blocks: a block whose values all equal c reconstructs exactly.
+//   Such a block gets s = |c| (1 when c = 0) whatever the scheme and range
+//   method: absmax then codes it as sign(c) (so x_hat = sign(c) * |c| = c,
+//   where s = |c| / qmax would give fl(qmax * fl(|c| / qmax)), not always c);
+//   zero point codes it as qmin with z = qmin - sign(c). (The torch tutorial's
+//   guard, range = 1, would not reconstruct c != 0.) In ScaleForm::kInverseStep
+//   the same rule gives k = 1/|c|, exact to within one ulp of c.
+//   A clipping range of zero width in a non-constant block (a percentile of
+//   mostly-equal values) gets the same s, so nothing divides by zero.
+// * A scale that overflows (hi - lo = inf for finite hi, lo near +-FLT_MAX)
+//   is computed as hi/L - lo/L instead; a scale that underflows to 0 is
+//   raised to the smallest normal float.
+// * NaN or Inf anywhere in the input is a DataError naming the tensor.
+//   Empty tensors quantize to empty codes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace quantppl {
+
+enum class Scheme { kAbsmax, kZeroPoint };
+enum class Granularity { kPerTensor, kPerChannel, kPerGroup };
+enum class RangeMethod {
+  kMinMax,      // [min, max], or max|x| for absmax (both seeds)
+  kPercentile,  // numpy's percentile, default 'linear' method (numpy seed)
+  kMse,         // shrink the min-max range to minimise reconstruction MSE
+};
+enum class ScaleForm { kStep, kInverseStep };
+enum class ZeroPointCodes { kUnsigned, kSigned };
+
+constexpr int kMinBits = 2;
+constexpr int kMaxBits = 8;
+
+struct QuantConfig {
+  Scheme scheme = Scheme::kAbsmax;
+  int bits = 8;
+  Granularity granularity = Granularity::kPerTensor;
+  int64_t group_size = 0;  // kPerGroup only; > 0
+  RangeMethod range = RangeMethod::kMinMax;
+  // kPercentile only, in (0, 100]. Zero point clips to
+  // [percentile(x, 100 - P), percentile(x, P)]; absmax to percentile(|x|, P).
+  double percentile = 99.99;
+  ScaleForm scale_form = ScaleForm::kStep;
+  ZeroPointCodes zero_point_codes = ZeroPointCodes::kUnsigned;
+};
+
+// The numpy notebook's conventions: step scale, unsigned zero-point codes.
+QuantConfig numpy_seed_config(Scheme scheme, int bits);
+// The torch tutorial's conventions: 8 bits, inverse scale, signed codes.
+QuantConfig torch_tutorial_config(Scheme scheme);
+
+// Throws UsageError for bits outside [2, 8], a non-positive group size, a
+// percentile outside (0, 100].
+void validate(const QuantConfig& config);
+
+// The inclusive code range [qmin, qmax] of (3), (5), (6).
+struct CodeRange {
+  int64_t qmin;
+  int64_t qmax;
+};
+CodeRange code_range(const QuantConfig& config);
+
+// Per-block parameters, shape [num_blocks, 1] in the input's dtype (zero
+// points hold integers). Per tensor, num_blocks = 1; per channel, rows; per
+// group, numel / G, in row-major order (row r's groups are r*C/G ... ).
+struct QParams {
+  torch::Tensor scale;
+  torch::Tensor zero_point;
+};
+
+struct QuantizedTensor {
+  torch::Tensor codes;  // int32, the input's shape, every value in [qmin, qmax]
+  QParams params;
+  QuantConfig config;
+};
+
+// Number of blocks `x` is cut into under `config` (throws as quantize does).
+int64_t num_blocks(const torch::Tensor& x, const QuantConfig& config, const std::string& name);
+
+// Chooses s and z per block, (3)-(6) with the range from config.range.
+// `name` is used in error messages ("weight 'encoder.block.0...' ...").
+QParams choose_qparams(const torch::Tensor& x, const QuantConfig& config,
+                       const std::string& name = "tensor");
+
+// Equation (1): integer codes with the parameters choose_qparams picks.
+QuantizedTensor quantize(const torch::Tensor& x, const QuantConfig& config,
+                         const std::string& name = "tensor");
+
+// Equation (1) with given parameters (for tests and stored models).
+torch::Tensor quantize_with(const torch::Tensor& x, const QParams& params,
+                            const QuantConfig& config, const std::string& name = "tensor");
+
+// Equation (2), in the parameters' dtype, shaped like the codes.
+torch::Tensor dequantize(const QuantizedTensor& q);
+
+// dequantize(quantize(x)) without materialising the codes.
+torch::Tensor fake_quantize(const torch::Tensor& x, const QuantConfig& config,
+                            const std::string& name = "tensor");
+
+// fake_quantize in place, for model weights: `x` must be contiguous. Returns
+// the parameters used. Bit-identical with fake_quantize().
+QParams fake_quantize_(torch::Tensor& x, const QuantConfig& config,
+                       const std::string& name = "tensor");
+
+// Human-readable names, as used in variant specs and reports.
+std::string to_string(Scheme scheme);
+std::string to_string(Granularity granularity, int64_t group_size);
+std::string to_string(RangeMethod range, double percentile);
+
+}  // namespace quantppl

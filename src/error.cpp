@@ -1,0 +1,1 @@
+#include "quantppl/error.h"
