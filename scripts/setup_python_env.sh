@@ -47,7 +47,8 @@ for pin in "${pins[@]}"; do
   have="$("$vpy" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)"
   [ "$have" = "$want" ] || need+=("$pin")
 done
-if ! "$vpy" -c "import pytest" 2>/dev/null; then need+=("pytest"); fi
+# pytest: Debian's python3-pytest when installed, else the version these tests were run with.
+if ! "$vpy" -c "import pytest" 2>/dev/null; then need+=("pytest==9.2.0"); fi
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "pip-installing: ${need[*]}"
