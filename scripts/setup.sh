@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything quantppl needs on Debian 12, then configures and builds it.
+#
+# Idempotent: Debian packages already installed are not touched ('apt-get update' runs at most
+# once, and only when something is missing); the CMake build is incremental.
+#
+#   scripts/setup.sh                 install + build (build/)
+#   QUANTPPL_BUILD_DIR=dir scripts/setup.sh
+#   QUANTPPL_SKIP_APT=1 scripts/setup.sh   build only (no root needed)
+#
+# Why libopenblas0-pthread: LibTorch's Debian build calls the system BLAS through the
+# libblas.so.3 alternative; the default reference BLAS is ~10x slower (sgemm 6 vs 100 GFLOP/s
+# on this machine kind). Installing OpenBLAS switches the alternative automatically.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build_dir="${QUANTPPL_BUILD_DIR:-$repo_root/build}"
+
+packages=(
+  # toolchain
+  g++ cmake ninja-build pkg-config git
+  # C++ dependencies
+  libtorch-dev libopenblas0-pthread libsentencepiece-dev libcli11-dev
+  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libfmt-dev
+  # Python side: the exporter, the parity and reference tests, the sweep plots
+  python3 python3-torch python3-numpy python3-sentencepiece python3-venv python3-pytest
+  python3-matplotlib
+)
+
+if [ "${QUANTPPL_SKIP_APT:-0}" != 1 ]; then
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+fi
+
+# The venv (transformers pinned for torch 1.13) used by the parity tests.
+QUANTPPL_VENV="${QUANTPPL_VENV:-$build_dir/venv}" "$repo_root/scripts/setup_python_env.sh"
+
+cmake -S "$repo_root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build "$build_dir" -j "$(nproc)"
+echo "setup: built $build_dir/quantppl"
