@@ -1,0 +1,67 @@
+// The sentencepiece tokenizer of a contract model (docs/model-contract.md).
+//
+// Why it goes through a dlopen()ed module: Debian's libsentencepiece carries
+// its own protobuf 3.14 and LibTorch loads the system protobuf 3.21; linked
+// into one process the two interpose each other and the process dies before
+// main(). So the library never links sentencepiece. It loads
+// libquantppl_sentencepiece.so (src/sentencepiece_shim.cpp, a C API) with
+// RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND, which keeps sentencepiece's symbols
+// (and its protobuf) private to that module. The module is searched in order:
+//   1. $QUANTPPL_SENTENCEPIECE_SHIM, if set (and then only there);
+//   2. libquantppl_sentencepiece.so beside the running executable;
+//   3. the path the build wrote into the library (QUANTPPL_SENTENCEPIECE_SHIM_PATH).
+// The module is loaded once per process and never unloaded.
+//
+// encode() returns what Python's SentencePieceProcessor.encode(text) returns:
+// piece ids with no EOS appended (T5's EOS is added by the caller, once per
+// text; see text_windows.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace quantppl {
+
+class Tokenizer {
+ public:
+  // `serialized_model` is the bytes of a sentencepiece ModelProto (the
+  // contract's tokenizer.model); `source_name` names it in error messages
+  // ("model 'x.pt': tokenizer.model"). Throws DataError if the bytes are not a
+  // sentencepiece model, IoError if the shim module cannot be loaded.
+  static Tokenizer from_bytes(std::string serialized_model, std::string source_name);
+  // Reads a .model file; IoError if it cannot be read.
+  static Tokenizer from_file(const std::string& path);
+
+  Tokenizer(Tokenizer&& other) noexcept;
+  Tokenizer& operator=(Tokenizer&& other) noexcept;
+  Tokenizer(const Tokenizer&) = delete;
+  Tokenizer& operator=(const Tokenizer&) = delete;
+  ~Tokenizer();
+
+  // Sentencepiece ids of `text` (UTF-8), without EOS. DataError if
+  // sentencepiece rejects the text.
+  std::vector<int64_t> encode(std::string_view text) const;
+  // Number of pieces in the sentencepiece model (ids are in [0, piece_count)).
+  int64_t piece_count() const { return piece_count_; }
+  // The piece string of `id` ("▁the"); for diagnostics and tests.
+  std::string id_to_piece(int64_t id) const;
+  // The serialized model this tokenizer was built from (written back by ContractModel::save).
+  const std::string& serialized_model() const { return serialized_model_; }
+  const std::string& source_name() const { return source_name_; }
+
+ private:
+  Tokenizer(void* handle, std::string serialized_model, std::string source_name, int64_t piece_count);
+
+  void* handle_ = nullptr;  // owned shim handle (quantppl_spm_new / quantppl_spm_free)
+  std::string serialized_model_;
+  std::string source_name_;
+  int64_t piece_count_ = 0;
+};
+
+// The path of the sentencepiece shim module that is (or would be) loaded;
+// IoError naming every place searched if none loads.
+std::string sentencepiece_shim_path();
+
+}  // namespace quantppl
