@@ -1,0 +1,83 @@
+// `quantppl compare`: perplexity of the original model and of each quantized
+// variant, in one process, on the same tokenized windows.
+//
+// The model is loaded once, the text tokenized and batched once; the selected
+// Linear weights are backed up once (model_quantizer.h). Each variant then
+// restores the originals, fake-quantizes them in place and evaluates every
+// batch (perplexity.h). delta_ppl_pct is 100 * (ppl / ppl_fp32 - 1) against
+// the fp32 row of the same run, so it is only present when fp32 is listed.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "quantppl/perplexity.h"
+#include "quantppl/variant_spec.h"
+
+namespace quantppl {
+
+// The shipped defaults: models/default.pt and data/default_eval.txt of the
+// source tree this binary was built from (overridable with QUANTPPL_HOME).
+std::string default_model_path();
+std::string default_text_path();
+// The seeds' variants: fp32, absmax:8, zeropoint:8.
+extern const char* const kDefaultVariants;
+
+struct CompareOptions {
+  std::string model_path;      // empty: default_model_path()
+  std::string tokenizer_path;  // empty: the tokenizer inside the model file
+  std::string text_path;       // empty: default_text_path(); "-": standard input
+  std::vector<Variant> variants;
+  PerplexityMode mode = PerplexityMode::kReconstruct;
+  int64_t max_length = 0;  // 0: the model's max_length
+  int64_t batch_size = 8;
+  int64_t threads = 0;     // as chosen by the caller (recorded in the report)
+  std::string include;     // regex on Linear module names (empty: all)
+  std::string exclude;     // regex on Linear module names (empty: none)
+};
+
+struct VariantResult {
+  std::string variant;
+  bool is_fp32 = false;
+  double ppl = 0;
+  double nll = 0;  // mean negative log-likelihood per predicted token (nats)
+  int64_t tokens = 0;
+  std::optional<double> delta_ppl_pct;
+  std::optional<double> weight_mse;      // over every quantized weight element
+  std::optional<double> weight_sqnr_db;
+  double seconds = 0;
+};
+
+struct CompareReport {
+  // settings
+  std::string model_path;
+  std::string text_path;
+  std::string mode;
+  int64_t max_length = 0;
+  int64_t batch_size = 0;
+  int64_t threads = 0;
+  std::string include;
+  std::string exclude;
+  int64_t layers_quantized = 0;
+  int64_t parameters_quantized = 0;
+  // reproducibility
+  std::string model_sha256;
+  std::string text_sha256;
+  int64_t text_tokens = 0;  // tokens of the text, EOS included
+  int64_t windows = 0;
+  std::string libtorch_version;
+  std::string quantppl_version;
+
+  std::vector<VariantResult> results;
+};
+
+// stage: "fp32", "absmax:8", ...; done/total: batches of that stage.
+using CompareProgress = std::function<void(const std::string& stage, size_t stage_index, size_t stages,
+                                           size_t done, size_t total)>;
+
+CompareReport run_compare(const CompareOptions& options, const CompareProgress& progress = {});
+
+}  // namespace quantppl

@@ -1,0 +1,39 @@
+// The perplexity regression gate: compare a run against expected values.
+//
+// Expected file (JSON):
+//   {"format_version": 1, "tolerance_pct": 0.5,
+//    "variants": [{"variant": "fp32", "ppl": 25.41}, {"variant": "absmax:8", "ppl": 25.47,
+//                  "tolerance_pct": 1.0}, ...]}
+// A `quantppl compare --format json` output is accepted too (its "results").
+// A variant passes when |ppl - expected| <= expected * tolerance_pct / 100 —
+// both directions: an unexplained improvement is a change to look at too.
+// Every expected variant must be present in the run.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "quantppl/compare.h"
+
+namespace quantppl {
+
+constexpr double kDefaultTolerancePct = 0.5;
+
+struct ExpectedPerplexity {
+  std::string variant;
+  double ppl;
+  double tolerance_pct;
+};
+
+// Throws IoError/DataError naming the file and the field.
+std::vector<ExpectedPerplexity> read_expected_perplexities(const std::string& path);
+
+// The variants listed in `expected`, as comma-separated specs.
+std::string expected_variant_list(const std::vector<ExpectedPerplexity>& expected);
+
+// One message per failure ("absmax:8: perplexity 25.61 drifted +0.79% from the expected
+// 25.41 (tolerance 0.50%)"); empty when the run passes.
+std::vector<std::string> check_regressions(const CompareReport& report,
+                                           const std::vector<ExpectedPerplexity>& expected);
+
+}  // namespace quantppl

@@ -1,0 +1,123 @@
+#include "quantppl/report.h"
+
+#include <cmath>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace quantppl {
+namespace {
+
+using nlohmann::ordered_json;
+
+ordered_json optional_number(const std::optional<double>& v) {
+  if (!v || !std::isfinite(*v)) return nullptr;
+  return *v;
+}
+
+ordered_json settings_json(const CompareReport& r) {
+  ordered_json j;
+  j["quantppl_version"] = r.quantppl_version;
+  j["model"] = r.model_path;
+  j["model_sha256"] = r.model_sha256;
+  j["text"] = r.text_path;
+  j["text_sha256"] = r.text_sha256;
+  j["text_tokens"] = r.text_tokens;
+  j["windows"] = r.windows;
+  j["mode"] = r.mode;
+  j["max_length"] = r.max_length;
+  j["batch_size"] = r.batch_size;
+  j["threads"] = r.threads;
+  j["include"] = r.include;
+  j["exclude"] = r.exclude;
+  j["layers_quantized"] = r.layers_quantized;
+  j["parameters_quantized"] = r.parameters_quantized;
+  j["libtorch_version"] = r.libtorch_version;
+  return j;
+}
+
+ordered_json result_json(const VariantResult& v) {
+  ordered_json j;
+  j["variant"] = v.variant;
+  j["ppl"] = v.ppl;
+  j["nll"] = v.nll;
+  j["tokens"] = v.tokens;
+  j["delta_ppl_pct"] = optional_number(v.delta_ppl_pct);
+  j["weight_mse"] = optional_number(v.weight_mse);
+  j["weight_sqnr_db"] = optional_number(v.weight_sqnr_db);
+  j["seconds"] = v.seconds;
+  return j;
+}
+
+std::string csv_cell(const ordered_json& value) {
+  if (value.is_null()) return "";
+  if (value.is_string()) {
+    const std::string s = value.get<std::string>();
+    if (s.find_first_of(",\"\n") == std::string::npos) return s;
+    std::string quoted = "\"";
+    for (const char c : s) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+    return quoted + "\"";
+  }
+  if (value.is_number_float()) return fmt::format("{:.17g}", value.get<double>());
+  return value.dump();
+}
+
+std::string short_hash(const std::string& sha) { return sha.substr(0, 12); }
+
+}  // namespace
+
+std::string format_json(const CompareReport& report) {
+  ordered_json j = settings_json(report);
+  j["results"] = ordered_json::array();
+  for (const VariantResult& v : report.results) j["results"].push_back(result_json(v));
+  return j.dump(2) + "\n";
+}
+
+std::string format_csv(const CompareReport& report) {
+  const ordered_json settings = settings_json(report);
+  std::ostringstream out;
+  bool header_written = false;
+  for (const VariantResult& v : report.results) {
+    ordered_json row = result_json(v);
+    for (const auto& [key, value] : settings.items()) row[key] = value;
+    if (!header_written) {
+      bool first = true;
+      for (const auto& [key, value] : row.items()) {
+        out << (first ? "" : ",") << key;
+        first = false;
+      }
+      out << "\n";
+      header_written = true;
+    }
+    bool first = true;
+    for (const auto& [key, value] : row.items()) {
+      out << (first ? "" : ",") << csv_cell(value);
+      first = false;
+    }
+    out << "\n";
+  }
+  return out.str();
+}
+
+std::string format_table(const CompareReport& r) {
+  std::string out;
+  out += fmt::format("model  {}  (sha256 {}, {} Linear layers / {} weights quantized)\n", r.model_path,
+                     short_hash(r.model_sha256), r.layers_quantized, r.parameters_quantized);
+  out += fmt::format("text   {}  (sha256 {}, {} tokens, {} windows of <= {}, mode {})\n", r.text_path,
+                     short_hash(r.text_sha256), r.text_tokens, r.windows, r.max_length, r.mode);
+  out += fmt::format("\n{:<28} {:>12} {:>9} {:>8} {:>12} {:>9} {:>8}\n", "variant", "perplexity", "vs fp32",
+                     "tokens", "weight MSE", "SQNR dB", "seconds");
+  for (const VariantResult& v : r.results) {
+    const std::string delta = v.delta_ppl_pct ? fmt::format("{:+.2f}%", *v.delta_ppl_pct) : "-";
+    const std::string mse = v.weight_mse ? fmt::format("{:.3e}", *v.weight_mse) : "-";
+    const std::string sqnr = v.weight_sqnr_db && std::isfinite(*v.weight_sqnr_db)
+                                 ? fmt::format("{:.2f}", *v.weight_sqnr_db)
+                                 : (v.weight_sqnr_db ? "inf" : "-");
+    out += fmt::format("{:<28} {:>12.4f} {:>9} {:>8} {:>12} {:>9} {:>8.2f}\n", v.variant, v.ppl, delta, v.tokens,
+                       mse, sqnr, v.seconds);
+  }
+  return out;
+}
+
+}  // namespace quantppl
