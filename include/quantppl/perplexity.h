@@ -1,0 +1,105 @@
+// Corpus perplexity of a contract model over tokenized windows.
+//
+// ---------------------------------------------------------------------------
+// Definitions
+// ---------------------------------------------------------------------------
+// A window w = (w_1 .. w_n) of token ids (text_windows.h) becomes one
+// encoder-decoder example:
+//
+//   PerplexityMode::kReconstruct (the seed tutorial's):
+//     encoder input  = w_1 .. w_n
+//     labels         = w_1 .. w_n
+//   PerplexityMode::kPrefix (continue the text):
+//     encoder input  = w_1 .. w_h,       h = floor(n / 2)
+//     labels         = w_{h+1} .. w_n
+//     Windows with n < 2 (no encoder token or no label) are skipped; if no
+//     window is left, make_batches throws DataError "text too short for
+//     prefix mode".
+//   In both, decoder input = [decoder_start_token_id] + labels[:-1] (labels
+//   shifted right, the T5 convention).
+//
+// Per predicted (label) token t with logits z_t over V classes:
+//
+//   (1) nll_t = -log_softmax(z_t)[label_t]
+//             = logsumexp(z_t) - z_t[label_t]
+//
+// computed in float32 by token_nll() (as transformers' cross_entropy does),
+// then summed in double over every label token of every window:
+//
+//   (2) NLL = sum_t nll_t,   N = number of label tokens
+//   (3) perplexity = exp(NLL / N)
+//
+// i.e. exact corpus sums over windows, NOT a mean of per-window
+// perplexities. For a text that fits in one window, (3) equals
+// exp(transformers' loss) with labels = the window.
+//
+// Batching: windows are sorted by length (longest first) and grouped into
+// batches of up to `batch_size`, so that a batch pads little. Sequences are
+// right-padded with pad_token_id; attention_mask is 0 on padded encoder
+// positions; padded label positions are excluded by label_mask (their logits
+// are computed and ignored: the decoder is causal, so padding after the last
+// label cannot change the earlier logits). Because (2) is a plain sum the
+// result does not depend on the order or grouping of windows, up to float
+// rounding (batching changes BLAS blocking: agreement is ~1e-6 relative).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "quantppl/contract_model.h"
+#include "quantppl/model_metadata.h"
+
+namespace quantppl {
+
+enum class PerplexityMode { kReconstruct, kPrefix };
+
+std::string to_string(PerplexityMode mode);  // "reconstruct", "prefix"
+// UsageError naming the accepted values for anything else.
+PerplexityMode parse_perplexity_mode(const std::string& name);
+
+// One batch of examples, ready for ContractModel::forward.
+struct EvalBatch {
+  torch::Tensor input_ids;          // int64 [B, S], pad_token_id after each row's encoder tokens
+  torch::Tensor attention_mask;     // int64 [B, S], 1 on real encoder tokens
+  torch::Tensor decoder_input_ids;  // int64 [B, T], [decoder_start] + labels[:-1], then pad
+  torch::Tensor labels;             // int64 [B, T], pad_token_id on padded positions
+  torch::Tensor label_mask;         // bool  [B, T], true on real label positions
+  std::vector<size_t> window_indices;  // which input window each row came from
+};
+
+// Builds the batches once (they are reused for every variant). UsageError
+// if batch_size < 1 or a window is longer than metadata.max_length or holds
+// an id outside [0, vocab_size); DataError if no window gives a label.
+std::vector<EvalBatch> make_batches(const std::vector<std::vector<int64_t>>& windows, PerplexityMode mode,
+                                    int64_t batch_size, const ModelMetadata& metadata);
+
+// Number of label tokens over all batches (N in (2)).
+int64_t count_label_tokens(const std::vector<EvalBatch>& batches);
+
+struct PerplexityResult {
+  double nll_sum = 0;   // NLL in (2), nats
+  int64_t tokens = 0;   // N in (2)
+  double seconds = 0;   // wall time of the forward passes and the NLL
+  double mean_nll() const { return nll_sum / static_cast<double>(tokens); }
+  double ppl() const;   // (3)
+};
+
+// Per-token NLL (1): float32 [B, T] from float32 logits [B, T, V] and int64
+// labels [B, T]. log_softmax runs in float32; callers sum in double.
+torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& labels);
+
+using PerplexityProgress = std::function<void(size_t done, size_t total)>;
+// Called once per batch with the batch's logits (float32 [B, T, V]; rows
+// and positions outside label_mask are padding), e.g. to accumulate KL
+// divergence against another model's logits without keeping them all.
+using LogitsHook = std::function<void(const EvalBatch& batch, const torch::Tensor& logits)>;
+
+// (2) and (3) over every batch. The model's current weights are used as they are.
+PerplexityResult evaluate_perplexity(ContractModel& model, const std::vector<EvalBatch>& batches,
+                                     const PerplexityProgress& progress = {}, const LogitsHook& on_logits = {});
+
+}  // namespace quantppl

@@ -1,0 +1,50 @@
+// The evaluation text: read, validated, tokenized, cut into windows.
+//
+// Tokens: the sentencepiece ids of the whole text followed by ONE eos id
+// (T5 appends EOS to every text; the text is one document). The stream is cut
+// into consecutive, non-overlapping windows of max_length tokens; the last
+// window holds the remainder (1..max_length tokens). Every token is in
+// exactly one window.
+//
+// Large texts are encoded piece by piece, never as one string (sentencepiece
+// builds a lattice over its whole input: a 50 MB single line would need
+// gigabytes). See tokenize_text() for where pieces are cut and why the ids
+// can differ slightly from encoding the text in one call.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "quantppl/tokenizer.h"
+
+namespace quantppl {
+
+struct EvalText {
+  std::string source;  // path as given, or "<stdin>"
+  std::string sha256;  // of the raw bytes
+  int64_t bytes = 0;
+  std::vector<int64_t> token_ids;                // EOS included
+  std::vector<std::vector<int64_t>> windows;     // consecutive cuts of token_ids
+};
+
+// Reads a whole file, or standard input for "-". IoError if it is missing,
+// a directory or unreadable.
+std::string read_text_file(const std::string& path);
+
+// DataError (naming `source_name`) for empty or whitespace-only text, a NUL
+// byte (binary data), or invalid UTF-8 (with the byte offset of the first
+// bad byte).
+void validate_text(std::string_view text, const std::string& source_name);
+
+// Sentencepiece ids of `text`, followed by `eos_id` once.
+std::vector<int64_t> tokenize_text(const Tokenizer& tokenizer, std::string_view text, int64_t eos_id);
+
+// Consecutive windows of at most `max_length` tokens (UsageError if < 1).
+std::vector<std::vector<int64_t>> cut_windows(const std::vector<int64_t>& token_ids, int64_t max_length);
+
+// read_text_file + validate_text + sha256 + tokenize_text + cut_windows.
+EvalText load_eval_text(const std::string& path, const Tokenizer& tokenizer, int64_t eos_id, int64_t max_length);
+
+}  // namespace quantppl

@@ -1,0 +1,168 @@
+#include "quantppl/perplexity.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "quantppl/error.h"
+
+namespace quantppl {
+namespace {
+
+// log_softmax over a vocabulary of 32k allocates a copy of the logits; doing
+// it this many positions at a time bounds that copy (~64 MB at V = 32128).
+constexpr int64_t kNllRowsPerChunk = 512;
+
+struct Example {
+  size_t window;
+  int64_t encoder_length;  // encoder tokens taken from the front of the window
+  int64_t label_length;    // labels: the rest (prefix) or the whole window (reconstruct)
+};
+
+}  // namespace
+
+std::string to_string(PerplexityMode mode) {
+  return mode == PerplexityMode::kPrefix ? "prefix" : "reconstruct";
+}
+
+PerplexityMode parse_perplexity_mode(const std::string& name) {
+  if (name == "reconstruct") return PerplexityMode::kReconstruct;
+  if (name == "prefix") return PerplexityMode::kPrefix;
+  throw UsageError("perplexity mode must be 'reconstruct' or 'prefix', got '" + name + "'");
+}
+
+double PerplexityResult::ppl() const {
+  if (tokens <= 0) return std::numeric_limits<double>::quiet_NaN();
+  return std::exp(mean_nll());
+}
+
+std::vector<EvalBatch> make_batches(const std::vector<std::vector<int64_t>>& windows, PerplexityMode mode,
+                                    int64_t batch_size, const ModelMetadata& metadata) {
+  if (batch_size < 1) throw UsageError("batch size must be >= 1, got " + std::to_string(batch_size));
+  std::vector<Example> examples;
+  for (size_t w = 0; w < windows.size(); ++w) {
+    const auto n = static_cast<int64_t>(windows[w].size());
+    if (n > metadata.max_length) {
+      throw UsageError("window " + std::to_string(w) + " has " + std::to_string(n) +
+                       " tokens, more than the model's max_length " + std::to_string(metadata.max_length));
+    }
+    for (const int64_t id : windows[w]) {
+      if (id < 0 || id >= metadata.vocab_size) {
+        throw UsageError("window " + std::to_string(w) + " holds token id " + std::to_string(id) +
+                         ", outside [0, vocab_size = " + std::to_string(metadata.vocab_size) + ")");
+      }
+    }
+    if (mode == PerplexityMode::kReconstruct) {
+      if (n >= 1) examples.push_back({w, n, n});
+    } else if (n >= 2) {  // at least one encoder token and one label
+      examples.push_back({w, n / 2, n - n / 2});
+    }
+  }
+  if (examples.empty()) {
+    throw DataError(mode == PerplexityMode::kPrefix
+                        ? "text too short for prefix mode: no window has the 2 tokens needed for a prefix and a label"
+                        : "no tokens to evaluate: every window is empty");
+  }
+  // Longest first, so each batch holds windows of similar length; stable, so
+  // the batches are a deterministic function of the input.
+  std::stable_sort(examples.begin(), examples.end(), [](const Example& a, const Example& b) {
+    return a.encoder_length + a.label_length > b.encoder_length + b.label_length;
+  });
+
+  std::vector<EvalBatch> batches;
+  for (size_t first = 0; first < examples.size(); first += static_cast<size_t>(batch_size)) {
+    const size_t last = std::min(examples.size(), first + static_cast<size_t>(batch_size));
+    const auto rows = static_cast<int64_t>(last - first);
+    int64_t s = 0, t = 0;
+    for (size_t e = first; e < last; ++e) {
+      s = std::max(s, examples[e].encoder_length);
+      t = std::max(t, examples[e].label_length);
+    }
+    EvalBatch b;
+    b.input_ids = torch::full({rows, s}, metadata.pad_token_id, torch::kInt64);
+    b.attention_mask = torch::zeros({rows, s}, torch::kInt64);
+    b.decoder_input_ids = torch::full({rows, t}, metadata.pad_token_id, torch::kInt64);
+    b.labels = torch::full({rows, t}, metadata.pad_token_id, torch::kInt64);
+    b.label_mask = torch::zeros({rows, t}, torch::kBool);
+    auto input_ids = b.input_ids.accessor<int64_t, 2>();
+    auto attention_mask = b.attention_mask.accessor<int64_t, 2>();
+    auto decoder_input_ids = b.decoder_input_ids.accessor<int64_t, 2>();
+    auto labels = b.labels.accessor<int64_t, 2>();
+    auto label_mask = b.label_mask.accessor<bool, 2>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const Example& ex = examples[first + static_cast<size_t>(r)];
+      const std::vector<int64_t>& window = windows[ex.window];
+      b.window_indices.push_back(ex.window);
+      for (int64_t i = 0; i < ex.encoder_length; ++i) {
+        input_ids[r][i] = window[static_cast<size_t>(i)];
+        attention_mask[r][i] = 1;
+      }
+      const int64_t label_begin = mode == PerplexityMode::kReconstruct ? 0 : ex.encoder_length;
+      for (int64_t j = 0; j < ex.label_length; ++j) {
+        labels[r][j] = window[static_cast<size_t>(label_begin + j)];
+        label_mask[r][j] = true;
+        decoder_input_ids[r][j] =
+            j == 0 ? metadata.decoder_start_token_id : window[static_cast<size_t>(label_begin + j - 1)];
+      }
+    }
+    batches.push_back(std::move(b));
+  }
+  return batches;
+}
+
+int64_t count_label_tokens(const std::vector<EvalBatch>& batches) {
+  int64_t n = 0;
+  for (const EvalBatch& b : batches) n += b.label_mask.sum().item<int64_t>();
+  return n;
+}
+
+torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& labels) {
+  if (logits.dim() != 3 || logits.scalar_type() != torch::kFloat32) {
+    throw UsageError("token_nll: logits must be float32 [B, T, V]");
+  }
+  if (labels.dim() != 2 || labels.scalar_type() != torch::kInt64 || labels.size(0) != logits.size(0) ||
+      labels.size(1) != logits.size(1)) {
+    throw UsageError("token_nll: labels must be int64 [B, T] matching the logits");
+  }
+  const int64_t vocab = logits.size(2);
+  const torch::Tensor flat_logits = logits.reshape({-1, vocab});
+  const torch::Tensor flat_labels = labels.reshape({-1, 1});
+  torch::Tensor nll = torch::empty({flat_logits.size(0)}, torch::kFloat32);
+  for (int64_t begin = 0; begin < flat_logits.size(0); begin += kNllRowsPerChunk) {
+    const int64_t end = std::min(flat_logits.size(0), begin + kNllRowsPerChunk);
+    // (1): -log_softmax(z)[label], in float32.
+    nll.slice(0, begin, end)
+        .copy_(torch::log_softmax(flat_logits.slice(0, begin, end), /*dim=*/-1)
+                   .gather(/*dim=*/1, flat_labels.slice(0, begin, end))
+                   .squeeze(1)
+                   .neg());
+  }
+  return nll.reshape({labels.size(0), labels.size(1)});
+}
+
+PerplexityResult evaluate_perplexity(ContractModel& model, const std::vector<EvalBatch>& batches,
+                                     const PerplexityProgress& progress, const LogitsHook& on_logits) {
+  torch::NoGradGuard no_grad;
+  PerplexityResult result;
+  const auto start = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const EvalBatch& b = batches[i];
+    const torch::Tensor logits = model.forward(b.input_ids, b.attention_mask, b.decoder_input_ids);
+    const torch::Tensor nll = token_nll(logits, b.labels);
+    // (2): float32 terms, summed in double.
+    result.nll_sum += nll.masked_select(b.label_mask).to(torch::kFloat64).sum().item<double>();
+    result.tokens += b.label_mask.sum().item<int64_t>();
+    if (on_logits) on_logits(b, logits);
+    if (progress) progress(i + 1, batches.size());
+  }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!std::isfinite(result.nll_sum)) {
+    throw DataError("model '" + model.path() + "': the negative log-likelihood is not finite (" +
+                    std::to_string(result.nll_sum) + "): the model produced NaN or Inf logits");
+  }
+  return result;
+}
+
+}  // namespace quantppl
