@@ -81,7 +81,9 @@ TEST_P(QuantizePropertyTest, UnclippedErrorIsAtMostHalfAStep) {
   // Half a step, plus float32 rounding of the division and the product.
   const torch::Tensor bound = scale * 0.5 * (1 + 1e-5) + w.abs().to(torch::kFloat64) * 1e-6;
   EXPECT_TRUE((error.masked_select(inside) <= bound.masked_select(inside)).all().item<bool>());
-  if (config.range == RangeMethod::kMinMax) EXPECT_TRUE(inside.all().item<bool>());
+  if (config.range == RangeMethod::kMinMax) {
+    EXPECT_TRUE(inside.all().item<bool>());
+  }
 }
 
 TEST_P(QuantizePropertyTest, FakeQuantizingTwiceKeepsTheCodes) {
@@ -117,7 +119,9 @@ TEST_P(QuantizePropertyTest, ConstantBlocksReconstructExactly) {
   w[5].slice(0, 0, 32).zero_();
   const torch::Tensor w_hat = fake_quantize(w, config);
   EXPECT_TRUE(torch::isfinite(w_hat).all().item<bool>());
-  if (config.granularity != Granularity::kPerTensor) EXPECT_TRUE(torch::equal(w_hat[2], w[2]));
+  if (config.granularity != Granularity::kPerTensor) {
+    EXPECT_TRUE(torch::equal(w_hat[2], w[2]));
+  }
   if (config.granularity == Granularity::kPerGroup) {
     EXPECT_TRUE(torch::equal(w_hat[5].slice(0, 0, 32), w[5].slice(0, 0, 32)));
   }
