@@ -142,6 +142,15 @@ torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& labels
   return nll.reshape({labels.size(0), labels.size(1)});
 }
 
+double PerplexityResult::mean_nll_stderr() const {
+  if (tokens < 2) return std::numeric_limits<double>::quiet_NaN();
+  const double n = static_cast<double>(tokens);
+  const double mean = nll_sum / n;
+  // (4); the variance is clamped at 0 against rounding when every nll_t is equal.
+  const double variance = std::max(0.0, nll_sq_sum / n - mean * mean) * n / (n - 1);
+  return std::sqrt(variance / n);
+}
+
 PerplexityResult evaluate_perplexity(ContractModel& model, const std::vector<EvalBatch>& batches,
                                      const PerplexityProgress& progress, const LogitsHook& on_logits) {
   torch::NoGradGuard no_grad;
@@ -152,7 +161,9 @@ PerplexityResult evaluate_perplexity(ContractModel& model, const std::vector<Eva
     const torch::Tensor logits = model.forward(b.input_ids, b.attention_mask, b.decoder_input_ids);
     const torch::Tensor nll = token_nll(logits, b.labels);
     // (2): float32 terms, summed in double.
-    result.nll_sum += nll.masked_select(b.label_mask).to(torch::kFloat64).sum().item<double>();
+    const torch::Tensor label_nll = nll.masked_select(b.label_mask).to(torch::kFloat64);
+    result.nll_sum += label_nll.sum().item<double>();
+    result.nll_sq_sum += label_nll.square().sum().item<double>();
     result.tokens += b.label_mask.sum().item<int64_t>();
     if (on_logits) on_logits(b, logits);
     if (progress) progress(i + 1, batches.size());

@@ -67,6 +67,18 @@ TEST(PerplexityTest, HandComputedTokenNll) {
   EXPECT_TRUE(std::isnan(PerplexityResult{}.ppl()));
 }
 
+TEST(PerplexityTest, StandardErrorOfTheMeanNll) {
+  // nll = {1, 2, 3, 6}: mean 3, sample variance ((4 + 1 + 0 + 9) / 3) = 14/3, se = sqrt(14/3 / 4).
+  PerplexityResult r{/*nll_sum=*/12, /*tokens=*/4, /*seconds=*/0, /*nll_sq_sum=*/1 + 4 + 9 + 36};
+  EXPECT_NEAR(r.mean_nll_stderr(), std::sqrt(14.0 / 3 / 4), 1e-12);
+  EXPECT_NEAR(r.ppl_stderr(), std::exp(3.0) * std::sqrt(14.0 / 3 / 4), 1e-9);
+  EXPECT_TRUE(std::isnan(PerplexityResult({1, 1, 0, 1}).mean_nll_stderr()));
+  // Uniform logits: every token has the same NLL, so the spread is zero.
+  ContractModel model = ContractModel::load(fixture("uniform.pt"));
+  const auto batches = make_batches(default_windows(model), PerplexityMode::kReconstruct, 8, model.metadata());
+  EXPECT_NEAR(evaluate_perplexity(model, batches).mean_nll_stderr(), 0.0, 1e-6);
+}
+
 TEST(PerplexityTest, TokenNllChunksAgreeWithOneLogSoftmax) {
   // More positions than one chunk (512), to cross the chunk boundary.
   torch::manual_seed(3);

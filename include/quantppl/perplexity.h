@@ -81,11 +81,19 @@ std::vector<EvalBatch> make_batches(const std::vector<std::vector<int64_t>>& win
 int64_t count_label_tokens(const std::vector<EvalBatch>& batches);
 
 struct PerplexityResult {
-  double nll_sum = 0;   // NLL in (2), nats
-  int64_t tokens = 0;   // N in (2)
-  double seconds = 0;   // wall time of the forward passes and the NLL
+  double nll_sum = 0;     // NLL in (2), nats
+  int64_t tokens = 0;     // N in (2)
+  double seconds = 0;     // wall time of the forward passes and the NLL
+  double nll_sq_sum = 0;  // sum_t nll_t^2, for the standard error
   double mean_nll() const { return nll_sum / static_cast<double>(tokens); }
-  double ppl() const;   // (3)
+  double ppl() const;     // (3)
+  // Standard error of mean_nll(), treating the N token NLLs as independent
+  // samples (they are not quite: neighbouring tokens correlate, so this is a
+  // lower bound; llama.cpp's perplexity reports the same quantity):
+  //   (4) se = sqrt((mean(nll^2) - mean(nll)^2) / (N - 1))
+  // and of ppl() by the delta method, ppl_se = ppl * se. NaN when N < 2.
+  double mean_nll_stderr() const;
+  double ppl_stderr() const { return ppl() * mean_nll_stderr(); }
 };
 
 // Per-token NLL (1): float32 [B, T] from float32 logits [B, T, V] and int64
@@ -96,6 +104,8 @@ using PerplexityProgress = std::function<void(size_t done, size_t total)>;
 // Called once per batch with the batch's logits (float32 [B, T, V]; rows
 // and positions outside label_mask are padding), e.g. to accumulate KL
 // divergence against another model's logits without keeping them all.
+// The logits come from torch::InferenceMode: read them or compute new tensors
+// from them; an in-place edit of them outside InferenceMode throws.
 using LogitsHook = std::function<void(const EvalBatch& batch, const torch::Tensor& logits)>;
 
 // (2) and (3) over every batch. The model's current weights are used as they are.
