@@ -1,9 +1,12 @@
 #include "quantppl/tokenizer.h"
 
 #include <dlfcn.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -125,6 +128,11 @@ Tokenizer Tokenizer::from_bytes(std::string serialized_model, std::string source
 }
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    throw IoError("cannot open tokenizer '" + path + "': " + std::strerror(errno));
+  }
+  if (S_ISDIR(st.st_mode)) throw IoError("tokenizer '" + path + "' is a directory, expected a sentencepiece .model file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError("cannot open tokenizer '" + path + "'");
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

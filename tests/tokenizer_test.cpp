@@ -100,7 +100,13 @@ TEST(TokenizerTest, MissingFileIsAnIoError) {
     Tokenizer::from_file("/nonexistent/spiece.model");
     FAIL() << "expected IoError";
   } catch (const IoError& e) {
-    EXPECT_THAT(e.what(), HasSubstr("/nonexistent/spiece.model"));
+    EXPECT_THAT(e.what(), HasSubstr("cannot open tokenizer '/nonexistent/spiece.model': No such file or directory"));
+  }
+  try {
+    Tokenizer::from_file(testing::fixtures_dir());
+    FAIL() << "expected IoError";
+  } catch (const IoError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("is a directory"));
   }
 }
 
