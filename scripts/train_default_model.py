@@ -330,11 +330,14 @@ def main():
     ap.add_argument("--dec-layers", type=int, default=3)
     ap.add_argument("--window", type=int, default=128, help="training window incl. EOS (= max_length)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=4200)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--weight-decay", type=float, default=0.01)
-    ap.add_argument("--max-minutes", type=float, default=45.0, help="wall-clock cap for the training loop")
+    ap.add_argument("--max-minutes", type=float, default=50.0, help="wall-clock cap for the training loop")
+    ap.add_argument("--stop-step", type=int, default=0,
+                    help="stop after this many steps, keeping the schedule of --steps (replays a run that "
+                         "the wall-clock cap stopped early, exactly)")
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
@@ -507,13 +510,17 @@ def main():
         return out
 
     t_loop = time.time()
-    stopped_early = False
+    stopped_early = None  # or the reason
     step = 0
     tokens_seen = 0
     ema = None
     for step in range(args.steps):
+        if args.stop_step and step >= args.stop_step:
+            stopped_early = "stop-step"
+            log("--stop-step %d reached (schedule planned for %d steps)" % (args.stop_step, args.steps))
+            break
         if (time.time() - t_loop) / 60.0 > args.max_minutes:
-            stopped_early = True
+            stopped_early = "wall-clock cap"
             log("wall-clock cap of %.1f minutes reached at step %d of %d" % (args.max_minutes, step, args.steps))
             break
         kind = "span" if step % 2 == 0 else "prefix"
@@ -583,7 +590,7 @@ def main():
                  "heldout_windows": len(held_windows)},
         "tokenizer": {"sp_vocab": n_sp, "model_vocab": vocab, "sentinels": args.sentinels},
         "parameters": n_params,
-        "steps_planned": args.steps, "steps_done": steps_done, "stopped_early_by_wall_clock": stopped_early,
+        "steps_planned": args.steps, "steps_done": steps_done, "stopped_early": stopped_early,
         "tokens_seen": tokens_seen, "epochs_started": epoch + 1,
         "train_minutes": train_minutes, "total_minutes": (time.time() - t_start) / 60,
         "bf16_autocast": use_bf16, "train_loss_ema": ema,
