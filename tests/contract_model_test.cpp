@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <limits>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -173,6 +174,27 @@ TEST(ContractModelTest, FilesThatAreNotContractModelsAreDataErrors) {
               HasSubstr("Linear layer 'encoder.block.1.layer.1.DenseReluDense.wo' has NaN or Inf weights"));
   EXPECT_THAT(load_error<DataError>(fixture("double_weight.pt")),
               HasSubstr("Linear layer 'proj' has a Double weight of shape [384, 8], expected a float32 matrix"));
+}
+
+// The finiteness check sums each weight in float32 first; a sum that
+// overflows although every weight is finite must not be reported.
+TEST(ContractModelTest, FiniteWeightsWithOverflowingSumLoadAndInfDoesNot) {
+  const std::string dir = fresh_dir("finite");
+  ContractModel model = ContractModel::load(fixture("tiny.pt"));
+  LinearLayer lm_head = model.linear_layers().back();
+  {
+    torch::NoGradGuard no_grad;
+    lm_head.weight.fill_(3e38f);
+  }
+  model.save(dir + "/huge.pt", model.metadata().json_text);
+  EXPECT_NO_THROW(ContractModel::load(dir + "/huge.pt"));
+  {
+    torch::NoGradGuard no_grad;
+    lm_head.weight.fill_(0.5f);
+    lm_head.weight[7][3] = -std::numeric_limits<float>::infinity();
+  }
+  model.save(dir + "/inf.pt", model.metadata().json_text);
+  EXPECT_THAT(load_error<DataError>(dir + "/inf.pt"), HasSubstr("Linear layer 'lm_head' has NaN or Inf weights"));
 }
 
 TEST(ContractModelTest, ForwardContractViolationsAreOneLineDataErrors) {
