@@ -1,0 +1,54 @@
+// The subcommands of the quantppl CLI: each has an options struct filled by
+// CLI11, a setup_*() that declares its flags, and a run_*() that calls the
+// library and prints. Exit codes are defined here (README.md lists them).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+namespace quantppl::cli {
+
+constexpr int kExitRegression = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitData = 3;
+constexpr int kExitIo = 4;
+constexpr int kExitInternal = 5;
+
+// All cores, as std::thread::hardware_concurrency() sees them (>= 1).
+int64_t default_threads();
+
+struct CompareCommand {
+  std::string model;
+  std::string tokenizer;
+  std::string text;
+  std::string variants;
+  std::string mode = "reconstruct";
+  int64_t max_length = 0;
+  int64_t batch_size = 8;
+  int64_t threads = default_threads();
+  std::string format = "table";
+  std::string output;
+  std::string check;
+  std::string include;
+  std::string exclude;
+  bool force = false;
+  bool quiet = false;
+};
+CLI::App* setup_compare(CLI::App& app, CompareCommand& c);
+int run_compare_command(const CompareCommand& c, bool variants_given);
+
+struct QuantizeCommand {
+  std::string model;
+  std::string tokenizer;
+  std::string variant;
+  std::string output;
+  std::string include;
+  std::string exclude;
+  bool force = false;
+};
+CLI::App* setup_quantize(CLI::App& app, QuantizeCommand& q);
+int run_quantize_command(const QuantizeCommand& q);
+
+}  // namespace quantppl::cli

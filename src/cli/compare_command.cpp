@@ -1,0 +1,107 @@
+// `quantppl compare`: flags, then the library's run_compare, then printing.
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "commands.h"
+#include "progress.h"
+#include "quantppl/compare.h"
+#include "quantppl/output_file.h"
+#include "quantppl/regression_check.h"
+#include "quantppl/report.h"
+#include "quantppl/variant_spec.h"
+
+namespace quantppl::cli {
+
+CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
+  auto* cmd = app.add_subcommand(
+      "compare",
+      "Perplexity of the original model and of each quantized variant, side by side.\n"
+      "With no arguments: the shipped default model and text, variants fp32,absmax:8,zeropoint:8.");
+  cmd->add_option("--model,-m", c.model, "Contract model file (.pt); default: models/default.pt");
+  cmd->add_option("--tokenizer", c.tokenizer, "sentencepiece model overriding the one inside the model file");
+  cmd->add_option("--text,-t", c.text, "UTF-8 text to evaluate, or - for standard input; default: data/default_eval.txt");
+  c.variants = kDefaultVariants;
+  cmd->add_option("--variants,-v", c.variants,
+                  std::string("Comma-separated variants: ") + kVariantGrammar)
+      ->capture_default_str();
+  cmd->add_option("--mode", c.mode,
+                  "reconstruct: encoder and labels = the window (the seed tutorial's perplexity); "
+                  "prefix: encoder = first half, labels = second half (continuation perplexity)")
+      ->check(CLI::IsMember({"reconstruct", "prefix"}))
+      ->capture_default_str();
+  cmd->add_option("--max-length", c.max_length, "Window length in tokens (0: the model's max_length)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--batch-size", c.batch_size, "Windows per forward pass")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--threads", c.threads, "LibTorch intra-op threads (default: all cores)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
+  cmd->add_option("--output,-o", c.output, "Write the result here (atomically) instead of standard output");
+  cmd->add_flag("--force", c.force, "Replace an existing --output file");
+  cmd->add_option("--check", c.check,
+                  "Expected perplexities (JSON); exit 1 if any variant drifts beyond its tolerance. "
+                  "Without --variants, evaluates the variants the file lists");
+  cmd->add_option("--include", c.include, "Quantize only Linear layers whose name matches this regex");
+  cmd->add_option("--exclude", c.exclude, "Do not quantize Linear layers whose name matches this regex");
+  cmd->add_flag("--quiet,-q", c.quiet, "No progress bar");
+  return cmd;
+}
+
+int run_compare_command(const CompareCommand& c, bool variants_given) {
+  if (!c.output.empty()) check_output_path(c.output, c.force);
+  std::vector<ExpectedPerplexity> expected;
+  std::string variant_specs = c.variants;
+  if (!c.check.empty()) {
+    expected = read_expected_perplexities(c.check);
+    if (!variants_given) variant_specs = expected_variant_list(expected);
+  }
+
+  CompareOptions options;
+  options.model_path = c.model;
+  options.tokenizer_path = c.tokenizer;
+  options.text_path = c.text;
+  options.variants = parse_variant_list(variant_specs);
+  options.mode = c.mode == "prefix" ? PerplexityMode::kPrefix : PerplexityMode::kReconstruct;
+  options.max_length = c.max_length;
+  options.batch_size = c.batch_size;
+  options.threads = c.threads;
+  options.include = c.include;
+  options.exclude = c.exclude;
+  at::set_num_threads(static_cast<int>(c.threads));
+
+  ProgressBar bar(!c.quiet);
+  const CompareReport report = run_compare(
+      options, [&](const std::string& stage, size_t index, size_t stages, size_t done, size_t total) {
+        bar.update(fmt::format("[{}/{}] {}", index + 1, stages, stage), done, total);
+      });
+  bar.finish();
+
+  std::string rendered;
+  if (c.format == "json") {
+    rendered = format_json(report);
+  } else if (c.format == "csv") {
+    rendered = format_csv(report);
+  } else {
+    rendered = format_table(report);
+  }
+  if (c.output.empty()) {
+    std::cout << rendered << std::flush;
+  } else {
+    write_file_atomically(c.output, rendered, c.force);
+  }
+
+  if (!expected.empty()) {
+    const std::vector<std::string> failures = check_regressions(report, expected);
+    for (const std::string& f : failures) std::cerr << "quantppl: regression: " << f << "\n";
+    if (!failures.empty()) return kExitRegression;
+    std::cerr << fmt::format("quantppl: check passed: {} variant(s) within tolerance of {}\n", expected.size(), c.check);
+  }
+  return 0;
+}
+
+}  // namespace quantppl::cli
