@@ -8,6 +8,8 @@
 #include <torch/version.h>
 
 #include "quantppl/contract_model.h"
+#include "quantppl/distribution_metrics.h"
+#include "quantppl/error_metrics.h"
 #include "quantppl/error.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/sha256.h"
@@ -69,33 +71,92 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
   report.libtorch_version = libtorch_version();
   report.quantppl_version = QUANTPPL_VERSION;
 
-  std::optional<double> fp32_ppl;
+  // Per variant: its parameters (chosen once) and its running comparison with fp32.
+  struct VariantRun {
+    const Variant* variant;
+    std::vector<QParams> params;
+    DistributionComparison comparison;
+    double seconds = 0;
+  };
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  std::vector<VariantRun> runs;
+  runs.reserve(options.variants.size());
   for (size_t i = 0; i < options.variants.size(); ++i) {
     const Variant& variant = options.variants[i];
+    VariantRun run{&variant, {}, {}, 0};
     VariantResult result;
     result.variant = variant.name;
     result.is_fp32 = variant.is_fp32;
-    const auto started = std::chrono::steady_clock::now();
-    if (variant.is_fp32) {
-      backup.restore();
-    } else {
-      const ModelQuantization q = apply_variant(backup, variant.config);
-      result.weight_mse = q.total.mse();
-      result.weight_sqnr_db = q.total.sqnr_db();
+    if (!variant.is_fp32) {
+      if (progress) progress("choosing parameters", 0, 1, i, options.variants.size());
+      const auto started = Clock::now();
+      run.params = choose_variant_params(backup, variant.config);
+      apply_variant_params(backup, variant.config, run.params);
+      ErrorMetrics total;
+      for (size_t l = 0; l < backup.layers().size(); ++l) {
+        total.merge(error_metrics(backup.original(l), backup.layers()[l].weight));
+      }
+      result.weight_mse = total.mse();
+      result.weight_sqnr_db = total.sqnr_db();
+      run.seconds += seconds_since(started);
     }
-    const PerplexityResult ppl = evaluate_perplexity(model, batches, [&](size_t done, size_t total) {
-      if (progress) progress(variant.name, i, options.variants.size(), done, total);
-    });
-    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    result.ppl = ppl.ppl();
-    result.nll = ppl.mean_nll();
-    result.tokens = ppl.tokens;
-    if (variant.is_fp32 && !fp32_ppl) fp32_ppl = result.ppl;
+    runs.push_back(std::move(run));
     report.results.push_back(result);
   }
+
+  // Batch-major evaluation: fp32 first, then every variant on the same batch.
+  DistributionComparison fp32_self;  // fp32 against itself: the reference's own NLL sums
+  double fp32_seconds = 0;
+  torch::NoGradGuard no_grad;
+  for (size_t b = 0; b < batches.size(); ++b) {
+    const EvalBatch& batch = batches[b];
+    auto started = Clock::now();
+    backup.restore();
+    const ReferenceBatch reference = make_reference_batch(
+        model.forward(batch.input_ids, batch.attention_mask, batch.decoder_input_ids), batch.labels, batch.label_mask);
+    fp32_self.add(reference, reference.logits);
+    fp32_seconds += seconds_since(started);
+    for (VariantRun& run : runs) {
+      started = Clock::now();
+      if (run.variant->is_fp32) {
+        run.comparison.add(reference, reference.logits);
+      } else {
+        apply_variant_params(backup, run.variant->config, run.params);
+        run.comparison.add(reference, model.forward(batch.input_ids, batch.attention_mask, batch.decoder_input_ids));
+      }
+      run.seconds += seconds_since(started);
+    }
+    if (progress) progress("evaluating", 0, 1, b + 1, batches.size());
+  }
   backup.restore();
-  if (fp32_ppl) {
-    for (VariantResult& r : report.results) r.delta_ppl_pct = 100.0 * (r.ppl / *fp32_ppl - 1.0);
+
+  const double fp32_ppl = std::exp(fp32_self.nll_sum() / static_cast<double>(fp32_self.tokens()));
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const DistributionComparison& c = runs[i].comparison;
+    VariantResult& r = report.results[i];
+    PerplexityResult ppl;
+    ppl.nll_sum = c.nll_sum();
+    ppl.nll_sq_sum = c.nll_sq_sum();
+    ppl.tokens = c.tokens();
+    if (!std::isfinite(ppl.nll_sum)) {
+      throw DataError(fmt::format("variant {}: the negative log-likelihood is not finite: the model produced NaN or Inf logits",
+                                  r.variant));
+    }
+    r.ppl = ppl.ppl();
+    r.nll = ppl.mean_nll();
+    r.ppl_stderr = ppl.ppl_stderr();
+    r.tokens = ppl.tokens;
+    r.delta_ppl_pct = 100.0 * (r.ppl / fp32_ppl - 1.0);
+    r.kl_mean = c.kl_mean();
+    r.kl_p99 = c.kl_p99();
+    r.kl_max = c.kl_max();
+    r.top1_agreement = c.top1_agreement();
+    r.delta_nll_mean = c.delta_nll_mean();
+    r.delta_nll_ci95 = c.delta_nll_ci95();
+    r.seconds = runs[i].variant->is_fp32 ? fp32_seconds : runs[i].seconds;
   }
   return report;
 }

@@ -72,4 +72,23 @@ ModelQuantization apply_variant(WeightBackup& backup, const QuantConfig& config)
   return result;
 }
 
+std::vector<QParams> choose_variant_params(const WeightBackup& backup, const QuantConfig& config) {
+  std::vector<QParams> params;
+  params.reserve(backup.layers().size());
+  for (size_t i = 0; i < backup.layers().size(); ++i) {
+    params.push_back(choose_qparams(backup.original(i), config, backup.layers()[i].name));
+  }
+  return params;
+}
+
+void apply_variant_params(WeightBackup& backup, const QuantConfig& config, const std::vector<QParams>& params) {
+  if (params.size() != backup.layers().size()) throw UsageError("apply_variant_params: one QParams per layer expected");
+  backup.restore();
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) {
+    torch::Tensor weight = backup.layers()[i].weight;
+    fake_quantize_with_(weight, params[i], config, backup.layers()[i].name);
+  }
+}
+
 }  // namespace quantppl

@@ -387,11 +387,23 @@ QParams fake_quantize_(torch::Tensor& x, const QuantConfig& config, const std::s
     throw UsageError(fmt::format("'{}' must be contiguous to be fake-quantized in place", name));
   }
   QParams params = choose_qparams(x, config, name);
-  if (x.numel() == 0) return params;
-  torch::Tensor blocks = x.view({params.scale.size(0), -1});
+  fake_quantize_with_(x, params, config, name);
+  return params;
+}
+
+void fake_quantize_with_(torch::Tensor& x, const QParams& params, const QuantConfig& config,
+                         const std::string& name) {
+  torch::NoGradGuard no_grad;
+  if (!x.is_contiguous()) {
+    throw UsageError(fmt::format("'{}' must be contiguous to be fake-quantized in place", name));
+  }
+  validate(config);
+  const Blocking b = blocking(x, config, name);
+  check_params(params, b, name);
+  if (x.numel() == 0) return;
+  torch::Tensor blocks = x.view({b.blocks, b.block_len});
   to_codes_(blocks, params, config);
   from_codes_(blocks, params, config);
-  return params;
 }
 
 std::string to_string(Scheme scheme) {

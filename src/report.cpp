@@ -41,9 +41,16 @@ ordered_json result_json(const VariantResult& v) {
   ordered_json j;
   j["variant"] = v.variant;
   j["ppl"] = v.ppl;
+  j["ppl_stderr"] = optional_number(v.ppl_stderr);
   j["nll"] = v.nll;
   j["tokens"] = v.tokens;
   j["delta_ppl_pct"] = optional_number(v.delta_ppl_pct);
+  j["kl_mean"] = optional_number(v.kl_mean);
+  j["kl_p99"] = optional_number(v.kl_p99);
+  j["kl_max"] = optional_number(v.kl_max);
+  j["top1_agreement"] = optional_number(v.top1_agreement);
+  j["delta_nll_mean"] = optional_number(v.delta_nll_mean);
+  j["delta_nll_ci95"] = optional_number(v.delta_nll_ci95);
   j["weight_mse"] = optional_number(v.weight_mse);
   j["weight_sqnr_db"] = optional_number(v.weight_sqnr_db);
   j["seconds"] = v.seconds;
@@ -106,17 +113,22 @@ std::string format_table(const CompareReport& r) {
                      short_hash(r.model_sha256), r.layers_quantized, r.parameters_quantized);
   out += fmt::format("text   {}  (sha256 {}, {} tokens, {} windows of <= {}, mode {})\n", r.text_path,
                      short_hash(r.text_sha256), r.text_tokens, r.windows, r.max_length, r.mode);
-  out += fmt::format("\n{:<28} {:>12} {:>9} {:>8} {:>12} {:>9} {:>8}\n", "variant", "perplexity", "vs fp32",
-                     "tokens", "weight MSE", "SQNR dB", "seconds");
+  out += fmt::format("\n{:<26} {:>18} {:>9} {:>20} {:>10} {:>7} {:>10} {:>8} {:>8}\n", "variant", "perplexity",
+                     "vs fp32", "dNLL/token (95% CI)", "KL mean", "top-1", "weight MSE", "SQNR dB", "seconds");
   for (const VariantResult& v : r.results) {
     const std::string delta = v.delta_ppl_pct ? fmt::format("{:+.2f}%", *v.delta_ppl_pct) : "-";
     const std::string mse = v.weight_mse ? fmt::format("{:.3e}", *v.weight_mse) : "-";
     const std::string sqnr = v.weight_sqnr_db && std::isfinite(*v.weight_sqnr_db)
                                  ? fmt::format("{:.2f}", *v.weight_sqnr_db)
                                  : (v.weight_sqnr_db ? "inf" : "-");
-    out += fmt::format("{:<28} {:>12.4f} {:>9} {:>8} {:>12} {:>9} {:>8.2f}\n", v.variant, v.ppl, delta, v.tokens,
-                       mse, sqnr, v.seconds);
+    out += fmt::format("{:<26} {:>18} {:>9} {:>20} {:>10.3g} {:>6.2f}% {:>10} {:>8} {:>8.2f}\n", v.variant,
+                       fmt::format("{:.4f} ± {:.3f}", v.ppl, v.ppl_stderr), delta,
+                       fmt::format("{:+.5f} ± {:.5f}", v.delta_nll_mean, v.delta_nll_ci95), v.kl_mean,
+                       100.0 * v.top1_agreement, mse, sqnr, v.seconds);
   }
+  out += fmt::format("\n{} tokens predicted per variant; ± is one standard error for perplexity and the 95% "
+                     "interval of the paired per-token NLL change against fp32.\n",
+                     r.results.empty() ? 0 : r.results.front().tokens);
   return out;
 }
 

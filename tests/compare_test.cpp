@@ -111,9 +111,26 @@ TEST(CompareTest, FirstFp32EqualsFp32AfterVariants) {
   EXPECT_EQ(r.model_sha256.size(), 64u);
 }
 
-TEST(CompareTest, NoDeltaWithoutAnFp32Row) {
-  const CompareReport r = run_compare(tiny_options("absmax:8"));
-  EXPECT_FALSE(r.results[0].delta_ppl_pct.has_value());
+TEST(CompareTest, Fp32IsAlwaysTheReference) {
+  // Without an fp32 row, deltas and KL are still against fp32, and equal to a run that lists it.
+  const CompareReport without = run_compare(tiny_options("absmax:4"));
+  const CompareReport with = run_compare(tiny_options("fp32,absmax:4"));
+  EXPECT_DOUBLE_EQ(*without.results[0].delta_ppl_pct, *with.results[1].delta_ppl_pct);
+  EXPECT_DOUBLE_EQ(without.results[0].kl_mean, with.results[1].kl_mean);
+  EXPECT_GT(without.results[0].kl_mean, 0.0);
+  // fp32 against itself: exactly zero divergence, full agreement.
+  EXPECT_EQ(with.results[0].kl_mean, 0.0);
+  EXPECT_EQ(with.results[0].kl_max, 0.0);
+  EXPECT_EQ(with.results[0].top1_agreement, 1.0);
+  EXPECT_EQ(with.results[0].delta_nll_mean, 0.0);
+}
+
+TEST(CompareTest, PairedIntervalIsTighterThanPerplexityError) {
+  const CompareReport r = run_compare(tiny_options("fp32,absmax:8"));
+  // The paired per-token difference cancels token difficulty.
+  const double ppl_error_in_nll = r.results[1].ppl_stderr / r.results[1].ppl;
+  EXPECT_LT(r.results[1].delta_nll_ci95, 0.2 * 1.96 * ppl_error_in_nll);
+  EXPECT_GT(r.results[1].delta_nll_ci95, 0.0);
 }
 
 TEST(CompareTest, MaxLengthAboveTheModelsIsAUsageError) {

@@ -1,11 +1,17 @@
 // `quantppl compare`: perplexity of the original model and of each quantized
-// variant, in one process, on the same tokenized windows.
+// variant, in one process, on the same tokenized windows, plus how far each
+// variant's token distributions move from fp32's (distribution_metrics.h).
 //
-// The model is loaded once, the text tokenized and batched once; the selected
-// Linear weights are backed up once (model_quantizer.h). Each variant then
-// restores the originals, fake-quantizes them in place and evaluates every
-// batch (perplexity.h). delta_ppl_pct is 100 * (ppl / ppl_fp32 - 1) against
-// the fp32 row of the same run, so it is only present when fp32 is listed.
+// The model is loaded once, the text tokenized and batched once, the selected
+// Linear weights backed up once and each variant's quantization parameters
+// chosen once (model_quantizer.h). Evaluation is batch-major: for every batch
+// the fp32 logits are computed first, then each variant's weights are put in
+// place (restore + one in-place pass with its stored parameters) and its
+// logits compared with fp32's at once. So KL divergence never needs more than
+// one batch of fp32 logits in memory, whatever the length of the text.
+// fp32 is always evaluated as the reference; an fp32 row in the list reuses
+// those logits (its KL is 0 and agreement 1 by construction — a check).
+// delta_ppl_pct = 100 * (ppl / ppl_fp32 - 1).
 #pragma once
 
 #include <cstdint>
@@ -45,10 +51,18 @@ struct VariantResult {
   double ppl = 0;
   double nll = 0;  // mean negative log-likelihood per predicted token (nats)
   int64_t tokens = 0;
+  double ppl_stderr = 0;  // ppl * standard error of the mean NLL (tokens treated as independent)
   std::optional<double> delta_ppl_pct;
   std::optional<double> weight_mse;      // over every quantized weight element
   std::optional<double> weight_sqnr_db;
-  double seconds = 0;
+  // distribution_metrics.h, against fp32 on the same positions
+  double kl_mean = 0;
+  double kl_p99 = 0;
+  double kl_max = 0;
+  double top1_agreement = 0;
+  double delta_nll_mean = 0;
+  double delta_nll_ci95 = 0;  // half-width of the 95% interval of delta_nll_mean
+  double seconds = 0;  // this variant's own work: choosing and applying parameters, forward passes, metrics
 };
 
 struct CompareReport {
@@ -74,7 +88,7 @@ struct CompareReport {
   std::vector<VariantResult> results;
 };
 
-// stage: "fp32", "absmax:8", ...; done/total: batches of that stage.
+// stage: what is being done ("choosing parameters", "evaluating"); done/total: its steps.
 using CompareProgress = std::function<void(const std::string& stage, size_t stage_index, size_t stages,
                                            size_t done, size_t total)>;
 

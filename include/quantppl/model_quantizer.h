@@ -55,4 +55,12 @@ struct ModelQuantization {
 // Restores the originals, then fake-quantizes every backed-up layer in place.
 ModelQuantization apply_variant(WeightBackup& backup, const QuantConfig& config);
 
+// The parameters apply_variant would choose, per backed-up layer, computed
+// once from the originals (the costly part for percentile and MSE ranges).
+std::vector<QParams> choose_variant_params(const WeightBackup& backup, const QuantConfig& config);
+
+// Restores the originals and fake-quantizes them in place with given
+// parameters: one copy and one pass, bit-identical with apply_variant.
+void apply_variant_params(WeightBackup& backup, const QuantConfig& config, const std::vector<QParams>& params);
+
 }  // namespace quantppl

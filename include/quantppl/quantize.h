@@ -171,6 +171,12 @@ torch::Tensor fake_quantize(const torch::Tensor& x, const QuantConfig& config,
 QParams fake_quantize_(torch::Tensor& x, const QuantConfig& config,
                        const std::string& name = "tensor");
 
+// Equations (1)-(2) in place with given parameters (from choose_qparams on
+// the same tensor, or stored): fake_quantize_ is choose_qparams followed by
+// this, so the two are bit-identical.
+void fake_quantize_with_(torch::Tensor& x, const QParams& params, const QuantConfig& config,
+                         const std::string& name = "tensor");
+
 // Human-readable names, as used in variant specs and reports.
 std::string to_string(Scheme scheme);
 std::string to_string(Granularity granularity, int64_t group_size);

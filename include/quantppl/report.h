@@ -1,9 +1,10 @@
 // Rendering a CompareReport for people (table) and for scripts (JSON, CSV).
 //
 // JSON: one object with the run's settings and reproducibility fields at the
-// top level and "results": [ {variant, ppl, nll, tokens, delta_ppl_pct,
-// weight_mse, weight_sqnr_db, seconds}, ... ]. Absent values (delta without
-// an fp32 row, weight error of fp32, an infinite SQNR) are null.
+// top level and "results": [ {variant, ppl, ppl_stderr, nll, tokens,
+// delta_ppl_pct, kl_mean, kl_p99, kl_max, top1_agreement, delta_nll_mean,
+// delta_nll_ci95, weight_mse, weight_sqnr_db, ..., seconds}, ... ]. Absent
+// values (the weight error of fp32, an infinite SQNR, a NaN) are null.
 // CSV: a header row, then one row per variant with the same per-variant
 // fields followed by the settings columns (a tidy table for sweeps). Absent
 // values are empty cells. Numbers carry 17 significant digits in JSON/CSV.

@@ -18,7 +18,8 @@ TINY = os.path.join(FIXTURES, "tiny.pt")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_MODEL = os.path.join(REPO, "models", "default.pt")
 
-PER_VARIANT_FIELDS = ["variant", "ppl", "nll", "tokens", "delta_ppl_pct", "weight_mse", "weight_sqnr_db", "seconds"]
+PER_VARIANT_FIELDS = ["variant", "ppl", "ppl_stderr", "nll", "tokens", "delta_ppl_pct", "kl_mean", "kl_p99", "kl_max",
+                      "top1_agreement", "delta_nll_mean", "delta_nll_ci95", "weight_mse", "weight_sqnr_db", "seconds"]
 SETTINGS_FIELDS = ["model", "text", "mode", "max_length", "layers_quantized", "model_sha256", "text_sha256",
                    "text_tokens", "libtorch_version", "threads"]
 
@@ -58,6 +59,9 @@ def test_json_has_stable_fields_and_consistent_numbers():
         assert r["tokens"] == j["text_tokens"]
     fp32, a8, z4 = j["results"]
     assert fp32["delta_ppl_pct"] == 0 and fp32["weight_mse"] is None
+    assert fp32["kl_mean"] == 0 and fp32["top1_agreement"] == 1 and fp32["delta_nll_mean"] == 0
+    assert z4["kl_mean"] > a8["kl_mean"] > 0 and z4["top1_agreement"] < 1
+    assert a8["kl_p99"] <= a8["kl_max"]
     assert abs(a8["delta_ppl_pct"] - 100 * (a8["ppl"] / fp32["ppl"] - 1)) < 1e-9
     assert z4["weight_mse"] > a8["weight_mse"] > 0  # 4 bits reconstruct worse than 8
     assert len(j["model_sha256"]) == 64 and len(j["text_sha256"]) == 64
