@@ -571,8 +571,13 @@ def main():
     model.save_pretrained(hf_dir, safe_serialization=True)
     with open(sp_prefix + ".model", "rb") as f, open(os.path.join(hf_dir, "spiece.model"), "wb") as g:
         g.write(f.read())
-    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "export_t5.py"), hf_dir, args.out,
-                        "--max-length", str(args.window)])
+    # Run the export from the repository root with repo-relative paths, so that the archive's
+    # metadata (source.checkpoint) names build/default_model/hf rather than this machine's path.
+    def rel(p):
+        p = os.path.abspath(p)
+        return os.path.relpath(p, REPO) if p.startswith(REPO + os.sep) else p
+    r = subprocess.run([sys.executable, os.path.join("scripts", "export_t5.py"), rel(hf_dir), rel(args.out),
+                        "--max-length", str(args.window)], cwd=REPO)
     if r.returncode != 0:
         fail("export of %s to %s failed" % (hf_dir, args.out))
     with open(args.out, "rb") as f:
