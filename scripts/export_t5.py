@@ -268,8 +268,12 @@ def export(checkpoint, out_path, tokenizer=None, max_length=512):
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir):
         raise UserError("output directory %s does not exist" % out_dir)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(out_path), suffix=".tmp", dir=out_dir)
-    os.close(fd)
+    # Atomic write: save into a fresh temporary directory beside the output, under the final
+    # file name (torch.jit.save names the archive's top folder after the file, so a random temp
+    # *file* name would end up inside the archive and make exports differ byte for byte), then
+    # rename over the output.
+    tmp_dir = tempfile.mkdtemp(prefix=".export_t5.", dir=out_dir)
+    tmp = os.path.join(tmp_dir, os.path.basename(out_path))
     try:
         torch.jit.save(scripted, tmp, _extra_files={
             "quantppl.json": json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"),
@@ -277,10 +281,10 @@ def export(checkpoint, out_path, tokenizer=None, max_length=512):
         })
         os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        os.rmdir(tmp_dir)
     n_params = sum(p.numel() for p in scripted.parameters())
     print("%s: wrote %s (%d parameters, vocab %d, max_length %d)" % (PROG, out_path, n_params, cfg["vocab_size"], max_length))
     return meta
@@ -303,4 +307,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # TorchScript writes a module's constants in set order, which depends on Python's string-hash
+    # seed; a fixed seed makes two exports of the same checkpoint byte-identical (same sha256).
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:],
+                  dict(os.environ, PYTHONHASHSEED="0"))
     sys.exit(main())

@@ -367,3 +367,14 @@ def test_cli_rejects_mismatched_weights(tmp_path, tiny_ckpt):
     (tiny_ckpt / "config.json").write_text(json.dumps(cfg))
     assert_user_error(run_export(tiny_ckpt, out), "do not fit")
     assert not out.exists()
+
+
+def test_export_is_byte_reproducible(tmp_path, tiny_ckpt):
+    """Two exports of one checkpoint, by either interpreter, are the same bytes (same sha256)."""
+    a, b = tmp_path / "a" / "m.pt", tmp_path / "b" / "m.pt"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    assert run_export(tiny_ckpt, a).returncode == 0
+    assert run_export(tiny_ckpt, b, python=sys.executable).returncode == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert sorted(os.listdir(a.parent)) == ["m.pt"]  # no temporary left behind
