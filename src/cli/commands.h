@@ -51,4 +51,39 @@ struct QuantizeCommand {
 CLI::App* setup_quantize(CLI::App& app, QuantizeCommand& q);
 int run_quantize_command(const QuantizeCommand& q);
 
+struct InspectCommand {
+  std::string model;
+  std::string tokenizer;
+  std::string variant = "absmax:8";
+  std::string include;
+  std::string exclude;
+  std::string format = "table";
+  std::string output;
+  bool force = false;
+  bool quiet = false;
+};
+CLI::App* setup_inspect(CLI::App& app, InspectCommand& c);
+int run_inspect_command(const InspectCommand& c);
+
+struct SensitivityCommand {
+  std::string model;
+  std::string tokenizer;
+  std::string text;
+  std::string variant;
+  std::string keep = "0,1,2,4,8";
+  int64_t max_tokens = 0;
+  std::string mode = "reconstruct";
+  int64_t max_length = 0;
+  int64_t batch_size = 8;
+  int64_t threads = default_threads();
+  std::string include;
+  std::string exclude;
+  std::string format = "table";
+  std::string output;
+  bool force = false;
+  bool quiet = false;
+};
+CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c);
+int run_sensitivity_command(const SensitivityCommand& c);
+
 }  // namespace quantppl::cli

@@ -37,6 +37,10 @@ int run(int argc, char** argv) {
   QuantizeCommand quantize;
   CLI::App* compare_app = setup_compare(app, compare);
   CLI::App* quantize_app = setup_quantize(app, quantize);
+  InspectCommand inspect;
+  SensitivityCommand sensitivity;
+  CLI::App* inspect_app = setup_inspect(app, inspect);
+  CLI::App* sensitivity_app = setup_sensitivity(app, sensitivity);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -51,6 +55,8 @@ int run(int argc, char** argv) {
   }
   if (compare_app->parsed()) return run_compare_command(compare, compare_app->count("--variants") > 0);
   if (quantize_app->parsed()) return run_quantize_command(quantize);
+  if (inspect_app->parsed()) return run_inspect_command(inspect);
+  if (sensitivity_app->parsed()) return run_sensitivity_command(sensitivity);
   return kExitUsage;
 }
 

@@ -1,0 +1,131 @@
+// `quantppl sensitivity`: which Linear layers does a variant hurt most, and
+// how much is won by keeping the worst few in fp32?
+//
+// With L selected layers and a variant V, every measurement below is a
+// perplexity (perplexity.h, equations (2)-(3)) of the model with some subset
+// S of the layers fake-quantized by V and all others at their original fp32
+// weights, on the same pre-built batches:
+//
+//   single layer i:  S = {i}                    (L runs)  -> ranking by delta_ppl_pct
+//   all quantized:   S = every selected layer
+//   keep K:          S = all but the K layers ranked most damaging (K clipped to L)
+//   part P:          S = the selected layers whose name starts with "encoder.",
+//                    "decoder." or "lm_head"
+//
+//   delta_ppl_pct = 100 * (ppl_S / ppl_fp32 - 1)
+//   kl_mean       = (1/N) sum_t sum_v P_v (log P_v - log Q_v)   P = fp32, Q = the run's
+//                   softmax at each of the N predicted positions (nats per token)
+//
+// How it is run: the text is tokenized and batched once; each layer's
+// fake-quantized weight is computed once (V applied to the ORIGINAL weight, so
+// every subset sees exactly the weights apply_variant would give); a subset is
+// put in place by copying originals or quantized weights into only the layers
+// whose state changes, so nothing drifts and the originals come back
+// bit-for-bit at the end. Evaluation is batch-major: for each batch the fp32
+// logits are computed once and every subset of the phase compared with them,
+// so KL never needs more than one batch of fp32 logits in memory, whatever
+// the length of the text. There are two phases (single layers + all + parts,
+// then the keep-K subsets, which need the ranking), so fp32 runs twice.
+// Identical subsets are evaluated once (keep 0 is "all quantized", keep L is
+// fp32 itself: its ppl is the fp32 ppl and its KL 0 by construction).
+// Ties in the ranking keep the model's layer order.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "quantppl/perplexity.h"
+#include "quantppl/variant_spec.h"
+
+namespace quantppl {
+
+// The default --keep series.
+extern const char* const kDefaultKeep;  // "0,1,2,4,8"
+
+// "0,1,2,4,8" -> {0, 1, 2, 4, 8}: comma-separated non-negative integers,
+// duplicates removed, sorted. UsageError naming --keep for an empty list or
+// item, a negative number or anything that is not an integer.
+std::vector<int64_t> parse_keep_list(const std::string& text);
+
+struct SensitivityOptions {
+  std::string model_path;      // empty: default_model_path() (compare.h)
+  std::string tokenizer_path;  // empty: the model's own
+  std::string text_path;       // empty: default_text_path(); "-": standard input
+  Variant variant;             // must not be fp32 (UsageError)
+  std::vector<int64_t> keep{0, 1, 2, 4, 8};
+  int64_t max_tokens = 0;      // > 0: only the first max_tokens tokens of the text (EOS included) are used
+  PerplexityMode mode = PerplexityMode::kReconstruct;
+  int64_t max_length = 0;      // 0: the model's max_length
+  int64_t batch_size = 8;
+  int64_t threads = 0;         // recorded only: the caller sets LibTorch's threads
+  std::string include;         // regex on Linear module names (empty: all)
+  std::string exclude;         // regex (empty: none)
+};
+
+struct LayerSensitivity {
+  std::string name;
+  int64_t rank = 0;  // 1 = the most damaging
+  int64_t parameters = 0;
+  double ppl = 0;
+  double delta_ppl_pct = 0;
+  double kl_mean = 0;
+};
+
+struct KeepResult {
+  int64_t keep = 0;  // after clipping to the number of layers
+  std::vector<std::string> kept_layers;  // fp32, most damaging first
+  double ppl = 0;
+  double delta_ppl_pct = 0;
+  double kl_mean = 0;
+};
+
+struct PartResult {
+  std::string part;  // "encoder", "decoder", "lm_head"
+  int64_t layers = 0;
+  std::optional<double> ppl;  // absent when no selected layer is in the part
+  std::optional<double> delta_ppl_pct;
+  std::optional<double> kl_mean;
+};
+
+struct SensitivityReport {
+  std::string model_path;
+  std::string model_sha256;
+  std::string text_path;
+  std::string text_sha256;
+  int64_t text_tokens = 0;   // tokens of the text actually used (after --max-tokens), EOS included
+  int64_t tokens = 0;        // predicted tokens per run (N)
+  int64_t windows = 0;
+  int64_t max_tokens = 0;
+  std::string variant;
+  std::string mode;
+  int64_t max_length = 0;
+  int64_t batch_size = 0;
+  int64_t threads = 0;
+  std::string include;
+  std::string exclude;
+  double fp32_ppl = 0;
+  double all_quantized_ppl = 0;
+  double all_quantized_delta_ppl_pct = 0;
+  double all_quantized_kl_mean = 0;
+  std::vector<LayerSensitivity> layers;  // sorted by damage, rank 1 first
+  std::vector<KeepResult> keep;
+  std::vector<PartResult> parts;  // encoder, decoder, lm_head
+  double seconds = 0;
+};
+
+// stage: "single layers" or "keep K"; done/total: subset evaluations (batches x subsets).
+using SensitivityProgress = std::function<void(const std::string& stage, size_t done, size_t total)>;
+
+SensitivityReport run_sensitivity(const SensitivityOptions& options, const SensitivityProgress& progress = {});
+
+// Renderings. JSON: the settings, "fp32_ppl", "all_quantized_ppl", "layers",
+// "keep", "parts" as above (field names as in the structs). CSV: one row per
+// layer (rank, name, parameters, ppl, delta_ppl_pct, kl_mean). Table: for people.
+std::string format_sensitivity_json(const SensitivityReport& report);
+std::string format_sensitivity_csv(const SensitivityReport& report);
+std::string format_sensitivity_table(const SensitivityReport& report);
+
+}  // namespace quantppl

@@ -1,0 +1,287 @@
+#include "quantppl/layer_inspection.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "quantppl/compare.h"
+#include "quantppl/contract_model.h"
+#include "quantppl/error.h"
+#include "quantppl/model_quantizer.h"
+#include "quantppl/sha256.h"
+
+namespace quantppl {
+namespace {
+
+using nlohmann::ordered_json;
+
+// numpy.median of a [blocks, 1] parameter tensor (mean of the two middle values for an even count).
+Summary3 summarize(const torch::Tensor& values) {
+  const torch::Tensor sorted = std::get<0>(values.reshape({-1}).to(torch::kFloat64).sort());
+  const int64_t n = sorted.numel();
+  Summary3 s;
+  if (n == 0) return s;
+  s.min = sorted[0].item<double>();
+  s.max = sorted[n - 1].item<double>();
+  s.median = n % 2 == 1 ? sorted[n / 2].item<double>()
+                        : 0.5 * (sorted[n / 2 - 1].item<double>() + sorted[n / 2].item<double>());
+  return s;
+}
+
+ordered_json number_or_null(double v) {
+  if (!std::isfinite(v)) return nullptr;
+  return v;
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i == 0 ? "" : "x") + std::to_string(shape[i]);
+  return s;
+}
+
+ordered_json layer_json(const LayerInspection& l, bool shape_as_list) {
+  ordered_json j;
+  j["name"] = l.name;
+  if (shape_as_list) {
+    j["shape"] = l.shape;
+  } else {
+    j["shape"] = shape_string(l.shape);
+  }
+  j["parameters"] = l.stats.parameters;
+  j["min"] = l.stats.min;
+  j["max"] = l.stats.max;
+  j["absmax"] = l.stats.absmax;
+  j["std"] = l.stats.stddev;
+  j["kurtosis"] = l.stats.kurtosis;
+  j["outlier_fraction_6sigma"] = l.stats.outlier_fraction_6sigma;
+  const bool per_tensor = l.damage && l.damage->blocks == 1;
+  if (l.damage) {
+    const VariantDamage& d = *l.damage;
+    j["blocks"] = d.blocks;
+    j["scale"] = per_tensor ? ordered_json(d.scale.min) : ordered_json(nullptr);
+    j["zero_point"] = per_tensor ? ordered_json(d.zero_point.min) : ordered_json(nullptr);
+    j["scale_min"] = d.scale.min;
+    j["scale_median"] = d.scale.median;
+    j["scale_max"] = d.scale.max;
+    j["zero_point_min"] = d.zero_point.min;
+    j["zero_point_median"] = d.zero_point.median;
+    j["zero_point_max"] = d.zero_point.max;
+    j["clipped_fraction"] = d.clipped_fraction;
+    j["mse"] = d.error.mse();
+    j["max_abs_error"] = d.error.max_abs_error;
+    j["sqnr_db"] = number_or_null(d.error.sqnr_db());
+  } else {
+    for (const char* key : {"blocks", "scale", "zero_point", "scale_min", "scale_median", "scale_max", "zero_point_min",
+                            "zero_point_median", "zero_point_max", "clipped_fraction", "mse", "max_abs_error",
+                            "sqnr_db"}) {
+      j[key] = nullptr;
+    }
+  }
+  return j;
+}
+
+ordered_json summary_json(const InspectionReport& r) {
+  ordered_json j;
+  j["layers"] = r.summary.layers;
+  j["parameters"] = r.summary.parameters;
+  if (r.is_fp32) {
+    for (const char* key : {"mse", "max_abs_error", "sqnr_db", "clipped_fraction", "worst_layer", "worst_sqnr_db"}) {
+      j[key] = nullptr;
+    }
+    return j;
+  }
+  j["mse"] = r.summary.error.mse();
+  j["max_abs_error"] = r.summary.error.max_abs_error;
+  j["sqnr_db"] = number_or_null(r.summary.error.sqnr_db());
+  j["clipped_fraction"] = r.summary.clipped_fraction;
+  j["worst_layer"] = r.summary.worst_layer;
+  j["worst_sqnr_db"] = number_or_null(r.summary.worst_sqnr_db);
+  return j;
+}
+
+std::string csv_cell(const ordered_json& value) {
+  if (value.is_null()) return "";
+  if (value.is_string()) {
+    const std::string s = value.get<std::string>();
+    if (s.find_first_of(",\"\n") == std::string::npos) return s;
+    std::string quoted = "\"";
+    for (const char c : s) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+    return quoted + "\"";
+  }
+  if (value.is_number_float()) return fmt::format("{:.17g}", value.get<double>());
+  return value.dump();
+}
+
+std::string db_string(double db) { return std::isfinite(db) ? fmt::format("{:.2f}", db) : "inf"; }
+
+}  // namespace
+
+WeightStats weight_stats(const torch::Tensor& w, const std::string& name) {
+  torch::NoGradGuard no_grad;
+  if (w.numel() == 0) throw DataError(fmt::format("weight '{}' is empty: no statistics", name));
+  const torch::Tensor x = w.detach().reshape({-1}).to(torch::kFloat64);
+  WeightStats s;
+  s.parameters = x.numel();
+  s.min = x.min().item<double>();
+  s.max = x.max().item<double>();
+  s.absmax = std::max(std::abs(s.min), std::abs(s.max));
+  s.mean = x.mean().item<double>();                       // (1)
+  const torch::Tensor centred = x - s.mean;
+  const torch::Tensor sq = centred.square();
+  const double m2 = sq.mean().item<double>();             // (2), k = 2
+  const double m4 = sq.square().mean().item<double>();    // (2), k = 4
+  s.stddev = std::sqrt(m2);                                  // (3)
+  s.kurtosis = m2 > 0 ? m4 / (m2 * m2) - 3.0 : 0.0;       // (4)
+  s.outlier_fraction_6sigma =                              // (5)
+      static_cast<double>(centred.abs().gt(6.0 * s.stddev).sum().item<int64_t>()) / static_cast<double>(s.parameters);
+  return s;
+}
+
+double clipped_fraction(const torch::Tensor& w, const QParams& params, const QuantConfig& config,
+                        const std::string& name) {
+  torch::NoGradGuard no_grad;
+  const int64_t blocks = num_blocks(w, config, name);
+  if (w.numel() == 0) return 0;
+  // Same dtype and the same operations as quantize.cpp's to_codes_, minus round and clamp.
+  torch::Tensor u = w.detach().contiguous().view({blocks, w.numel() / blocks});
+  u = config.scale_form == ScaleForm::kStep ? u / params.scale : u * params.scale;   // (6)
+  if (config.scheme == Scheme::kZeroPoint) u = u + params.zero_point;
+  const CodeRange codes = code_range(config);
+  const torch::Tensor clipped = u.lt(static_cast<double>(codes.qmin) - 0.5) | u.gt(static_cast<double>(codes.qmax) + 0.5);  // (7)
+  return static_cast<double>(clipped.sum().item<int64_t>()) / static_cast<double>(w.numel());
+}
+
+VariantDamage variant_damage(const torch::Tensor& w, const QuantConfig& config, const std::string& name) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor w_hat = w.detach().clone(torch::MemoryFormat::Contiguous);
+  const QParams params = fake_quantize_(w_hat, config, name);
+  VariantDamage d;
+  d.blocks = params.scale.size(0);
+  d.scale = summarize(params.scale);
+  d.zero_point = summarize(params.zero_point);
+  d.clipped_fraction = clipped_fraction(w, params, config, name);
+  d.error = error_metrics(w, w_hat);
+  return d;
+}
+
+InspectionReport run_inspect(const InspectOptions& options, const InspectProgress& progress) {
+  InspectionReport report;
+  report.model_path = options.model_path.empty() ? default_model_path() : options.model_path;
+  ContractModel model = ContractModel::load(report.model_path, options.tokenizer_path);
+  const std::vector<LinearLayer> layers = select_layers(model.linear_layers(), options.include, options.exclude);
+  report.model_sha256 = sha256_file(report.model_path);
+  report.variant = options.variant.name;
+  report.is_fp32 = options.variant.is_fp32;
+  report.include = options.include;
+  report.exclude = options.exclude;
+
+  InspectionSummary& summary = report.summary;
+  double clipped = 0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const LinearLayer& layer = layers[i];
+    LayerInspection li;
+    li.name = layer.name;
+    li.shape = layer.weight.sizes().vec();
+    li.stats = weight_stats(layer.weight, layer.name);
+    if (!report.is_fp32) {
+      li.damage = variant_damage(layer.weight, options.variant.config, layer.name);
+      summary.error.merge(li.damage->error);
+      clipped += li.damage->clipped_fraction * static_cast<double>(li.stats.parameters);
+      const double sqnr = li.damage->error.sqnr_db();
+      if (summary.worst_layer.empty() || sqnr < summary.worst_sqnr_db) {
+        summary.worst_layer = layer.name;
+        summary.worst_sqnr_db = sqnr;
+      }
+    }
+    summary.layers += 1;
+    summary.parameters += li.stats.parameters;
+    report.layers.push_back(std::move(li));
+    if (progress) progress(i + 1, layers.size());
+  }
+  // Each layer's fraction times its size is an exact integer count (well below 2^53).
+  summary.clipped_fraction = summary.parameters > 0 ? std::round(clipped) / static_cast<double>(summary.parameters) : 0;
+  return report;
+}
+
+std::string format_inspection_json(const InspectionReport& r) {
+  ordered_json j;
+  j["model"] = r.model_path;
+  j["model_sha256"] = r.model_sha256;
+  j["variant"] = r.variant;
+  j["include"] = r.include;
+  j["exclude"] = r.exclude;
+  j["layers"] = ordered_json::array();
+  for (const LayerInspection& l : r.layers) j["layers"].push_back(layer_json(l, /*shape_as_list=*/true));
+  j["summary"] = summary_json(r);
+  return j.dump(2) + "\n";
+}
+
+std::string format_inspection_csv(const InspectionReport& r) {
+  std::ostringstream out;
+  bool header_written = false;
+  for (const LayerInspection& l : r.layers) {
+    ordered_json row = layer_json(l, /*shape_as_list=*/false);
+    row["variant"] = r.variant;
+    row["model"] = r.model_path;
+    row["model_sha256"] = r.model_sha256;
+    if (!header_written) {
+      bool first = true;
+      for (const auto& [key, value] : row.items()) {
+        out << (first ? "" : ",") << key;
+        first = false;
+      }
+      out << "\n";
+      header_written = true;
+    }
+    bool first = true;
+    for (const auto& [key, value] : row.items()) {
+      out << (first ? "" : ",") << csv_cell(value);
+      first = false;
+    }
+    out << "\n";
+  }
+  return out.str();
+}
+
+std::string format_inspection_table(const InspectionReport& r) {
+  std::string out;
+  out += fmt::format("model    {}  (sha256 {})\nvariant  {}\n\n", r.model_path, r.model_sha256.substr(0, 12), r.variant);
+  size_t width = 5;
+  for (const LayerInspection& l : r.layers) width = std::max(width, l.name.size());
+  out += fmt::format("{:<{}} {:>10} {:>9} {:>9} {:>9} {:>8} {:>6} {:>12} {:>10} {:>8} {:>10} {:>10} {:>8}\n", "layer",
+                     width, "shape", "absmax", "std", "kurtosis", "out>6s", "blocks", "scale", "zero pt", "clipped",
+                     "MSE", "max|err|", "SQNR dB");
+  for (const LayerInspection& l : r.layers) {
+    std::string blocks = "-", scale = "-", zero = "-", clipped = "-", mse = "-", maxerr = "-", sqnr = "-";
+    if (l.damage) {
+      const VariantDamage& d = *l.damage;
+      blocks = std::to_string(d.blocks);
+      scale = d.blocks == 1 ? fmt::format("{:.4e}", d.scale.min) : fmt::format("~{:.4e}", d.scale.median);
+      zero = d.blocks == 1 ? fmt::format("{:g}", d.zero_point.min) : fmt::format("~{:g}", d.zero_point.median);
+      clipped = fmt::format("{:.3f}%", 100.0 * d.clipped_fraction);
+      mse = fmt::format("{:.3e}", d.error.mse());
+      maxerr = fmt::format("{:.3e}", d.error.max_abs_error);
+      sqnr = db_string(d.error.sqnr_db());
+    }
+    out += fmt::format("{:<{}} {:>10} {:>9.4f} {:>9.4f} {:>9.2f} {:>7.4f}% {:>6} {:>12} {:>10} {:>8} {:>10} {:>10} {:>8}\n",
+                       l.name, width, shape_string(l.shape), l.stats.absmax, l.stats.stddev, l.stats.kurtosis,
+                       100.0 * l.stats.outlier_fraction_6sigma, blocks, scale, zero, clipped, mse, maxerr, sqnr);
+  }
+  const InspectionSummary& s = r.summary;
+  if (r.is_fp32) {
+    out += fmt::format("\nsummary  {} layers, {} weights (fp32: nothing quantized)\n", s.layers, s.parameters);
+  } else {
+    out += fmt::format("\nsummary  {} layers, {} weights: MSE {:.3e}, max|err| {:.3e}, SQNR {} dB, clipped {:.3f}%; "
+                       "worst layer {} ({} dB)\n",
+                       s.layers, s.parameters, s.error.mse(), s.error.max_abs_error, db_string(s.error.sqnr_db()),
+                       100.0 * s.clipped_fraction, s.worst_layer, db_string(s.worst_sqnr_db));
+    out += "(per-channel/group rows show the median scale and zero point, marked ~; JSON/CSV carry min/median/max)\n";
+  }
+  return out;
+}
+
+}  // namespace quantppl
