@@ -43,13 +43,18 @@ import time
 # thread, and a malloc that neither returns memory to the OS nor mmaps big blocks (fresh pages
 # cost ~11.5 us each here). GLIBC_TUNABLES is read at process start, so re-exec once with it set.
 _TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
-if os.environ.get("GLIBC_TUNABLES") != _TUNABLES and os.environ.get("QUANTPPL_REEXEC") != "1":
-    env = dict(os.environ, GLIBC_TUNABLES=_TUNABLES, QUANTPPL_REEXEC="1")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def _tune_environment():
+    """Called before torch is imported, only when run as a script (importing is side-effect free)."""
+    if os.environ.get("GLIBC_TUNABLES") != _TUNABLES and os.environ.get("QUANTPPL_REEXEC") != "1":
+        env = dict(os.environ, GLIBC_TUNABLES=_TUNABLES, QUANTPPL_REEXEC="1")
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC_SOURCES = "/usr/share/doc/python3.11/html/_sources"
@@ -612,4 +617,5 @@ def main():
 
 
 if __name__ == "__main__":
+    _tune_environment()
     main()
