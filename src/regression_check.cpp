@@ -11,7 +11,7 @@
 
 namespace quantppl {
 
-std::vector<ExpectedPerplexity> read_expected_perplexities(const std::string& path) {
+ExpectedRun read_expected_run(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError(fmt::format("--check: cannot read '{}'", path));
   std::stringstream buffer;
@@ -51,7 +51,18 @@ std::vector<ExpectedPerplexity> read_expected_perplexities(const std::string& pa
     }
     expected.push_back({item["variant"].get<std::string>(), item["ppl"].get<double>(), tolerance});
   }
-  return expected;
+  ExpectedRun run;
+  run.variants = std::move(expected);
+  for (const char* key : {"model_sha256", "text_sha256"}) {
+    if (!j.contains(key)) continue;
+    if (!j[key].is_string()) throw DataError(fmt::format("--check: '{}': {} must be a string", path, key));
+    (std::string(key) == "model_sha256" ? run.model_sha256 : run.text_sha256) = j[key].get<std::string>();
+  }
+  return run;
+}
+
+std::vector<ExpectedPerplexity> read_expected_perplexities(const std::string& path) {
+  return read_expected_run(path).variants;
 }
 
 std::string expected_variant_list(const std::vector<ExpectedPerplexity>& expected) {
@@ -78,6 +89,20 @@ std::vector<std::string> check_regressions(const CompareReport& report,
                                      e.variant, found->ppl, drift_pct, e.ppl, e.tolerance_pct));
     }
   }
+  return failures;
+}
+
+std::vector<std::string> check_regressions(const CompareReport& report, const ExpectedRun& expected) {
+  std::vector<std::string> failures;
+  if (!expected.model_sha256.empty() && expected.model_sha256 != report.model_sha256) {
+    failures.push_back(fmt::format("model {} has sha256 {}, the baseline was made with {}; re-baseline after an intended change",
+                                   report.model_path, report.model_sha256, expected.model_sha256));
+  }
+  if (!expected.text_sha256.empty() && expected.text_sha256 != report.text_sha256) {
+    failures.push_back(fmt::format("text {} has sha256 {}, the baseline was made with {}; re-baseline after an intended change",
+                                   report.text_path, report.text_sha256, expected.text_sha256));
+  }
+  for (std::string& f : check_regressions(report, expected.variants)) failures.push_back(std::move(f));
   return failures;
 }
 

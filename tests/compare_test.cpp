@@ -225,6 +225,26 @@ TEST(RegressionCheckTest, FlagsDriftBeyondToleranceInEitherDirection) {
   std::remove(path.c_str());
 }
 
+TEST(RegressionCheckTest, PinnedInputsMustMatch) {
+  const std::string path = temp_path("pinned.json");
+  std::ofstream(path) << R"({"model_sha256": "abc", "variants": [{"variant": "fp32", "ppl": 10.0}]})";
+  const ExpectedRun expected = read_expected_run(path);
+  EXPECT_EQ(expected.model_sha256, "abc");
+  EXPECT_TRUE(expected.text_sha256.empty());
+  CompareReport report;
+  report.model_sha256 = "def";
+  VariantResult r;
+  r.variant = "fp32";
+  r.ppl = 10.0;
+  report.results = {r};
+  const auto failures = check_regressions(report, expected);
+  ASSERT_EQ(failures.size(), 1u);
+  EXPECT_THAT(failures[0], HasSubstr("sha256 def, the baseline was made with abc"));
+  report.model_sha256 = "abc";
+  EXPECT_TRUE(check_regressions(report, expected).empty());
+  std::remove(path.c_str());
+}
+
 TEST(RegressionCheckTest, MalformedExpectedFilesAreDataErrors) {
   const std::string path = temp_path("bad.json");
   for (const char* content : {"not json", "[]", R"({"variants": []})", R"({"variants": [{"variant": "fp32"}]})",

@@ -7,7 +7,9 @@
 // A `quantppl compare --format json` output is accepted too (its "results").
 // A variant passes when |ppl - expected| <= expected * tolerance_pct / 100 —
 // both directions: an unexplained improvement is a change to look at too.
-// Every expected variant must be present in the run.
+// Every expected variant must be present in the run. Optional top-level
+// "model_sha256" / "text_sha256" pin the inputs: a different model or text
+// is a failure too (the baseline no longer describes what was measured).
 #pragma once
 
 #include <string>
@@ -25,7 +27,14 @@ struct ExpectedPerplexity {
   double tolerance_pct;
 };
 
+struct ExpectedRun {
+  std::string model_sha256;  // empty: not pinned
+  std::string text_sha256;   // empty: not pinned
+  std::vector<ExpectedPerplexity> variants;
+};
+
 // Throws IoError/DataError naming the file and the field.
+ExpectedRun read_expected_run(const std::string& path);
 std::vector<ExpectedPerplexity> read_expected_perplexities(const std::string& path);
 
 // The variants listed in `expected`, as comma-separated specs.
@@ -35,5 +44,7 @@ std::string expected_variant_list(const std::vector<ExpectedPerplexity>& expecte
 // 25.41 (tolerance 0.50%)"); empty when the run passes.
 std::vector<std::string> check_regressions(const CompareReport& report,
                                            const std::vector<ExpectedPerplexity>& expected);
+// The same, plus the pinned sha256s.
+std::vector<std::string> check_regressions(const CompareReport& report, const ExpectedRun& expected);
 
 }  // namespace quantppl

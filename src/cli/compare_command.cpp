@@ -54,11 +54,11 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
 
 int run_compare_command(const CompareCommand& c, bool variants_given) {
   if (!c.output.empty()) check_output_path(c.output, c.force);
-  std::vector<ExpectedPerplexity> expected;
+  ExpectedRun expected;
   std::string variant_specs = c.variants;
   if (!c.check.empty()) {
-    expected = read_expected_perplexities(c.check);
-    if (!variants_given) variant_specs = expected_variant_list(expected);
+    expected = read_expected_run(c.check);
+    if (!variants_given) variant_specs = expected_variant_list(expected.variants);
   }
 
   CompareOptions options;
@@ -95,11 +95,12 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
     write_file_atomically(c.output, rendered, c.force);
   }
 
-  if (!expected.empty()) {
+  if (!expected.variants.empty()) {
     const std::vector<std::string> failures = check_regressions(report, expected);
     for (const std::string& f : failures) std::cerr << "quantppl: regression: " << f << "\n";
     if (!failures.empty()) return kExitRegression;
-    std::cerr << fmt::format("quantppl: check passed: {} variant(s) within tolerance of {}\n", expected.size(), c.check);
+    std::cerr << fmt::format("quantppl: check passed: {} variant(s) within tolerance of {}\n", expected.variants.size(),
+                             c.check);
   }
   return 0;
 }
