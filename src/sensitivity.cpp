@@ -206,9 +206,6 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
   if (options.batch_size <= 0) throw UsageError(fmt::format("--batch-size must be >= 1, got {}", options.batch_size));
   if (options.max_length < 0) throw UsageError(fmt::format("--max-length must be >= 0, got {}", options.max_length));
   if (options.max_tokens < 0) throw UsageError(fmt::format("--max-tokens must be >= 0, got {}", options.max_tokens));
-  for (const int64_t k : options.keep) {
-    if (k < 0) throw UsageError(fmt::format("--keep values must be >= 0, got {}", k));
-  }
 
   SensitivityReport report;
   report.model_path = options.model_path.empty() ? default_model_path() : options.model_path;
@@ -227,12 +224,15 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
   }
   const std::vector<EvalBatch> batches = make_batches(text.windows, options.mode, options.batch_size, metadata);
 
-  WeightBackup backup(select_layers(model.linear_layers(), options.include, options.exclude));
-  const size_t n = backup.layers().size();
+  const std::vector<LinearLayer> selected = select_layers(model.linear_layers(), options.include, options.exclude);
+  SensitivityReport measured = measure_sensitivity(model, batches, selected, options.variant.config, options.keep, progress);
+  measured.model_path = report.model_path;
+  measured.text_path = report.text_path;
+  measured.max_length = report.max_length;
+  report = std::move(measured);
   report.model_sha256 = sha256_file(report.model_path);
   report.text_sha256 = text.sha256;
   report.text_tokens = static_cast<int64_t>(text.token_ids.size());
-  report.tokens = count_label_tokens(batches);
   report.windows = static_cast<int64_t>(text.windows.size());
   report.max_tokens = options.max_tokens;
   report.variant = options.variant.name;
@@ -241,8 +241,32 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
   report.threads = options.threads;
   report.include = options.include;
   report.exclude = options.exclude;
+  report.seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  return report;
+}
 
-  LayerSwitch layers(backup, options.variant.config);
+SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<EvalBatch>& batches,
+                                      const std::vector<LinearLayer>& selected, const QuantConfig& config,
+                                      const std::vector<int64_t>& keep, const SensitivityProgress& progress) {
+  for (const int64_t k : keep) {
+    if (k < 0) throw UsageError(fmt::format("--keep values must be >= 0, got {}", k));
+  }
+  SensitivityReport report;
+  WeightBackup backup(selected);
+  // Puts the originals back however this function is left.
+  struct RestoreOnExit {
+    WeightBackup& backup;
+    ~RestoreOnExit() {
+      try {
+        backup.restore();
+      } catch (...) {
+      }
+    }
+  } restore_on_exit{backup};
+  const size_t n = backup.layers().size();
+  report.tokens = count_label_tokens(batches);
+
+  LayerSwitch layers(backup, config);
 
   // Phase 1: every single layer, all layers, each part.
   SubsetTable phase1;
@@ -270,7 +294,7 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
       evaluate_subsets(model, batches, layers, phase1.subsets(), &fp32, "single layers", progress);
   report.fp32_ppl = fp32.ppl();
   if (!std::isfinite(report.fp32_ppl)) {
-    throw DataError(fmt::format("model '{}': the fp32 perplexity is not finite", report.model_path));
+    throw DataError(fmt::format("model '{}': the fp32 perplexity is not finite", model.path()));
   }
   report.all_quantized_ppl = sums1[all_index].ppl();
   report.all_quantized_delta_ppl_pct = delta_pct(report.all_quantized_ppl, report.fp32_ppl);
@@ -306,7 +330,7 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
 
   // Phase 2: keep the K most damaging layers in fp32. Subsets already measured are not re-run.
   std::vector<int64_t> keep_values;
-  for (const int64_t k : options.keep) keep_values.push_back(std::min<int64_t>(k, static_cast<int64_t>(n)));
+  for (const int64_t k : keep) keep_values.push_back(std::min<int64_t>(k, static_cast<int64_t>(n)));
   std::sort(keep_values.begin(), keep_values.end());
   keep_values.erase(std::unique(keep_values.begin(), keep_values.end()), keep_values.end());
   SubsetTable phase2;
@@ -338,8 +362,6 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
     kr.kl_mean = s.kl_mean();
     report.keep.push_back(kr);
   }
-  backup.restore();
-  report.seconds = std::chrono::duration<double>(Clock::now() - started).count();
   return report;
 }
 

@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "quantppl/contract_model.h"
 #include "quantppl/perplexity.h"
 #include "quantppl/variant_spec.h"
 
@@ -56,7 +57,7 @@ struct SensitivityOptions {
   std::string text_path;       // empty: default_text_path(); "-": standard input
   Variant variant;             // must not be fp32 (UsageError)
   std::vector<int64_t> keep{0, 1, 2, 4, 8};
-  int64_t max_tokens = 0;      // > 0: only the first max_tokens tokens of the text (EOS included) are used
+  int64_t max_tokens = 0;      // > 0: only the first max_tokens tokens of the token stream (text + EOS) are windowed
   PerplexityMode mode = PerplexityMode::kReconstruct;
   int64_t max_length = 0;      // 0: the model's max_length
   int64_t batch_size = 8;
@@ -119,7 +120,17 @@ struct SensitivityReport {
 // stage: "single layers" or "keep K"; done/total: subset evaluations (batches x subsets).
 using SensitivityProgress = std::function<void(const std::string& stage, size_t done, size_t total)>;
 
+// Loads the model and the text (tokenized and batched once), then measure_sensitivity().
 SensitivityReport run_sensitivity(const SensitivityOptions& options, const SensitivityProgress& progress = {});
+
+// The measurement alone, on a loaded model and pre-built batches: fills
+// tokens, fp32_ppl, all_quantized_*, layers, keep and parts. `layers` are the
+// Linear layers to consider (aliasing the model's weights, as
+// ContractModel::linear_layers gives them); they hold their original values
+// again on return, bit-for-bit, also when it throws.
+SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<EvalBatch>& batches,
+                                      const std::vector<LinearLayer>& layers, const QuantConfig& config,
+                                      const std::vector<int64_t>& keep, const SensitivityProgress& progress = {});
 
 // Renderings. JSON: the settings, "fp32_ppl", "all_quantized_ppl", "layers",
 // "keep", "parts" as above (field names as in the structs). CSV: one row per
