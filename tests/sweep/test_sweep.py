@@ -1,0 +1,257 @@
+"""Tests of scripts/sweep.py and scripts/report.py against the real quantppl binary.
+
+Run by CTest (see CMakeLists.txt) with QUANTPPL_BIN (the binary) and QUANTPPL_FIXTURES (the
+directory tests/fixtures/make_tiny_model.py generated) in the environment:
+
+    QUANTPPL_BIN=build/quantppl QUANTPPL_FIXTURES=build/fixtures /usr/bin/python3 -m pytest -q tests/sweep
+
+One small sweep (tiny random model, a short text, 8 variants + fp32 in batches of 4) is shared by
+the tests; the resume tests copy its directory.
+"""
+
+import base64
+import csv
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.abspath(os.environ.get("QUANTPPL_BIN", os.path.join(REPO, "build", "quantppl")))
+FIXTURES = os.path.abspath(os.environ.get("QUANTPPL_FIXTURES", os.path.join(REPO, "build", "fixtures")))
+TINY = os.path.join(FIXTURES, "tiny.pt")
+SWEEP = os.path.join(REPO, "scripts", "sweep.py")
+REPORT = os.path.join(REPO, "scripts", "report.py")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import sweep  # noqa: E402
+
+# About 250 words: enough for a few windows of the tiny model, short enough to keep the test fast.
+TEXT = """\
+The lighthouse keeper kept a notebook of every ship that passed the point in the year the harbour
+was rebuilt. Most entries are short: a name, a time, the direction of the wind, and whether the
+vessel answered the lamp. Some pages hold longer notes about fog that lay on the water for three
+days, about a schooner that anchored too close to the rocks and was warned off with a bell, and
+about the winter evening when the lamp itself failed and had to be trimmed by hand until morning.
+
+Reading the notebook now, one notices how carefully the numbers were kept. The keeper counted the
+hours of light and the gallons of oil, and at the end of each month he added the columns twice,
+once from the top and once from the bottom, so that a mistake in either direction would show. When
+the two sums disagreed he wrote both of them down and circled the difference rather than choosing
+the one he liked better.
+
+The harbour master later said that the notebook was more useful than the official log, because it
+recorded what actually happened rather than what was supposed to happen. Ships that were expected
+but never came are listed with a question mark. Ships that came without being expected are listed
+with the word "unannounced" and the hour they were first seen. A small sketch of the coastline sits
+on the last page, with the rocks marked in pencil and the safe channel drawn in ink.
+"""
+
+GRID = ["--schemes", "absmax,zeropoint", "--bits", "4,8", "--granularities", "tensor,group64", "--ranges", "minmax"]
+VARIANTS = [f"{s}:{b}:{g}:minmax" for s in ("absmax", "zeropoint") for g in ("tensor", "group64") for b in (4, 8)]
+REQUIRED_COLUMNS = ["variant", "scheme", "bits", "granularity", "group_size", "range", "ppl", "nll", "tokens",
+                    "delta_ppl_pct", "weight_mse", "weight_sqnr_db", "seconds", "effective_bits_per_weight"]
+PLOTS = ["ppl_vs_bits.png", "ppl_vs_effective_bits.png"]
+
+
+def run_sweep(out, text, *extra, binary=BIN):
+    cmd = [sys.executable, SWEEP, "--bin", binary, "--model", TINY, "--text", text, "--out", str(out),
+           "--batch-variants", "4", "--threads", "1", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def progress_variants(stderr):
+    """Variants named in the [i/n] progress lines."""
+    return re.findall(r"^\[\d+/\d+\] (\S+)  ppl", stderr, re.M)
+
+
+def assert_one_line_error(result, code, *needles):
+    assert result.returncode == code, (result.returncode, result.stderr)
+    err = result.stderr.strip()
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err  # one line, the last
+    for needle in needles:
+        assert needle in errors[0], err
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "short.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def sweep_dir(tmp_path_factory, text_file):
+    if not os.access(BIN, os.X_OK):
+        pytest.skip(f"no quantppl binary at {BIN}")
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    r = run_sweep(out, text_file, *GRID, "--report")
+    assert r.returncode == 0, r.stderr
+    return out, r.stderr
+
+
+def test_csv_has_expected_columns_and_one_row_per_variant(sweep_dir):
+    out, stderr = sweep_dir
+    rows = read_csv(out / "results.csv")
+    columns = list(rows[0].keys())
+    assert columns[:len(REQUIRED_COLUMNS)] == REQUIRED_COLUMNS
+    # the CLI's extra metric fields are carried over, whatever they are
+    assert "ppl_stderr" in columns or len(columns) == len(REQUIRED_COLUMNS)
+    assert [r["variant"] for r in rows] == ["fp32", *VARIANTS]
+    assert rows[0]["delta_ppl_pct"] in ("0.0", "0")
+    fp32_ppl = float(rows[0]["ppl"])
+    for r in rows[1:]:
+        assert r["scheme"] in ("absmax", "zeropoint") and r["range"] == "minmax"
+        assert abs(float(r["delta_ppl_pct"]) - 100 * (float(r["ppl"]) / fp32_ppl - 1)) < 1e-6
+        assert float(r["weight_sqnr_db"]) > 0
+        assert int(r["tokens"]) == int(rows[0]["tokens"])
+    # three calls of 4 variants (fp32 first), one progress line per variant
+    assert progress_variants(stderr) == ["fp32", *VARIANTS]
+    assert len(os.listdir(out / "raw")) == 3
+
+
+def test_effective_bits_include_scale_and_zero_point_overhead(sweep_dir):
+    out, _ = sweep_dir
+    shapes = sweep.linear_shapes(TINY, None, None)
+    params = sum(o * i for _, o, i in shapes)
+    rows = {r["variant"]: r for r in read_csv(out / "results.csv")}
+    assert float(rows["fp32"]["effective_bits_per_weight"]) == 32
+    expected = {
+        "absmax:4:tensor:minmax": 4 + 32 * len(shapes) / params,
+        "zeropoint:4:tensor:minmax": 4 + 40 * len(shapes) / params,
+        "absmax:8:group64:minmax": 8 + 32 / 64,
+        "zeropoint:4:group64:minmax": 4 + 40 / 64,
+    }
+    for variant, bits in expected.items():
+        assert float(rows[variant]["effective_bits_per_weight"]) == pytest.approx(bits, rel=1e-12), variant
+
+
+def test_effective_bits_per_channel_uses_exact_shapes():
+    shapes = [("a", 4, 8), ("b", 2, 16)]  # 64 weights, 6 rows
+    assert sweep.effective_bits("absmax:3:channel:mse", 2, 64, shapes, None) == pytest.approx(3 + 6 * 32 / 64)
+    assert sweep.effective_bits("zeropoint:3:channel:minmax", 2, 64, shapes, None) == pytest.approx(3 + 6 * 40 / 64)
+    # without shapes: the --in-features assumption, or unknown
+    assert sweep.effective_bits("absmax:3:channel:minmax", 2, 64, None, 16) == pytest.approx(3 + 4 * 32 / 64)
+    assert sweep.effective_bits("absmax:3:channel:minmax", 2, 64, None, None) is None
+    assert sweep.effective_bits("absmax:3:group16:minmax", 2, 64, None, None) == pytest.approx(3 + 2)
+
+
+def test_pngs_are_valid_images(sweep_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    out, _ = sweep_dir
+    pngs = sorted(n for n in os.listdir(out) if n.endswith(".png"))
+    for name in PLOTS:
+        assert name in pngs
+    for name in pngs:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_SIGNATURE, name
+        width, height = struct.unpack(">II", data[16:24])  # IHDR
+        assert width > 100 and height > 100
+        image = mpimg.imread(str(out / name))
+        assert image.shape[0] == height and image.shape[1] == width
+
+
+def test_html_report_embeds_the_plots_and_the_table(sweep_dir):
+    out, _ = sweep_dir
+    page = (out / "report.html").read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    pngs = sorted(n for n in os.listdir(out) if n.endswith(".png"))
+    assert len(embedded) == len(pngs)
+    assert base64.b64decode(embedded[0]) == (out / "ppl_vs_bits.png").read_bytes()
+    assert 'src="ppl' not in page  # nothing refers to a file beside it
+    for variant in VARIANTS:
+        assert variant in page
+    assert "sha256" in page and "LibTorch" in page
+    md = (out / "report.md").read_text()
+    assert "](ppl_vs_bits.png)" in md and "| variant |" in md
+    # rows sorted by perplexity after fp32
+    ppls = [float(line.split("|")[2]) for line in md.splitlines() if re.match(r"\| (absmax|zeropoint):", line)]
+    assert ppls == sorted(ppls)
+
+
+def test_report_script_rebuilds_the_page(sweep_dir, tmp_path):
+    out, _ = sweep_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for name in ("report.html", "report.md", "ppl_vs_bits.png", "ppl_vs_effective_bits.png",
+                 "agreement_vs_bits.png"):
+        if (copy / name).exists():
+            (copy / name).unlink()
+    r = subprocess.run([sys.executable, REPORT, str(copy)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (copy / "report.html").exists() and (copy / "ppl_vs_bits.png").exists()
+
+
+def test_resume_computes_only_missing_variants(sweep_dir, text_file, tmp_path):
+    out, _ = sweep_dir
+    copy = tmp_path / "resume"
+    shutil.copytree(out, copy)
+    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
+    removed = lines.pop(3).split(",")[0]  # the third variant after fp32
+    # ... and a kill mid-write of the last line (a user-truncated file): that row is redone too
+    last = lines[-1].split(",")[0]
+    lines[-1] = lines[-1][: len(lines[-1]) // 3]
+    (copy / "results.csv").write_text("".join(lines))
+    before = {r["variant"]: r["seconds"] for r in read_csv(copy / "results.csv") if r["seconds"]}
+
+    r = run_sweep(copy, text_file, *GRID)
+    assert r.returncode == 0, r.stderr
+    assert "resuming: 7 of 9 variants already in" in r.stderr
+    assert sorted(progress_variants(r.stderr)) == sorted([removed, last])
+    rows = read_csv(copy / "results.csv")
+    assert sorted(x["variant"] for x in rows) == sorted(["fp32", *VARIANTS])
+    for x in rows:  # finished rows were kept, not recomputed
+        if x["variant"] in before:
+            assert x["seconds"] == before[x["variant"]]
+
+    again = run_sweep(copy, text_file, *GRID)
+    assert again.returncode == 0, again.stderr
+    assert progress_variants(again.stderr) == []
+    assert "nothing to run" in again.stderr
+
+
+def test_resume_refuses_a_different_text(sweep_dir, tmp_path):
+    out, _ = sweep_dir
+    copy = tmp_path / "other"
+    shutil.copytree(out, copy)
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT.replace("lighthouse", "windmill"))
+    r = run_sweep(copy, str(other), "--variants", "absmax:2")
+    assert_one_line_error(r, 2, "different settings", "text_sha256")
+
+
+def test_missing_binary_is_a_one_line_error(tmp_path, text_file):
+    r = run_sweep(tmp_path / "x", text_file, binary=str(tmp_path / "no-such-quantppl"))
+    assert_one_line_error(r, 4, "quantppl binary not found")
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--bits", "9"], "--bits"),
+    (["--variants", "absmax:4:rows"], "bad variant spec 'absmax:4:rows'"),
+    (["--schemes", "lloyd"], "--schemes"),
+    (["--batch-variants", "0"], "--batch-variants"),
+])
+def test_bad_flags_are_one_line_usage_errors(tmp_path, text_file, flags, needle):
+    r = run_sweep(tmp_path / "x", text_file, *flags)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert needle in r.stderr.strip().splitlines()[-1]
+
+
+def test_cli_errors_pass_through_with_their_exit_code(tmp_path):
+    r = run_sweep(tmp_path / "x", str(tmp_path / "missing.txt"), "--variants", "absmax:8")
+    assert_one_line_error(r, 4, "quantppl compare failed (exit 4)", "missing.txt")
