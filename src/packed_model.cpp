@@ -1,0 +1,722 @@
+#include "quantppl/packed_model.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "quantppl/error.h"
+#include "quantppl/model_quantizer.h"
+#include "quantppl/output_file.h"
+#include "quantppl/sha256.h"
+
+namespace quantppl {
+namespace {
+
+using nlohmann::json;
+using nlohmann::ordered_json;
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "the .qpack sections are little-endian and written with memcpy");
+
+int64_t align_up(int64_t n) { return (n + kQpackAlignment - 1) / kQpackAlignment * kQpackAlignment; }
+
+int64_t code_bytes(int64_t numel, int bits) { return (numel * bits + 7) / 8; }
+
+std::string read_whole_file(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw IoError(fmt::format("cannot open {} '{}': {}", what, path, std::strerror(errno)));
+  if (S_ISDIR(st.st_mode)) throw IoError(fmt::format("{} '{}' is a directory, expected a file", what, path));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw IoError(fmt::format("cannot open {} '{}': {}", what, path, std::strerror(errno)));
+  std::string bytes(static_cast<size_t>(st.st_size), '\0');
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (static_cast<size_t>(in.gcount()) != bytes.size()) throw IoError(fmt::format("cannot read {} '{}'", what, path));
+  return bytes;
+}
+
+template <typename T>
+void put(std::string& out, T value) {
+  out.append(reinterpret_cast<const char*>(&value), sizeof value);
+}
+
+template <typename T>
+T get(const std::string& bytes, size_t offset) {
+  T value;
+  std::memcpy(&value, bytes.data() + offset, sizeof value);
+  return value;
+}
+
+std::string granularity_name(Granularity g) {
+  switch (g) {
+    case Granularity::kPerTensor: return "tensor";
+    case Granularity::kPerChannel: return "channel";
+    case Granularity::kPerGroup: return "group";
+  }
+  return "?";
+}
+
+std::string range_name(RangeMethod r) {
+  switch (r) {
+    case RangeMethod::kMinMax: return "minmax";
+    case RangeMethod::kPercentile: return "percentile";
+    case RangeMethod::kMse: return "mse";
+  }
+  return "?";
+}
+
+int64_t blocks_of(int64_t out, int64_t in, const QuantConfig& config) {
+  switch (config.granularity) {
+    case Granularity::kPerTensor: return 1;
+    case Granularity::kPerChannel: return out;
+    case Granularity::kPerGroup: return out * in / config.group_size;
+  }
+  return 0;
+}
+
+bool zero_points_fit_int16(const torch::Tensor& zero_point) {
+  if (zero_point.numel() == 0) return true;
+  const double lo = zero_point.min().item<double>();
+  const double hi = zero_point.max().item<double>();
+  return lo >= std::numeric_limits<int16_t>::min() && hi <= std::numeric_limits<int16_t>::max();
+}
+
+// ---- reading the JSON header with errors that name the field ----
+class HeaderReader {
+ public:
+  explicit HeaderReader(std::string path) : path_(std::move(path)) {}
+
+  [[noreturn]] void fail(const std::string& field, const std::string& what) const {
+    throw DataError(fmt::format("packed model '{}': header field '{}' {}", path_, field, what));
+  }
+  const json& member(const json& obj, const std::string& key, const std::string& field) const {
+    if (!obj.is_object()) fail(field, "is not a JSON object");
+    const auto it = obj.find(key);
+    if (it == obj.end()) fail(field.empty() ? key : field + "." + key, "is missing");
+    return *it;
+  }
+  int64_t integer(const json& obj, const std::string& key, const std::string& field, int64_t lo, int64_t hi) const {
+    const json& v = member(obj, key, field);
+    const std::string name = field.empty() ? key : field + "." + key;
+    if (!v.is_number_integer()) fail(name, "must be an integer, got " + v.dump());
+    const int64_t n = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
+                          ? INT64_MAX
+                          : v.get<int64_t>();
+    if (n < lo || n > hi) fail(name, fmt::format("must be in [{}, {}], got {}", lo, hi, v.dump()));
+    return n;
+  }
+  std::string string(const json& obj, const std::string& key, const std::string& field) const {
+    const json& v = member(obj, key, field);
+    if (!v.is_string()) fail(field.empty() ? key : field + "." + key, "must be a string, got " + v.dump());
+    return v.get<std::string>();
+  }
+  bool boolean(const json& obj, const std::string& key, const std::string& field) const {
+    const json& v = member(obj, key, field);
+    if (!v.is_boolean()) fail(field.empty() ? key : field + "." + key, "must be true or false, got " + v.dump());
+    return v.get<bool>();
+  }
+  double number(const json& obj, const std::string& key, const std::string& field) const {
+    const json& v = member(obj, key, field);
+    if (!v.is_number()) fail(field.empty() ? key : field + "." + key, "must be a number, got " + v.dump());
+    return v.get<double>();
+  }
+
+ private:
+  std::string path_;
+};
+
+ordered_json section_json(int64_t offset, int64_t bytes) {
+  ordered_json j;
+  j["offset"] = offset;
+  j["bytes"] = bytes;
+  return j;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Bit packing
+// ---------------------------------------------------------------------------
+
+std::string pack_codes(const int32_t* codes, int64_t count, int bits) {
+  if (bits < 1 || bits > 8) throw UsageError(fmt::format("pack_codes: bits must be in [1, 8], got {}", bits));
+  const int32_t max_code = (1 << bits) - 1;
+  std::string out(static_cast<size_t>(code_bytes(count, bits)), '\0');
+  uint64_t acc = 0;
+  int filled = 0;
+  size_t pos = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const int32_t c = codes[i];
+    if (c < 0 || c > max_code) {
+      throw UsageError(fmt::format("pack_codes: code {} at index {} does not fit {} bits", c, i, bits));
+    }
+    acc |= static_cast<uint64_t>(c) << filled;
+    filled += bits;
+    while (filled >= 8) {
+      out[pos++] = static_cast<char>(acc & 0xff);
+      acc >>= 8;
+      filled -= 8;
+    }
+  }
+  if (filled > 0) out[pos++] = static_cast<char>(acc & 0xff);
+  return out;
+}
+
+std::string pack_codes(const std::vector<int32_t>& codes, int bits) {
+  return pack_codes(codes.data(), static_cast<int64_t>(codes.size()), bits);
+}
+
+namespace {
+
+// Unpacks into `out`; returns false if a trailing padding bit is set.
+bool unpack_into(const uint8_t* data, int64_t count, int bits, int32_t* out) {
+  const uint64_t mask = (uint64_t{1} << bits) - 1;
+  uint64_t acc = 0;
+  int filled = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    while (filled < bits) {
+      acc |= static_cast<uint64_t>(*data++) << filled;
+      filled += 8;
+    }
+    out[i] = static_cast<int32_t>(acc & mask);
+    acc >>= bits;
+    filled -= bits;
+  }
+  return acc == 0;
+}
+
+}  // namespace
+
+std::vector<int32_t> unpack_codes(std::string_view bytes, int64_t count, int bits) {
+  if (bits < 1 || bits > 8) throw UsageError(fmt::format("unpack_codes: bits must be in [1, 8], got {}", bits));
+  if (static_cast<int64_t>(bytes.size()) != code_bytes(count, bits)) {
+    throw UsageError(fmt::format("unpack_codes: {} codes of {} bits need {} bytes, got {}", count, bits,
+                                 code_bytes(count, bits), bytes.size()));
+  }
+  std::vector<int32_t> out(static_cast<size_t>(count));
+  unpack_into(reinterpret_cast<const uint8_t*>(bytes.data()), count, bits, out.data());
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Sizes
+// ---------------------------------------------------------------------------
+
+int64_t packed_size_bytes(const std::vector<LinearLayer>& layers, const QuantConfig& config) {
+  int64_t total = 0;
+  for (const LinearLayer& layer : layers) {
+    const int64_t blocks = num_blocks(layer.weight, config, layer.name);
+    total += code_bytes(layer.weight.numel(), config.bits) + 4 * blocks;
+    if (config.scheme == Scheme::kZeroPoint) total += 2 * blocks;
+  }
+  return total;
+}
+
+int64_t packed_size_bytes(const std::vector<LinearLayer>& layers, const QuantConfig& config,
+                          const std::vector<QParams>& params) {
+  if (params.size() != layers.size()) {
+    throw UsageError(fmt::format("packed_size_bytes: {} layers but {} parameter sets", layers.size(), params.size()));
+  }
+  int64_t total = 0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const int64_t blocks = params[i].scale.size(0);
+    total += code_bytes(layers[i].weight.numel(), config.bits) + 4 * blocks;
+    if (config.scheme == Scheme::kZeroPoint) total += (zero_points_fit_int16(params[i].zero_point) ? 2 : 4) * blocks;
+  }
+  return total;
+}
+
+int64_t qpack_file_bytes(int64_t header_json_bytes, const std::vector<int64_t>& section_bytes) {
+  int64_t payload = 0;
+  for (size_t i = 0; i < section_bytes.size(); ++i) {
+    payload += i + 1 < section_bytes.size() ? align_up(section_bytes[i]) : section_bytes[i];
+  }
+  return align_up(kQpackPreambleBytes + header_json_bytes) + payload;
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------
+
+bool is_packed_model_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[sizeof kQpackMagic];
+  if (!in || !in.read(magic, sizeof magic)) return false;
+  return std::memcmp(magic, kQpackMagic, sizeof magic) == 0;
+}
+
+PackedModelSummary write_packed_model(const std::string& model_path, const Variant& variant,
+                                      const std::string& include, const std::string& exclude,
+                                      const std::string& out_path, bool force, bool embed) {
+  if (variant.is_fp32) throw UsageError("--packed needs a quantized --variant, got fp32");
+  check_output_path(out_path, force);
+  if (is_packed_model_file(model_path)) {
+    throw UsageError(fmt::format("--model '{}' is already a .qpack; pack from the original contract model",
+                                 model_path));
+  }
+  const QuantConfig& config = variant.config;
+  validate(config);
+  const CodeRange range = code_range(config);
+
+  ContractModel model = ContractModel::load(model_path);
+  const std::vector<LinearLayer> layers = select_layers(model.linear_layers(), include, exclude);
+  const std::string source = read_whole_file(model_path, "model");
+
+  // Sections, in file order, with offsets relative to the payload start.
+  std::string payload;
+  const auto add_section = [&payload](const char* data, size_t size) {
+    payload.resize(static_cast<size_t>(align_up(static_cast<int64_t>(payload.size()))), '\0');
+    const int64_t offset = static_cast<int64_t>(payload.size());
+    payload.append(data, size);
+    return offset;
+  };
+
+  PackedModelSummary summary;
+  ordered_json layer_entries = ordered_json::array();
+  for (const LinearLayer& layer : layers) {
+    const QuantizedTensor q = quantize(layer.weight, config, layer.name);
+    const torch::Tensor unsigned_codes = (q.codes - static_cast<int32_t>(range.qmin)).contiguous();
+    const std::string codes = pack_codes(unsigned_codes.data_ptr<int32_t>(), unsigned_codes.numel(), config.bits);
+    const torch::Tensor scales = q.params.scale.to(torch::kFloat32).contiguous();
+    const int64_t blocks = scales.numel();
+
+    ordered_json entry;
+    entry["name"] = layer.name;
+    entry["shape"] = {layer.weight.size(0), layer.weight.size(1)};
+    entry["numel"] = layer.weight.numel();
+    entry["num_blocks"] = blocks;
+    ordered_json codes_json = section_json(add_section(codes.data(), codes.size()), static_cast<int64_t>(codes.size()));
+    codes_json["bits"] = config.bits;
+    entry["codes"] = codes_json;
+    ordered_json scales_json =
+        section_json(add_section(static_cast<const char*>(scales.data_ptr()), static_cast<size_t>(4 * blocks)), 4 * blocks);
+    scales_json["dtype"] = "f32";
+    entry["scales"] = scales_json;
+    summary.packed_bytes += static_cast<int64_t>(codes.size()) + 4 * blocks;
+    if (config.scheme == Scheme::kZeroPoint) {
+      const bool as_int16 = zero_points_fit_int16(q.params.zero_point);
+      const torch::Tensor zp = q.params.zero_point.to(as_int16 ? torch::kInt16 : torch::kFloat32).contiguous();
+      const int64_t zp_bytes = (as_int16 ? 2 : 4) * blocks;
+      ordered_json zp_json = section_json(add_section(static_cast<const char*>(zp.data_ptr()), static_cast<size_t>(zp_bytes)), zp_bytes);
+      zp_json["dtype"] = as_int16 ? "i16" : "f32";
+      entry["zero_points"] = zp_json;
+      summary.packed_bytes += zp_bytes;
+    } else {
+      entry["zero_points"] = nullptr;
+    }
+    layer_entries.push_back(entry);
+    summary.parameters += layer.weight.numel();
+  }
+
+  ordered_json source_json;
+  source_json["path"] = model_path;
+  source_json["sha256"] = sha256(source);
+  source_json["bytes"] = static_cast<int64_t>(source.size());
+  source_json["embedded"] = embed;
+  if (embed) source_json["section"] = section_json(add_section(source.data(), source.size()), static_cast<int64_t>(source.size()));
+
+  ordered_json header;
+  header["format"] = "quantppl packed model (docs/qpack-format.md)";
+  header["format_version"] = kQpackFormatVersion;
+  header["variant"] = canonical_spec(variant);
+  header["scheme"] = to_string(config.scheme);
+  header["bits"] = config.bits;
+  header["granularity"] = granularity_name(config.granularity);
+  header["group_size"] = config.granularity == Granularity::kPerGroup ? config.group_size : 0;
+  header["range"] = range_name(config.range);
+  header["percentile"] = config.percentile;
+  header["scale_form"] = config.scale_form == ScaleForm::kStep ? "step" : "inverse_step";
+  header["zero_point_codes"] = config.zero_point_codes == ZeroPointCodes::kUnsigned ? "unsigned" : "signed";
+  header["qmin"] = range.qmin;
+  header["qmax"] = range.qmax;
+  header["include"] = include;
+  header["exclude"] = exclude;
+  header["source_model"] = source_json;
+  header["layers"] = layer_entries;
+  header["payload_bytes"] = static_cast<int64_t>(payload.size());
+  header["payload_sha256"] = sha256(payload);
+  const std::string header_text = header.dump(1) + "\n";
+
+  std::string file;
+  file.reserve(static_cast<size_t>(align_up(kQpackPreambleBytes + static_cast<int64_t>(header_text.size()))) + payload.size());
+  file.append(kQpackMagic, sizeof kQpackMagic);
+  put<uint32_t>(file, kQpackFormatVersion);
+  put<uint32_t>(file, 0);
+  put<uint64_t>(file, header_text.size());
+  file += sha256(header_text);
+  file += header_text;
+  file.resize(static_cast<size_t>(align_up(static_cast<int64_t>(file.size()))), '\0');
+  file += payload;
+  write_file_atomically(out_path, file, force);
+
+  summary.layers = static_cast<int64_t>(layers.size());
+  summary.fp32_bytes = 4 * summary.parameters;
+  summary.file_bytes = static_cast<int64_t>(file.size());
+  return summary;
+}
+
+// ---------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------
+
+PackedModel read_packed_model(const std::string& path) {
+  PackedModel m;
+  m.path = path;
+  m.bytes = read_whole_file(path, "packed model");
+  const std::string& b = m.bytes;
+  const int64_t size = static_cast<int64_t>(b.size());
+  const auto fail = [&path](const std::string& what) -> void {
+    throw DataError(fmt::format("packed model '{}': {}", path, what));
+  };
+
+  if (size < static_cast<int64_t>(sizeof kQpackMagic) || std::memcmp(b.data(), kQpackMagic, sizeof kQpackMagic) != 0) {
+    fail("bad magic: the file does not start with \"QPPLPACK\" (not a .qpack file)");
+  }
+  if (size < kQpackPreambleBytes) {
+    fail(fmt::format("truncated: {} bytes, shorter than the {}-byte preamble", size, kQpackPreambleBytes));
+  }
+  const uint32_t version = get<uint32_t>(b, 8);
+  if (version != kQpackFormatVersion) {
+    fail(fmt::format("format version {} is not supported (this quantppl reads version {})", version, kQpackFormatVersion));
+  }
+  if (get<uint32_t>(b, 12) != 0) fail("reserved preamble field (bytes 12-15) is not 0");
+  const uint64_t header_len = get<uint64_t>(b, 16);
+  if (header_len > static_cast<uint64_t>(size - kQpackPreambleBytes)) {
+    fail(fmt::format("truncated: the header length is {} bytes but the file has only {} after the preamble",
+                     header_len, size - kQpackPreambleBytes));
+  }
+  m.header_bytes = static_cast<int64_t>(header_len);
+  const std::string header_text = b.substr(kQpackPreambleBytes, header_len);
+  if (sha256(header_text) != b.substr(24, 64)) {
+    fail("header SHA-256 mismatch (preamble bytes 24-87): the JSON header is corrupt");
+  }
+  m.payload_offset = align_up(kQpackPreambleBytes + m.header_bytes);
+  if (m.payload_offset > size) {
+    fail(fmt::format("truncated: {} bytes, the payload should start at byte {}", size, m.payload_offset));
+  }
+  for (int64_t i = kQpackPreambleBytes + m.header_bytes; i < m.payload_offset; ++i) {
+    if (b[static_cast<size_t>(i)] != '\0') fail(fmt::format("header padding byte {} is not zero", i));
+  }
+
+  json header;
+  try {
+    header = json::parse(header_text);
+  } catch (const json::exception& e) {
+    fail(std::string("the JSON header does not parse: ") + e.what());
+  }
+  const HeaderReader r(path);
+  r.integer(header, "format_version", "", kQpackFormatVersion, kQpackFormatVersion);
+
+  // The quantization config, checked against the canonical spec.
+  QuantConfig& config = m.variant.config;
+  const std::string scheme = r.string(header, "scheme", "");
+  if (scheme == "absmax") {
+    config.scheme = Scheme::kAbsmax;
+  } else if (scheme == "zeropoint") {
+    config.scheme = Scheme::kZeroPoint;
+  } else {
+    r.fail("scheme", "must be \"absmax\" or \"zeropoint\", got \"" + scheme + "\"");
+  }
+  config.bits = static_cast<int>(r.integer(header, "bits", "", kMinBits, kMaxBits));
+  const std::string granularity = r.string(header, "granularity", "");
+  const int64_t group_size = r.integer(header, "group_size", "", 0, INT64_MAX);
+  if (granularity == "tensor") {
+    config.granularity = Granularity::kPerTensor;
+  } else if (granularity == "channel") {
+    config.granularity = Granularity::kPerChannel;
+  } else if (granularity == "group") {
+    config.granularity = Granularity::kPerGroup;
+    if (group_size <= 0) r.fail("group_size", "must be > 0 for granularity \"group\"");
+    config.group_size = group_size;
+  } else {
+    r.fail("granularity", "must be \"tensor\", \"channel\" or \"group\", got \"" + granularity + "\"");
+  }
+  const std::string range = r.string(header, "range", "");
+  if (range == "minmax") {
+    config.range = RangeMethod::kMinMax;
+  } else if (range == "percentile") {
+    config.range = RangeMethod::kPercentile;
+  } else if (range == "mse") {
+    config.range = RangeMethod::kMse;
+  } else {
+    r.fail("range", "must be \"minmax\", \"percentile\" or \"mse\", got \"" + range + "\"");
+  }
+  config.percentile = r.number(header, "percentile", "");
+  const std::string scale_form = r.string(header, "scale_form", "");
+  if (scale_form == "step") {
+    config.scale_form = ScaleForm::kStep;
+  } else if (scale_form == "inverse_step") {
+    config.scale_form = ScaleForm::kInverseStep;
+  } else {
+    r.fail("scale_form", "must be \"step\" or \"inverse_step\", got \"" + scale_form + "\"");
+  }
+  const std::string zp_codes = r.string(header, "zero_point_codes", "");
+  if (zp_codes == "unsigned") {
+    config.zero_point_codes = ZeroPointCodes::kUnsigned;
+  } else if (zp_codes == "signed") {
+    config.zero_point_codes = ZeroPointCodes::kSigned;
+  } else {
+    r.fail("zero_point_codes", "must be \"unsigned\" or \"signed\", got \"" + zp_codes + "\"");
+  }
+  try {
+    validate(config);
+  } catch (const UsageError& e) {
+    fail(std::string("invalid quantization config: ") + e.what());
+  }
+  const CodeRange codes_range = code_range(config);
+  if (r.integer(header, "qmin", "", INT32_MIN, INT32_MAX) != codes_range.qmin ||
+      r.integer(header, "qmax", "", INT32_MIN, INT32_MAX) != codes_range.qmax) {
+    r.fail("qmin", fmt::format("/qmax must be {}/{} for this config", codes_range.qmin, codes_range.qmax));
+  }
+  m.variant.name = canonical_spec(m.variant);
+  const std::string spec = r.string(header, "variant", "");
+  if (spec != m.variant.name) {
+    r.fail("variant", fmt::format("is \"{}\" but the config fields say \"{}\"", spec, m.variant.name));
+  }
+  m.include = r.string(header, "include", "");
+  m.exclude = r.string(header, "exclude", "");
+
+  // The payload: its size and checksum.
+  m.payload_bytes = r.integer(header, "payload_bytes", "", 0, INT64_MAX);
+  if (m.payload_bytes != size - m.payload_offset) {
+    fail(fmt::format("truncated or padded: {} bytes, but header + payload_bytes say {}", size,
+                     m.payload_offset + std::min(m.payload_bytes, INT64_MAX - m.payload_offset)));
+  }
+  if (sha256(std::string_view(b).substr(static_cast<size_t>(m.payload_offset))) != r.string(header, "payload_sha256", "")) {
+    fail("payload_sha256 mismatch: the data sections are corrupt");
+  }
+
+  // Sections must lie in the payload, 64-aligned, in order and not overlap.
+  int64_t section_end = 0;
+  const auto section = [&](const json& obj, const std::string& field, int64_t expected_bytes) {
+    const int64_t offset = r.integer(obj, "offset", field, 0, m.payload_bytes);
+    const int64_t bytes = r.integer(obj, "bytes", field, 0, m.payload_bytes);
+    if (offset % kQpackAlignment != 0) r.fail(field + ".offset", fmt::format("{} is not a multiple of 64", offset));
+    if (bytes != expected_bytes) r.fail(field + ".bytes", fmt::format("must be {}, got {}", expected_bytes, bytes));
+    if (offset < section_end) r.fail(field + ".offset", fmt::format("{} overlaps the previous section", offset));
+    if (bytes > m.payload_bytes - offset) {
+      r.fail(field, fmt::format("[{}, {}) lies beyond the payload's {} bytes", offset, offset + bytes, m.payload_bytes));
+    }
+    for (int64_t i = section_end; i < offset; ++i) {
+      if (b[static_cast<size_t>(m.payload_offset + i)] != '\0') {
+        r.fail(field + ".offset", fmt::format("padding before it (payload byte {}) is not zero", i));
+      }
+    }
+    section_end = offset + bytes;
+    return m.payload_offset + offset;
+  };
+
+  const json& layers = r.member(header, "layers", "");
+  if (!layers.is_array()) r.fail("layers", "must be an array");
+  std::vector<int32_t> scratch;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const std::string field = fmt::format("layers[{}]", i);
+    const json& entry = layers[i];
+    PackedLayer layer;
+    layer.name = r.string(entry, "name", field);
+    if (layer.name.empty()) r.fail(field + ".name", "is empty");
+    const json& shape = r.member(entry, "shape", field);
+    if (!shape.is_array() || shape.size() != 2 || !shape[0].is_number_integer() || !shape[1].is_number_integer() ||
+        shape[0].get<int64_t>() <= 0 || shape[1].get<int64_t>() <= 0 || shape[0].get<int64_t>() > (int64_t{1} << 31) ||
+        shape[1].get<int64_t>() > (int64_t{1} << 31)) {
+      r.fail(field + ".shape", "must be [out_features, in_features] with positive integers, got " + shape.dump());
+    }
+    layer.out_features = shape[0].get<int64_t>();
+    layer.in_features = shape[1].get<int64_t>();
+    const int64_t numel = layer.out_features * layer.in_features;
+    if (r.integer(entry, "numel", field, 0, INT64_MAX) != numel) {
+      r.fail(field + ".numel", fmt::format("must be {} for shape {}", numel, shape.dump()));
+    }
+    if (config.granularity == Granularity::kPerGroup && layer.in_features % config.group_size != 0) {
+      r.fail(field + ".shape", fmt::format("in_features {} is not a multiple of group_size {}", layer.in_features,
+                                           config.group_size));
+    }
+    layer.num_blocks = blocks_of(layer.out_features, layer.in_features, config);
+    if (r.integer(entry, "num_blocks", field, 0, INT64_MAX) != layer.num_blocks) {
+      r.fail(field + ".num_blocks", fmt::format("must be {} for shape {} and granularity {}", layer.num_blocks,
+                                                shape.dump(), granularity));
+    }
+    const json& codes = r.member(entry, "codes", field);
+    if (r.integer(codes, "bits", field + ".codes", 0, 64) != config.bits) {
+      r.fail(field + ".codes.bits", fmt::format("must equal bits {}", config.bits));
+    }
+    layer.codes_bytes = code_bytes(numel, config.bits);
+    layer.codes_offset = section(codes, field + ".codes", layer.codes_bytes);
+    const json& scales = r.member(entry, "scales", field);
+    if (r.string(scales, "dtype", field + ".scales") != "f32") r.fail(field + ".scales.dtype", "must be \"f32\"");
+    layer.scales_offset = section(scales, field + ".scales", 4 * layer.num_blocks);
+    const json& zps = r.member(entry, "zero_points", field);
+    if (config.scheme == Scheme::kAbsmax) {
+      if (!zps.is_null()) r.fail(field + ".zero_points", "must be null for absmax (z = 0)");
+    } else {
+      const std::string dtype = r.string(zps, "dtype", field + ".zero_points");
+      if (dtype != "i16" && dtype != "f32") r.fail(field + ".zero_points.dtype", "must be \"i16\" or \"f32\", got \"" + dtype + "\"");
+      layer.zero_points_f32 = dtype == "f32";
+      layer.zero_points_offset = section(zps, field + ".zero_points", (layer.zero_points_f32 ? 4 : 2) * layer.num_blocks);
+    }
+
+    // Every code in [0, qmax - qmin], zero padding bits, positive finite scales.
+    scratch.resize(static_cast<size_t>(numel));
+    if (!unpack_into(reinterpret_cast<const uint8_t*>(b.data() + layer.codes_offset), numel, config.bits, scratch.data())) {
+      r.fail(field + ".codes", "has non-zero padding bits after the last code");
+    }
+    const int32_t max_code = static_cast<int32_t>(codes_range.qmax - codes_range.qmin);
+    for (int64_t k = 0; k < numel; ++k) {
+      if (scratch[static_cast<size_t>(k)] > max_code) {
+        r.fail(field + ".codes", fmt::format("code {} at index {} exceeds qmax - qmin = {}", scratch[static_cast<size_t>(k)],
+                                             k, max_code));
+      }
+    }
+    for (int64_t k = 0; k < layer.num_blocks; ++k) {
+      const float s = get<float>(b, static_cast<size_t>(layer.scales_offset + 4 * k));
+      if (!std::isfinite(s) || s <= 0) r.fail(field + ".scales", fmt::format("scale {} of block {} is not a positive finite number", s, k));
+    }
+    m.layers.push_back(std::move(layer));
+  }
+
+  const json& source = r.member(header, "source_model", "");
+  m.source_path = r.string(source, "path", "source_model");
+  m.source_sha256 = r.string(source, "sha256", "source_model");
+  m.source_bytes = r.integer(source, "bytes", "source_model", 0, INT64_MAX);
+  m.embedded = r.boolean(source, "embedded", "source_model");
+  if (m.embedded) {
+    m.embedded_offset = section(r.member(source, "section", "source_model"), "source_model.section", m.source_bytes);
+    if (sha256(m.embedded_model()) != m.source_sha256) {
+      r.fail("source_model.sha256", "does not match the embedded model's bytes");
+    }
+  }
+  if (section_end != m.payload_bytes) {
+    fail(fmt::format("payload_bytes is {} but its sections end at {}", m.payload_bytes, section_end));
+  }
+  return m;
+}
+
+std::string_view PackedModel::embedded_model() const {
+  if (!embedded) return {};
+  return std::string_view(bytes).substr(static_cast<size_t>(embedded_offset), static_cast<size_t>(source_bytes));
+}
+
+QuantizedTensor PackedModel::quantized(size_t i) const {
+  const PackedLayer& layer = layers.at(i);
+  const QuantConfig& config = variant.config;
+  const int64_t numel = layer.out_features * layer.in_features;
+  torch::Tensor codes = torch::empty({layer.out_features, layer.in_features}, torch::kInt32);
+  unpack_into(reinterpret_cast<const uint8_t*>(bytes.data() + layer.codes_offset), numel, config.bits,
+              codes.data_ptr<int32_t>());
+  codes.add_(static_cast<int32_t>(code_range(config).qmin));
+  QParams params;
+  params.scale = torch::empty({layer.num_blocks, 1}, torch::kFloat32);
+  std::memcpy(params.scale.data_ptr(), bytes.data() + layer.scales_offset, static_cast<size_t>(4 * layer.num_blocks));
+  if (layer.zero_points_offset < 0) {
+    params.zero_point = torch::zeros({layer.num_blocks, 1}, torch::kFloat32);
+  } else {
+    torch::Tensor zp = torch::empty({layer.num_blocks, 1}, layer.zero_points_f32 ? torch::kFloat32 : torch::kInt16);
+    std::memcpy(zp.data_ptr(), bytes.data() + layer.zero_points_offset,
+                static_cast<size_t>((layer.zero_points_f32 ? 4 : 2) * layer.num_blocks));
+    params.zero_point = zp.to(torch::kFloat32);
+  }
+  return {std::move(codes), std::move(params), config};
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// The embedded model goes through ContractModel::load (which takes a path) as
+// a temporary file, removed again as soon as it is loaded.
+ContractModel load_embedded(const PackedModel& m, const std::string& tokenizer_override) {
+  namespace fs = std::filesystem;
+  std::string temp = (fs::temp_directory_path() / "quantppl-embedded-XXXXXX").string();
+  const int fd = ::mkstemp(temp.data());
+  if (fd < 0) throw IoError(fmt::format("packed model '{}': cannot create a temporary file: {}", m.path, std::strerror(errno)));
+  const std::string_view data = m.embedded_model();
+  size_t written = 0;
+  while (written < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + written, data.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      ::unlink(temp.c_str());
+      throw IoError(fmt::format("packed model '{}': cannot write a temporary file: {}", m.path, std::strerror(errno)));
+    }
+    written += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  try {
+    ContractModel model = ContractModel::load(temp, tokenizer_override);
+    ::unlink(temp.c_str());
+    return model;
+  } catch (const DataError& e) {
+    ::unlink(temp.c_str());
+    throw DataError(fmt::format("packed model '{}': embedded contract model: {}", m.path, e.what()));
+  } catch (...) {
+    ::unlink(temp.c_str());
+    throw;
+  }
+}
+
+ContractModel load_referenced(const PackedModel& m, const std::string& tokenizer_override) {
+  namespace fs = std::filesystem;
+  std::string source = m.source_path;
+  std::error_code ec;
+  if (fs::path(source).is_relative() && !fs::exists(source, ec)) {
+    const fs::path beside = fs::path(m.path).parent_path() / source;
+    if (fs::exists(beside, ec)) source = beside.string();
+  }
+  if (!fs::exists(source, ec)) {
+    throw IoError(fmt::format("packed model '{}': its source model '{}' (not embedded) cannot be found", m.path,
+                              m.source_path));
+  }
+  const std::string digest = sha256_file(source);
+  if (digest != m.source_sha256) {
+    throw DataError(fmt::format("packed model '{}': source model '{}' has sha256 {}, expected {} (it changed since packing)",
+                                m.path, source, digest, m.source_sha256));
+  }
+  return ContractModel::load(source, tokenizer_override);
+}
+
+}  // namespace
+
+ContractModel load_packed_model(const std::string& path, const std::string& tokenizer_override) {
+  const PackedModel m = read_packed_model(path);
+  ContractModel model = m.embedded ? load_embedded(m, tokenizer_override) : load_referenced(m, tokenizer_override);
+  std::map<std::string, torch::Tensor> weights;
+  for (const LinearLayer& layer : model.linear_layers()) weights.emplace(layer.name, layer.weight);
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const PackedLayer& layer = m.layers[i];
+    const auto it = weights.find(layer.name);
+    if (it == weights.end()) {
+      throw DataError(fmt::format("packed model '{}': layers[{}] '{}' is not a Linear layer of its source model", path,
+                                  i, layer.name));
+    }
+    torch::Tensor& weight = it->second;
+    if (weight.size(0) != layer.out_features || weight.size(1) != layer.in_features) {
+      throw DataError(fmt::format("packed model '{}': layers[{}] '{}' has shape [{}, {}], the model's weight is [{}, {}]",
+                                  path, i, layer.name, layer.out_features, layer.in_features, weight.size(0),
+                                  weight.size(1)));
+    }
+    weight.copy_(dequantize(m.quantized(i)));
+  }
+  return model;
+}
+
+ContractModel load_model_file(const std::string& path, const std::string& tokenizer_override) {
+  if (is_packed_model_file(path)) return load_packed_model(path, tokenizer_override);
+  return ContractModel::load(path, tokenizer_override);
+}
+
+}  // namespace quantppl
