@@ -12,6 +12,7 @@
 #include "quantppl/error_metrics.h"
 #include "quantppl/error.h"
 #include "quantppl/model_quantizer.h"
+#include "quantppl/packed_model.h"
 #include "quantppl/sha256.h"
 #include "quantppl/text_windows.h"
 
@@ -43,7 +44,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
   CompareReport report;
   report.model_path = options.model_path.empty() ? default_model_path() : options.model_path;
   report.text_path = options.text_path.empty() ? default_text_path() : options.text_path;
-  ContractModel model = ContractModel::load(report.model_path, options.tokenizer_path);
+  ContractModel model = load_model_file(report.model_path, options.tokenizer_path);
   const ModelMetadata& metadata = model.metadata();
 
   report.max_length = options.max_length == 0 ? metadata.max_length : options.max_length;
@@ -90,6 +91,8 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     VariantResult result;
     result.variant = variant.name;
     result.is_fp32 = variant.is_fp32;
+    result.fp32_bytes = 4 * backup.parameter_count();
+    result.packed_bytes = result.fp32_bytes;
     if (!variant.is_fp32) {
       if (progress) progress("choosing parameters", 0, 1, i, options.variants.size());
       const auto started = Clock::now();
@@ -101,6 +104,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
       }
       result.weight_mse = total.mse();
       result.weight_sqnr_db = total.sqnr_db();
+      result.packed_bytes = packed_size_bytes(backup.layers(), variant.config, run.params);
       run.seconds += seconds_since(started);
     }
     runs.push_back(std::move(run));

@@ -6,6 +6,7 @@
 #include "quantppl/model_metadata.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/output_file.h"
+#include "quantppl/packed_model.h"
 
 namespace quantppl {
 
@@ -13,7 +14,7 @@ QuantizeModelSummary quantize_model_file(const QuantizeModelOptions& options) {
   if (options.variant.is_fp32) throw UsageError("--variant fp32 would write an unchanged copy; name a quantized variant");
   check_output_path(options.output_path, options.force);
   const std::string model_path = options.model_path.empty() ? default_model_path() : options.model_path;
-  ContractModel model = ContractModel::load(model_path, options.tokenizer_path);
+  ContractModel model = load_model_file(model_path, options.tokenizer_path);
   WeightBackup backup(select_layers(model.linear_layers(), options.include, options.exclude));
   const ModelQuantization quantization = apply_variant(backup, options.variant.config);
   model.save(options.output_path, metadata_with_variant(model.metadata().json_text, canonical_spec(options.variant)));

@@ -53,6 +53,11 @@ ordered_json result_json(const VariantResult& v) {
   j["delta_nll_ci95"] = optional_number(v.delta_nll_ci95);
   j["weight_mse"] = optional_number(v.weight_mse);
   j["weight_sqnr_db"] = optional_number(v.weight_sqnr_db);
+  j["packed_bytes"] = v.packed_bytes ? ordered_json(*v.packed_bytes) : ordered_json(nullptr);
+  j["fp32_bytes"] = v.fp32_bytes;
+  j["compression_ratio"] = v.packed_bytes && *v.packed_bytes > 0
+                               ? ordered_json(static_cast<double>(v.fp32_bytes) / static_cast<double>(*v.packed_bytes))
+                               : ordered_json(nullptr);
   j["seconds"] = v.seconds;
   return j;
 }
@@ -71,6 +76,18 @@ std::string csv_cell(const ordered_json& value) {
 }
 
 std::string short_hash(const std::string& sha) { return sha.substr(0, 12); }
+
+// Bytes in binary units with 3 significant digits: "22.1 MiB".
+std::string human_bytes(int64_t bytes) {
+  const char* const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  size_t unit = 0;
+  while (value >= 1024 && unit + 1 < sizeof units / sizeof units[0]) {
+    value /= 1024;
+    ++unit;
+  }
+  return unit == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.3g} {}", value, units[unit]);
+}
 
 }  // namespace
 
@@ -113,18 +130,22 @@ std::string format_table(const CompareReport& r) {
                      short_hash(r.model_sha256), r.layers_quantized, r.parameters_quantized);
   out += fmt::format("text   {}  (sha256 {}, {} tokens, {} windows of <= {}, mode {})\n", r.text_path,
                      short_hash(r.text_sha256), r.text_tokens, r.windows, r.max_length, r.mode);
-  out += fmt::format("\n{:<26} {:>18} {:>9} {:>20} {:>10} {:>7} {:>10} {:>8} {:>8}\n", "variant", "perplexity",
-                     "vs fp32", "dNLL/token (95% CI)", "KL mean", "top-1", "weight MSE", "SQNR dB", "seconds");
+  out += fmt::format("\n{:<26} {:>18} {:>9} {:>20} {:>10} {:>7} {:>10} {:>8} {:>16} {:>8}\n", "variant", "perplexity",
+                     "vs fp32", "dNLL/token (95% CI)", "KL mean", "top-1", "weight MSE", "SQNR dB", "packed", "seconds");
   for (const VariantResult& v : r.results) {
     const std::string delta = v.delta_ppl_pct ? fmt::format("{:+.2f}%", *v.delta_ppl_pct) : "-";
     const std::string mse = v.weight_mse ? fmt::format("{:.3e}", *v.weight_mse) : "-";
     const std::string sqnr = v.weight_sqnr_db && std::isfinite(*v.weight_sqnr_db)
                                  ? fmt::format("{:.2f}", *v.weight_sqnr_db)
                                  : (v.weight_sqnr_db ? "inf" : "-");
-    out += fmt::format("{:<26} {:>18} {:>9} {:>20} {:>10.3g} {:>6.2f}% {:>10} {:>8} {:>8.2f}\n", v.variant,
+    const std::string packed = v.packed_bytes && *v.packed_bytes > 0
+                                   ? fmt::format("{} (x{:.2f})", human_bytes(*v.packed_bytes),
+                                                 static_cast<double>(v.fp32_bytes) / static_cast<double>(*v.packed_bytes))
+                                   : "-";
+    out += fmt::format("{:<26} {:>18} {:>9} {:>20} {:>10.3g} {:>6.2f}% {:>10} {:>8} {:>16} {:>8.2f}\n", v.variant,
                        fmt::format("{:.4f} ± {:.3f}", v.ppl, v.ppl_stderr), delta,
                        fmt::format("{:+.5f} ± {:.5f}", v.delta_nll_mean, v.delta_nll_ci95), v.kl_mean,
-                       100.0 * v.top1_agreement, mse, sqnr, v.seconds);
+                       100.0 * v.top1_agreement, mse, sqnr, packed, v.seconds);
   }
   out += fmt::format("\n{} tokens predicted per variant; ± is one standard error for perplexity and the 95% "
                      "interval of the paired per-token NLL change against fp32.\n",

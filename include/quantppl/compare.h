@@ -55,6 +55,11 @@ struct VariantResult {
   std::optional<double> delta_ppl_pct;
   std::optional<double> weight_mse;      // over every quantized weight element
   std::optional<double> weight_sqnr_db;
+  // Storage of the quantized layers at this variant's real width (packed_model.h:
+  // codes + scales + zero points) and as float32 (4 bytes a weight); fp32's
+  // packed_bytes equals its fp32_bytes.
+  std::optional<int64_t> packed_bytes;
+  int64_t fp32_bytes = 0;
   // distribution_metrics.h, against fp32 on the same positions
   double kl_mean = 0;
   double kl_p99 = 0;
