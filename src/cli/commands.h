@@ -44,6 +44,8 @@ struct QuantizeCommand {
   std::string tokenizer;
   std::string variant;
   std::string output;
+  std::string packed;  // --packed: a .qpack instead of a fake-quantized .pt (packed_model.h)
+  bool no_embed = false;
   std::string include;
   std::string exclude;
   bool force = false;

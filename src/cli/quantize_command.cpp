@@ -5,7 +5,10 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "quantppl/compare.h"
+#include "quantppl/error.h"
 #include "quantppl/output_file.h"
+#include "quantppl/packed_model.h"
 #include "quantppl/quantize_model.h"
 #include "quantppl/variant_spec.h"
 
@@ -20,14 +23,39 @@ CLI::App* setup_quantize(CLI::App& app, QuantizeCommand& q) {
   cmd->add_option("--model,-m", q.model, "Contract model file (.pt); default: models/default.pt");
   cmd->add_option("--tokenizer", q.tokenizer, "sentencepiece model overriding the one inside the model file");
   cmd->add_option("--variant", q.variant, std::string("One variant: ") + kVariantGrammar)->required();
-  cmd->add_option("--output,-o", q.output, "Output model file, written atomically")->required();
-  cmd->add_flag("--force", q.force, "Replace an existing --output file");
+  cmd->add_option("--output,-o", q.output, "Output model file (.pt, fake-quantized float32 weights), written atomically");
+  cmd->add_option("--packed", q.packed,
+                  "Instead of --output: write a .qpack with the codes at their real width, scales and zero points "
+                  "(docs/qpack-format.md), atomically; `--model FILE.qpack` evaluates it");
+  cmd->add_flag("--no-embed", q.no_embed,
+                "With --packed: reference the model by path + SHA-256 instead of embedding its bytes");
+  cmd->add_flag("--force", q.force, "Replace an existing --output / --packed file");
   cmd->add_option("--include", q.include, "Quantize only Linear layers whose name matches this regex");
   cmd->add_option("--exclude", q.exclude, "Do not quantize Linear layers whose name matches this regex");
   return cmd;
 }
 
 int run_quantize_command(const QuantizeCommand& q) {
+  if (q.output.empty() == q.packed.empty()) {
+    throw UsageError("quantize needs exactly one of --output FILE.pt and --packed FILE.qpack");
+  }
+  if (q.no_embed && q.packed.empty()) throw UsageError("--no-embed applies only to --packed");
+  if (!q.packed.empty()) {
+    if (!q.tokenizer.empty()) {
+      throw UsageError("--tokenizer cannot be stored in a --packed file; pass it when evaluating the .qpack");
+    }
+    check_output_path(q.packed, q.force);
+    const Variant variant = parse_variant(q.variant);
+    const std::string model = q.model.empty() ? default_model_path() : q.model;
+    const PackedModelSummary s =
+        write_packed_model(model, variant, q.include, q.exclude, q.packed, q.force, /*embed=*/!q.no_embed);
+    std::cerr << fmt::format(
+        "quantppl: wrote {} ({}: {} Linear layers, {} weights; {} bytes packed vs {} fp32 (x{:.2f}); file {} bytes{})\n",
+        q.packed, variant.name, s.layers, s.parameters, s.packed_bytes, s.fp32_bytes,
+        static_cast<double>(s.fp32_bytes) / static_cast<double>(s.packed_bytes), s.file_bytes,
+        q.no_embed ? ", model referenced" : ", model embedded");
+    return 0;
+  }
   check_output_path(q.output, q.force);
   QuantizeModelOptions options;
   options.model_path = q.model;
