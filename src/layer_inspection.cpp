@@ -12,6 +12,7 @@
 #include "quantppl/contract_model.h"
 #include "quantppl/error.h"
 #include "quantppl/model_quantizer.h"
+#include "quantppl/packed_model.h"
 #include "quantppl/sha256.h"
 
 namespace quantppl {
@@ -171,7 +172,7 @@ VariantDamage variant_damage(const torch::Tensor& w, const QuantConfig& config, 
 InspectionReport run_inspect(const InspectOptions& options, const InspectProgress& progress) {
   InspectionReport report;
   report.model_path = options.model_path.empty() ? default_model_path() : options.model_path;
-  ContractModel model = ContractModel::load(report.model_path, options.tokenizer_path);
+  ContractModel model = load_model_file(report.model_path, options.tokenizer_path);
   const std::vector<LinearLayer> layers = select_layers(model.linear_layers(), options.include, options.exclude);
   report.model_sha256 = sha256_file(report.model_path);
   report.variant = options.variant.name;

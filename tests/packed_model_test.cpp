@@ -3,7 +3,10 @@
 // formula, and rejection of corrupt, truncated and mismatched files.
 #include "quantppl/packed_model.h"
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -16,6 +19,8 @@
 #include "quantppl/compare.h"
 #include "quantppl/error.h"
 #include "quantppl/model_quantizer.h"
+#include "quantppl/sha256.h"
+#include "quantppl/variant_spec.h"
 
 namespace quantppl {
 namespace {
@@ -66,6 +71,290 @@ TEST(PackedCodesTest, RejectsCodesThatDoNotFit) {
   EXPECT_THROW(pack_codes(std::vector<int32_t>{16}, 4), UsageError);
   EXPECT_THROW(pack_codes(std::vector<int32_t>{-1}, 4), UsageError);
   EXPECT_THROW(unpack_codes(std::string(4, '\0'), 5, 4), UsageError);
+}
+
+
+// ---- files on the tiny fixture ----
+
+std::string temp_dir() {
+  static const std::string dir = [] {
+    std::string templ = (fs::temp_directory_path() / "quantppl-packed-test-XXXXXX").string();
+    if (::mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    return templ;
+  }();
+  return dir;
+}
+
+std::string temp_path(const std::string& name) { return temp_dir() + "/" + name; }
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// The DataError message of reading `path`, or "" if it loads.
+std::string load_error(const std::string& path) {
+  try {
+    load_packed_model(path);
+  } catch (const DataError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+class PackedModelTest : public ::testing::TestWithParam<std::string> {};
+
+// Pack, load, and compare every stored weight with fake_quantize of the
+// original, bit for bit; untouched layers keep their original weights.
+TEST_P(PackedModelTest, LoadReproducesFakeQuantizedWeightsBitForBit) {
+  const Variant variant = parse_variant(GetParam());
+  const std::string tiny = testing::fixture("tiny.pt");
+  const std::string out = temp_path("roundtrip.qpack");
+  const PackedModelSummary s =
+      write_packed_model(tiny, variant, "", "", out, /*force=*/true, /*embed=*/true);
+  ContractModel original = ContractModel::load(tiny);
+  ContractModel loaded = load_model_file(out);
+  const auto original_layers = original.linear_layers();
+  const auto loaded_layers = loaded.linear_layers();
+  ASSERT_EQ(original_layers.size(), loaded_layers.size());
+  ASSERT_EQ(s.layers, static_cast<int64_t>(original_layers.size()));
+  for (size_t i = 0; i < original_layers.size(); ++i) {
+    const torch::Tensor expected = fake_quantize(original_layers[i].weight, variant.config, original_layers[i].name);
+    EXPECT_TRUE(torch::equal(loaded_layers[i].weight, expected)) << GetParam() << " " << original_layers[i].name;
+  }
+  // The size formula, from the layers and from the written file.
+  EXPECT_EQ(s.packed_bytes, packed_size_bytes(original_layers, variant.config));
+  const PackedModel m = read_packed_model(out);
+  std::vector<int64_t> sections;
+  int64_t formula = 0;
+  for (const PackedLayer& layer : m.layers) {
+    const int64_t numel = layer.out_features * layer.in_features;
+    const int64_t codes = (numel * variant.config.bits + 7) / 8;
+    sections.push_back(codes);
+    sections.push_back(4 * layer.num_blocks);
+    formula += codes + 4 * layer.num_blocks;
+    if (variant.config.scheme == Scheme::kZeroPoint) {
+      sections.push_back(2 * layer.num_blocks);
+      formula += 2 * layer.num_blocks;
+    }
+  }
+  EXPECT_EQ(formula, s.packed_bytes);
+  sections.push_back(static_cast<int64_t>(fs::file_size(tiny)));
+  EXPECT_EQ(static_cast<int64_t>(fs::file_size(out)), qpack_file_bytes(m.header_bytes, sections));
+  EXPECT_EQ(s.file_bytes, static_cast<int64_t>(fs::file_size(out)));
+  EXPECT_EQ(m.variant.name, canonical_spec(variant));
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, PackedModelTest,
+                         ::testing::Values("absmax:2", "absmax:3:channel", "absmax:4:group32", "absmax:8:channel",
+                                           "zeropoint:2:group32", "zeropoint:3", "zeropoint:4:channel",
+                                           "zeropoint:8:group32", "absmax:4:channel:p99.9", "zeropoint:4:group32:mse",
+                                           "absmax:3:group32:mse", "zeropoint:8:tensor:p99"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& c : name) if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return name;
+                         });
+
+TEST(PackedModelFileTest, FourBitCodesTakeHalfAByteEach) {
+  const std::string out = temp_path("a4.qpack");
+  const PackedModelSummary s =
+      write_packed_model(testing::fixture("tiny.pt"), parse_variant("absmax:4:channel"), "", "", out, true, false);
+  int64_t rows = 0;
+  ContractModel model = ContractModel::load(testing::fixture("tiny.pt"));
+  for (const auto& layer : model.linear_layers()) rows += layer.weight.size(0);
+  EXPECT_EQ(s.packed_bytes, s.parameters / 2 + 4 * rows);
+  EXPECT_EQ(s.fp32_bytes, 4 * s.parameters);
+  // Stored codes are q - qmin = q + 7 in [0, 14]: never 15.
+  const PackedModel m = read_packed_model(out);
+  const QuantizedTensor q = m.quantized(0);
+  EXPECT_GE(q.codes.min().item<int32_t>(), -7);
+  EXPECT_LE(q.codes.max().item<int32_t>(), 7);
+}
+
+TEST(PackedModelFileTest, IncludeStoresOnlyTheSelectedLayers) {
+  const std::string tiny = testing::fixture("tiny.pt");
+  const std::string out = temp_path("include.qpack");
+  const Variant v = parse_variant("zeropoint:3:channel");
+  write_packed_model(tiny, v, "decoder", "DenseReluDense", out, true, true);
+  ContractModel original = ContractModel::load(tiny);
+  ContractModel loaded = load_packed_model(out);
+  const auto a = original.linear_layers();
+  const auto b = loaded.linear_layers();
+  const auto selected = select_layers(a, "decoder", "DenseReluDense");
+  EXPECT_EQ(read_packed_model(out).layers.size(), selected.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    const bool is_selected = a[i].name.find("decoder") != std::string::npos &&
+                             a[i].name.find("DenseReluDense") == std::string::npos;
+    const torch::Tensor expected = is_selected ? fake_quantize(a[i].weight, v.config, a[i].name) : a[i].weight;
+    EXPECT_TRUE(torch::equal(b[i].weight, expected)) << a[i].name;
+  }
+}
+
+TEST(PackedModelFileTest, CompareOnPackedFileEqualsCompareWithTheVariant) {
+  const std::string tiny = testing::fixture("tiny.pt");
+  const std::string out = temp_path("compare.qpack");
+  const PackedModelSummary summary =
+      write_packed_model(tiny, parse_variant("zeropoint:4:group32"), "", "", out, true, true);
+  CompareOptions o;
+  o.model_path = out;
+  o.variants = parse_variant_list("fp32");
+  o.max_length = 32;
+  const CompareReport on_packed = run_compare(o);
+  o.model_path = tiny;
+  o.variants = parse_variant_list("zeropoint:4:group32");
+  const CompareReport on_original = run_compare(o);
+  EXPECT_DOUBLE_EQ(on_packed.results[0].ppl, on_original.results[0].ppl);
+  EXPECT_EQ(on_packed.results[0].nll, on_original.results[0].nll);
+  // The report's sizes: fp32's packed size is its fp32 size; the variant's is the formula.
+  EXPECT_EQ(on_packed.results[0].packed_bytes, on_packed.results[0].fp32_bytes);
+  EXPECT_EQ(on_original.results[0].packed_bytes, summary.packed_bytes);
+  EXPECT_EQ(on_original.results[0].fp32_bytes, summary.fp32_bytes);
+}
+
+TEST(PackedModelFileTest, ReferencedModelIsCheckedBySha256) {
+  const std::string copy = temp_path("source-copy.pt");
+  fs::copy_file(testing::fixture("tiny.pt"), copy, fs::copy_options::overwrite_existing);
+  const std::string out = temp_path("referenced.qpack");
+  write_packed_model(copy, parse_variant("absmax:8"), "", "", out, true, /*embed=*/false);
+  EXPECT_FALSE(read_packed_model(out).embedded);
+  EXPECT_LT(fs::file_size(out), fs::file_size(copy));
+  EXPECT_NO_THROW(load_packed_model(out));
+  // Change the referenced model: one byte near the end of the archive.
+  std::string bytes = read_bytes(copy);
+  bytes[bytes.size() - 10] ^= 0x01;
+  write_bytes(copy, bytes);
+  const std::string error = load_error(out);
+  EXPECT_NE(error.find("sha256"), std::string::npos) << error;
+  EXPECT_NE(error.find(out), std::string::npos) << error;
+  fs::remove(copy);
+  EXPECT_THROW(load_packed_model(out), IoError);
+}
+
+TEST(PackedModelFileTest, RejectsPackingFp32OrAPackedFile) {
+  const std::string out = temp_path("a8.qpack");
+  write_packed_model(testing::fixture("tiny.pt"), parse_variant("absmax:8"), "", "", out, true, true);
+  EXPECT_THROW(write_packed_model(testing::fixture("tiny.pt"), parse_variant("fp32"), "", "", temp_path("x.qpack"), true, true),
+               UsageError);
+  EXPECT_THROW(write_packed_model(out, parse_variant("absmax:4"), "", "", temp_path("x.qpack"), true, true), UsageError);
+  EXPECT_THROW(write_packed_model(testing::fixture("tiny.pt"), parse_variant("absmax:8"), "", "", out, false, true), IoError);
+}
+
+// ---- corruption ----
+
+class PackedCorruptionTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    good_path_ = temp_path("good.qpack");
+    write_packed_model(testing::fixture("tiny.pt"), parse_variant("zeropoint:4:group32"), "", "", good_path_, true, true);
+    good_ = read_bytes(good_path_);
+  }
+  // Writes `bytes` and returns the DataError message of loading it.
+  static std::string error_of(const std::string& bytes) {
+    const std::string path = temp_path("bad.qpack");
+    write_bytes(path, bytes);
+    return load_error(path);
+  }
+  static std::string flipped(size_t at) {
+    std::string b = good_;
+    b[at] = static_cast<char>(b[at] ^ 0x20);
+    return b;
+  }
+  static inline std::string good_path_;
+  static inline std::string good_;
+};
+
+TEST_F(PackedCorruptionTest, TheGoodFileLoads) { EXPECT_EQ(load_error(good_path_), ""); }
+
+TEST_F(PackedCorruptionTest, BadMagic) {
+  const std::string e = error_of(flipped(3));
+  EXPECT_NE(e.find("bad magic"), std::string::npos) << e;
+  EXPECT_NE(e.find("bad.qpack"), std::string::npos) << e;
+  // A flipped magic is no longer recognised as a .qpack by load_model_file:
+  // it goes to the TorchScript loader, which rejects it too.
+  EXPECT_THROW(load_model_file(temp_path("bad.qpack")), DataError);
+}
+
+TEST_F(PackedCorruptionTest, UnknownVersionAndReserved) {
+  std::string b = good_;
+  b[8] = 2;
+  EXPECT_NE(error_of(b).find("format version 2 is not supported"), std::string::npos) << error_of(b);
+  b = good_;
+  b[13] = 1;
+  EXPECT_NE(error_of(b).find("reserved"), std::string::npos) << error_of(b);
+}
+
+TEST_F(PackedCorruptionTest, HeaderBytesAreChecked) {
+  // A byte inside the JSON header (a layer name), and the header length.
+  const size_t name_at = good_.find("\"encoder.");
+  ASSERT_NE(name_at, std::string::npos);
+  EXPECT_NE(error_of(flipped(name_at + 3)).find("header SHA-256 mismatch"), std::string::npos);
+  std::string b = good_;
+  b[16] = static_cast<char>(b[16] + 1);
+  EXPECT_NE(error_of(b), "");
+  b = good_;
+  b[23] = 0x7f;  // an absurd header length
+  EXPECT_NE(error_of(b).find("truncated"), std::string::npos) << error_of(b);
+}
+
+TEST_F(PackedCorruptionTest, InconsistentHeaderFieldsAreNamed) {
+  // Rewrite the header (with a matching digest) so that only the field check catches it.
+  const PackedModel m = read_packed_model(good_path_);
+  const std::string header_text = good_.substr(kQpackPreambleBytes, static_cast<size_t>(m.header_bytes));
+  const auto rewrite = [&](const std::function<void(nlohmann::json&)>& change) {
+    nlohmann::json h = nlohmann::json::parse(header_text);
+    change(h);
+    std::string text = h.dump(1) + "\n";
+    // Keep the same length so the payload does not move: pad with spaces or fail the test.
+    if (text.size() > header_text.size()) return std::string("header grew");
+    text.insert(text.size() - 1, header_text.size() - text.size(), ' ');
+    std::string b = good_;
+    b.replace(kQpackPreambleBytes, header_text.size(), text);
+    b.replace(24, 64, sha256(text));
+    return error_of(b);
+  };
+  EXPECT_NE(rewrite([](auto& h) { h["layers"][0]["numel"] = 12; }).find("layers[0].numel"), std::string::npos);
+  EXPECT_NE(rewrite([](auto& h) { h["layers"][1]["num_blocks"] = 3; }).find("layers[1].num_blocks"), std::string::npos);
+  EXPECT_NE(rewrite([](auto& h) { h["layers"][2]["codes"]["bytes"] = 10; }).find("layers[2].codes.bytes"), std::string::npos);
+  EXPECT_NE(rewrite([](auto& h) { h["layers"][0]["shape"][1] = 48; }).find("layers[0]"), std::string::npos);
+  {
+    const std::string e = rewrite([](auto& h) { h["bits"] = 3; });
+    EXPECT_NE(e.find("header field 'qmin'"), std::string::npos) << e;
+  }
+  EXPECT_NE(rewrite([](auto& h) { h["layers"][0]["scales"]["offset"] = 65; }).find("layers[0].scales.offset"),
+            std::string::npos);
+  EXPECT_NE(rewrite([](auto& h) { h["layers"][0]["name"] = "encoder.nope"; }).find("not a Linear layer"),
+            std::string::npos);
+  EXPECT_NE(rewrite([](auto& h) { h["payload_sha256"] = std::string(64, '0'); }).find("payload_sha256"),
+            std::string::npos);
+  EXPECT_NE(rewrite([](auto& h) { h.erase("scheme"); }).find("'scheme' is missing"), std::string::npos);
+}
+
+TEST_F(PackedCorruptionTest, SectionBytesAreChecked) {
+  const PackedModel m = read_packed_model(good_path_);
+  const std::string e = error_of(flipped(static_cast<size_t>(m.layers[3].codes_offset + 5)));
+  EXPECT_NE(e.find("payload_sha256 mismatch"), std::string::npos) << e;
+  EXPECT_NE(error_of(flipped(good_.size() - 1)).find("payload_sha256"), std::string::npos);
+}
+
+TEST_F(PackedCorruptionTest, TruncatedFilesAreRejected) {
+  const PackedModel m = read_packed_model(good_path_);
+  for (const size_t at : {size_t{0}, size_t{5}, size_t{20}, size_t{kQpackPreambleBytes}, size_t{200},
+                          static_cast<size_t>(m.payload_offset), static_cast<size_t>(m.layers[5].scales_offset + 1),
+                          good_.size() / 2, good_.size() - 1}) {
+    const std::string e = error_of(good_.substr(0, at));
+    EXPECT_NE(e, "") << "truncated at " << at;
+    EXPECT_TRUE(e.find("truncated") != std::string::npos || (at < 8 && e.find("bad magic") != std::string::npos))
+        << "truncated at " << at << ": " << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  }
+  // Extra bytes after the payload are also an error.
+  EXPECT_NE(error_of(good_ + std::string(3, '\0')).find("truncated or padded"), std::string::npos);
 }
 
 }  // namespace
