@@ -95,12 +95,14 @@ std::vector<SubsetSums> evaluate_subsets(ContractModel& model, const std::vector
   const Subset none(subsets.empty() ? 0 : subsets.front().size(), false);
   for (const EvalBatch& b : batches) {
     if (!subsets.empty()) layers.set(none);
-    const torch::Tensor reference = model.forward(b.input_ids, b.attention_mask, b.decoder_input_ids);
+    torch::Tensor reference = model.forward(b.input_ids, b.attention_mask, b.decoder_input_ids);
     const double reference_nll = batch_nll_sum(reference, b);
     const int64_t tokens = b.label_mask.sum().item<int64_t>();
     fp32->nll_sum += reference_nll;
     fp32->tokens += tokens;
+    // Only the log-probabilities are kept: one [B, T, V] fp32 tensor per batch, whatever the text length.
     const torch::Tensor reference_logp = torch::log_softmax(reference, /*dim=*/-1);
+    reference.reset();
     if (progress) progress(stage, ++done, total);
     for (size_t s = 0; s < subsets.size(); ++s) {
       SubsetSums& out = sums[s];

@@ -140,7 +140,7 @@ def test_sensitivity_json_fields_and_consistency():
     assert ppls == sorted(ppls, reverse=True)
     for l in j["layers"]:
         assert abs(l["delta_ppl_pct"] - 100 * (l["ppl"] / j["fp32_ppl"] - 1)) < 1e-9
-        assert l["kl_mean"] >= -1e-9
+        assert l["kl_mean"] >= -1e-6
     assert [k["keep"] for k in j["keep"]] == [0, 1, 2, 4, 8]
     assert j["keep"][0]["ppl"] == j["all_quantized_ppl"] and j["keep"][0]["kept_layers"] == []
     assert j["keep"][2]["kept_layers"] == [l["name"] for l in j["layers"][:2]]
