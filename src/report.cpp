@@ -130,7 +130,7 @@ std::string format_table(const CompareReport& r) {
                      short_hash(r.model_sha256), r.layers_quantized, r.parameters_quantized);
   out += fmt::format("text   {}  (sha256 {}, {} tokens, {} windows of <= {}, mode {})\n", r.text_path,
                      short_hash(r.text_sha256), r.text_tokens, r.windows, r.max_length, r.mode);
-  out += fmt::format("\n{:<26} {:>18} {:>9} {:>20} {:>10} {:>7} {:>10} {:>8} {:>16} {:>8}\n", "variant", "perplexity",
+  out += fmt::format("\n{:<26} {:>18} {:>9} {:>20} {:>10} {:>7} {:>10} {:>8} {:>17} {:>8}\n", "variant", "perplexity",
                      "vs fp32", "dNLL/token (95% CI)", "KL mean", "top-1", "weight MSE", "SQNR dB", "packed", "seconds");
   for (const VariantResult& v : r.results) {
     const std::string delta = v.delta_ppl_pct ? fmt::format("{:+.2f}%", *v.delta_ppl_pct) : "-";
@@ -142,7 +142,7 @@ std::string format_table(const CompareReport& r) {
                                    ? fmt::format("{} (x{:.2f})", human_bytes(*v.packed_bytes),
                                                  static_cast<double>(v.fp32_bytes) / static_cast<double>(*v.packed_bytes))
                                    : "-";
-    out += fmt::format("{:<26} {:>18} {:>9} {:>20} {:>10.3g} {:>6.2f}% {:>10} {:>8} {:>16} {:>8.2f}\n", v.variant,
+    out += fmt::format("{:<26} {:>18} {:>9} {:>20} {:>10.3g} {:>6.2f}% {:>10} {:>8} {:>17} {:>8.2f}\n", v.variant,
                        fmt::format("{:.4f} ± {:.3f}", v.ppl, v.ppl_stderr), delta,
                        fmt::format("{:+.5f} ± {:.5f}", v.delta_nll_mean, v.delta_nll_ci95), v.kl_mean,
                        100.0 * v.top1_agreement, mse, sqnr, packed, v.seconds);
