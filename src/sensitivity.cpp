@@ -16,6 +16,7 @@
 #include "quantppl/contract_model.h"
 #include "quantppl/error.h"
 #include "quantppl/model_quantizer.h"
+#include "quantppl/packed_model.h"
 #include "quantppl/sha256.h"
 #include "quantppl/text_windows.h"
 
@@ -212,7 +213,7 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
   SensitivityReport report;
   report.model_path = options.model_path.empty() ? default_model_path() : options.model_path;
   report.text_path = options.text_path.empty() ? default_text_path() : options.text_path;
-  ContractModel model = ContractModel::load(report.model_path, options.tokenizer_path);
+  ContractModel model = load_model_file(report.model_path, options.tokenizer_path);
   const ModelMetadata& metadata = model.metadata();
   report.max_length = options.max_length == 0 ? metadata.max_length : options.max_length;
   if (report.max_length > metadata.max_length) {
