@@ -20,7 +20,7 @@ CLI::App* setup_quantize(CLI::App& app, QuantizeCommand& q) {
       "Write a contract model whose selected Linear weights are replaced by their quantize-dequantize "
       "values (metadata records the variant). `compare --variants fp32` on it equals "
       "`compare --variants SPEC` on the original.");
-  cmd->add_option("--model,-m", q.model, "Contract model file (.pt); default: models/default.pt");
+  cmd->add_option("--model,-m", q.model, "Contract model file (.pt, or a .qpack for --output); default: models/default.pt");
   cmd->add_option("--tokenizer", q.tokenizer, "sentencepiece model overriding the one inside the model file");
   cmd->add_option("--variant", q.variant, std::string("One variant: ") + kVariantGrammar)->required();
   cmd->add_option("--output,-o", q.output, "Output model file (.pt, fake-quantized float32 weights), written atomically");
