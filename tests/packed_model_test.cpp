@@ -76,13 +76,20 @@ TEST(PackedCodesTest, RejectsCodesThatDoNotFit) {
 
 // ---- files on the tiny fixture ----
 
+// One scratch directory per test process, removed when the process exits.
 std::string temp_dir() {
-  static const std::string dir = [] {
-    std::string templ = (fs::temp_directory_path() / "quantppl-packed-test-XXXXXX").string();
-    if (::mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    return templ;
-  }();
-  return dir;
+  struct ScratchDir {
+    std::string path;
+    ScratchDir() : path((fs::temp_directory_path() / "quantppl-packed-test-XXXXXX").string()) {
+      if (::mkdtemp(path.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    }
+    ~ScratchDir() {
+      std::error_code ec;
+      fs::remove_all(path, ec);
+    }
+  };
+  static const ScratchDir dir;
+  return dir.path;
 }
 
 std::string temp_path(const std::string& name) { return temp_dir() + "/" + name; }
