@@ -21,7 +21,7 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
       "compare",
       "Perplexity of the original model and of each quantized variant, side by side.\n"
       "With no arguments: the shipped default model and text, variants fp32,absmax:8,zeropoint:8.");
-  cmd->add_option("--model,-m", c.model, "Contract model file (.pt); default: models/default.pt");
+  cmd->add_option("--model,-m", c.model, "Contract model file (.pt) or packed model (.qpack); default: models/default.pt");
   cmd->add_option("--tokenizer", c.tokenizer, "sentencepiece model overriding the one inside the model file");
   cmd->add_option("--text,-t", c.text, "UTF-8 text to evaluate, or - for standard input; default: data/default_eval.txt");
   c.variants = kDefaultVariants;
