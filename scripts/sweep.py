@@ -516,12 +516,26 @@ def save_figure(fig, path):
 
 
 def _plain_log_axis(ax):
-    """Log-scale y ticks written as plain numbers (1700, not 1.7x10^3)."""
-    from matplotlib.ticker import FuncFormatter
+    """Log-scale y ticks written as plain numbers (1700, not 1.7x10^3); minor ticks are labelled
+    only when the axis spans less than a decade (otherwise they crowd)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     formatter = FuncFormatter(lambda v, _: f"{v:.4g}")
+    lo, hi = ax.get_ylim()
+    if hi >= 10 * lo:
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.yaxis.set_minor_formatter(formatter)
     ax.yaxis.set_major_formatter(formatter)
-    ax.yaxis.set_minor_formatter(formatter)
     ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _granularity_colour(label):
+    """One colour per granularity (the scheme is the line style), stable across plots."""
+    palette = ["tab:green", "tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive"]
+    order = ["tensor", "channel", "group32", "group64", "group128"]
+    gran = label.split()[-1]
+    return palette[order.index(gran)] if gran in order else palette[5 + sum(map(ord, gran)) % 3]
 
 
 def _finite(v):
@@ -569,7 +583,7 @@ def plot_all(out, rows, run_info, sensitivity=None):
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
     for label, pts in _curves(quant, rng, "ppl").items():
         ax.plot([b for b, _ in pts], [p for _, p in pts], styles.get(label.split()[0], "-"), marker="o",
-                markersize=4, label=label)
+                markersize=4, label=label, color=_granularity_colour(label))
     if fp32:
         ax.axhline(fp32["ppl"], color="black", linewidth=1, linestyle=":", label=f"fp32 ({fp32['ppl']:.4g})")
     ax.set_yscale("log")
@@ -627,7 +641,8 @@ def plot_all(out, rows, run_info, sensitivity=None):
             for label, cpts in _curves(quant, rng, metric).items():
                 xs = [b for b, v in cpts if metric != "kl_mean" or v > 0]
                 ys = [v for _, v in cpts if metric != "kl_mean" or v > 0]
-                ax.plot(xs, ys, styles.get(label.split()[0], "-"), marker="o", markersize=4, label=label)
+                ax.plot(xs, ys, styles.get(label.split()[0], "-"), marker="o", markersize=4, label=label,
+                        color=_granularity_colour(label))
             if metric == "kl_mean":
                 ax.set_yscale("log")
             ax.set_xlabel("bits per weight code")
@@ -685,6 +700,15 @@ def run_sensitivity(args, run_info):
     argv = ["sensitivity", *cli_args(args), "--variant", spec, "--format", "json", "--quiet"]
     if args.sensitivity_max_tokens:
         argv += ["--max-tokens", str(args.sensitivity_max_tokens)]
+    saved_path = os.path.join(args.out, "sensitivity.json")
+    if os.path.exists(saved_path):  # a resumed sweep does not redo the (long) sensitivity run
+        with open(saved_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if (saved.get("variant") == spec and saved.get("model_sha256") == run_info.get("model_sha256")
+                and saved.get("text_sha256") == run_info.get("text_sha256")
+                and (saved.get("max_tokens") or 0) == (args.sensitivity_max_tokens or 0)):
+            log(f"sweep: reusing {saved_path} (same variant, model and text)")
+            return saved
     log(f"sweep: per-layer sensitivity to {spec} (one run per layer; can take a while)")
     report = json.loads(run_cli(args.bin, argv))
     if not isinstance(report.get("layers"), list) or not all("name" in l and "delta_ppl_pct" in l
@@ -709,20 +733,20 @@ class OneLineErrorParser(argparse.ArgumentParser):
 def parse_args(argv):
     p = OneLineErrorParser(
         prog="sweep.py", description="Run a grid of quantization variants through `quantppl compare` "
-        "(one call per batch), write results.csv and PNG plots into --out; rerun to resume.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "(one call per batch), write results.csv and PNG plots into --out; rerun to resume. "
+        "Formulas, outputs and exit codes: the top of scripts/sweep.py and docs/sweep.md.")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created)")
-    p.add_argument("--bin", default=DEFAULT_BIN, help="quantppl binary (env QUANTPPL_BIN)")
+    p.add_argument("--bin", default=DEFAULT_BIN, help="quantppl binary (default: $QUANTPPL_BIN or %(default)s)")
     p.add_argument("--model", "-m", help="contract model (default: the CLI's, models/default.pt)")
     p.add_argument("--tokenizer", help="sentencepiece model overriding the model's own")
     p.add_argument("--text", "-t", help="evaluation text file (default: the CLI's, data/default_eval.txt)")
     g = p.add_argument_group("grid (ignored with --variants)")
-    g.add_argument("--schemes", default="absmax,zeropoint")
-    g.add_argument("--bits", default="2-8", help="e.g. 2-8 or 3,4,8")
-    g.add_argument("--granularities", default=DEFAULT_GRANULARITIES)
-    g.add_argument("--ranges", default=DEFAULT_RANGES, help="minmax, pP (percentile), mse")
+    g.add_argument("--schemes", default="absmax,zeropoint", help="(default: %(default)s)")
+    g.add_argument("--bits", default="2-8", help="e.g. 2-8 or 3,4,8 (default: %(default)s)")
+    g.add_argument("--granularities", default=DEFAULT_GRANULARITIES, help="tensor, channel, groupN (default: %(default)s)")
+    g.add_argument("--ranges", default=DEFAULT_RANGES, help="minmax, pP (percentile), mse (default: %(default)s)")
     g.add_argument("--variants", "-v", help="explicit comma-separated variant list instead of the grid")
-    p.add_argument("--batch-variants", type=int, default=8, metavar="N", help="variants per quantppl call")
+    p.add_argument("--batch-variants", type=int, default=8, metavar="N", help="variants per quantppl call (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="discard DIR's earlier results instead of resuming")
     p.add_argument("--resume", action="store_true", help="resume (the default; accepted for clarity)")
     p.add_argument("--in-features", type=int, metavar="N",

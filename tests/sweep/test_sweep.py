@@ -255,3 +255,32 @@ def test_bad_flags_are_one_line_usage_errors(tmp_path, text_file, flags, needle)
 def test_cli_errors_pass_through_with_their_exit_code(tmp_path):
     r = run_sweep(tmp_path / "x", str(tmp_path / "missing.txt"), "--variants", "absmax:8")
     assert_one_line_error(r, 4, "quantppl compare failed (exit 4)", "missing.txt")
+
+
+def test_sensitivity_chart_when_the_subcommand_exists(sweep_dir, text_file, tmp_path):
+    out, _ = sweep_dir
+    copy = tmp_path / "sens"
+    shutil.copytree(out, copy)
+    if not sweep.has_subcommand(BIN, "sensitivity"):
+        pytest.skip("this quantppl has no sensitivity subcommand")
+    r = run_sweep(copy, text_file, *GRID, "--sensitivity", "absmax:4", "--sensitivity-max-tokens", "64")
+    assert r.returncode == 0, r.stderr
+    assert progress_variants(r.stderr) == []  # the grid itself was resumed, not recomputed
+    data = (copy / "sensitivity.png").read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+
+
+def test_missing_sensitivity_subcommand_is_reported_not_fatal(sweep_dir, text_file, tmp_path):
+    out, _ = sweep_dir
+    copy = tmp_path / "nosens"
+    shutil.copytree(out, copy)
+    fake = tmp_path / "old-quantppl"  # a quantppl without `sensitivity`: its help lists no such command
+    fake.write_text("#!/bin/sh\n"
+                    "case \"$1\" in sensitivity|--help) printf 'Usage: quantppl\\nSubcommands:\\n"
+                    "  compare   c\\n'; exit 0;; esac\n"
+                    f"exec {BIN} \"$@\"\n")
+    fake.chmod(0o755)
+    r = run_sweep(copy, text_file, *GRID, "--sensitivity", "absmax:4", binary=str(fake))
+    assert r.returncode == 0, r.stderr
+    assert "no 'sensitivity' subcommand" in r.stderr
+    assert not (copy / "sensitivity.png").exists()
