@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include "json_rows.h"
 #include <torch/torch.h>
 
 #include "quantppl/compare.h"
@@ -19,6 +21,8 @@ namespace quantppl {
 namespace {
 
 using nlohmann::ordered_json;
+using json_rows::csv_cell;
+using json_rows::number_or_null;
 
 // numpy.median of a [blocks, 1] parameter tensor (mean of the two middle values for an even count).
 Summary3 summarize(const torch::Tensor& values) {
@@ -31,11 +35,6 @@ Summary3 summarize(const torch::Tensor& values) {
   s.median = n % 2 == 1 ? sorted[n / 2].item<double>()
                         : 0.5 * (sorted[n / 2 - 1].item<double>() + sorted[n / 2].item<double>());
   return s;
-}
-
-ordered_json number_or_null(double v) {
-  if (!std::isfinite(v)) return nullptr;
-  return v;
 }
 
 std::string shape_string(const std::vector<int64_t>& shape) {
@@ -102,19 +101,6 @@ ordered_json summary_json(const InspectionReport& r) {
   j["worst_layer"] = r.summary.worst_layer;
   j["worst_sqnr_db"] = number_or_null(r.summary.worst_sqnr_db);
   return j;
-}
-
-std::string csv_cell(const ordered_json& value) {
-  if (value.is_null()) return "";
-  if (value.is_string()) {
-    const std::string s = value.get<std::string>();
-    if (s.find_first_of(",\"\n") == std::string::npos) return s;
-    std::string quoted = "\"";
-    for (const char c : s) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
-    return quoted + "\"";
-  }
-  if (value.is_number_float()) return fmt::format("{:.17g}", value.get<double>());
-  return value.dump();
 }
 
 std::string db_string(double db) { return std::isfinite(db) ? fmt::format("{:.2f}", db) : "inf"; }
@@ -222,30 +208,15 @@ std::string format_inspection_json(const InspectionReport& r) {
 }
 
 std::string format_inspection_csv(const InspectionReport& r) {
-  std::ostringstream out;
-  bool header_written = false;
+  std::vector<ordered_json> rows;
   for (const LayerInspection& l : r.layers) {
     ordered_json row = layer_json(l, /*shape_as_list=*/false);
     row["variant"] = r.variant;
     row["model"] = r.model_path;
     row["model_sha256"] = r.model_sha256;
-    if (!header_written) {
-      bool first = true;
-      for (const auto& [key, value] : row.items()) {
-        out << (first ? "" : ",") << key;
-        first = false;
-      }
-      out << "\n";
-      header_written = true;
-    }
-    bool first = true;
-    for (const auto& [key, value] : row.items()) {
-      out << (first ? "" : ",") << csv_cell(value);
-      first = false;
-    }
-    out << "\n";
+    rows.push_back(std::move(row));
   }
-  return out.str();
+  return json_rows::csv_table(rows);
 }
 
 std::string format_inspection_table(const InspectionReport& r) {

@@ -6,15 +6,14 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "json_rows.h"
+
 namespace quantppl {
 namespace {
 
 using nlohmann::ordered_json;
-
-ordered_json optional_number(const std::optional<double>& v) {
-  if (!v || !std::isfinite(*v)) return nullptr;
-  return *v;
-}
+using json_rows::csv_table;
+using json_rows::number_or_null;
 
 ordered_json settings_json(const CompareReport& r) {
   ordered_json j;
@@ -41,18 +40,18 @@ ordered_json result_json(const VariantResult& v) {
   ordered_json j;
   j["variant"] = v.variant;
   j["ppl"] = v.ppl;
-  j["ppl_stderr"] = optional_number(v.ppl_stderr);
+  j["ppl_stderr"] = number_or_null(v.ppl_stderr);
   j["nll"] = v.nll;
   j["tokens"] = v.tokens;
-  j["delta_ppl_pct"] = optional_number(v.delta_ppl_pct);
-  j["kl_mean"] = optional_number(v.kl_mean);
-  j["kl_p99"] = optional_number(v.kl_p99);
-  j["kl_max"] = optional_number(v.kl_max);
-  j["top1_agreement"] = optional_number(v.top1_agreement);
-  j["delta_nll_mean"] = optional_number(v.delta_nll_mean);
-  j["delta_nll_ci95"] = optional_number(v.delta_nll_ci95);
-  j["weight_mse"] = optional_number(v.weight_mse);
-  j["weight_sqnr_db"] = optional_number(v.weight_sqnr_db);
+  j["delta_ppl_pct"] = number_or_null(v.delta_ppl_pct);
+  j["kl_mean"] = number_or_null(v.kl_mean);
+  j["kl_p99"] = number_or_null(v.kl_p99);
+  j["kl_max"] = number_or_null(v.kl_max);
+  j["top1_agreement"] = number_or_null(v.top1_agreement);
+  j["delta_nll_mean"] = number_or_null(v.delta_nll_mean);
+  j["delta_nll_ci95"] = number_or_null(v.delta_nll_ci95);
+  j["weight_mse"] = number_or_null(v.weight_mse);
+  j["weight_sqnr_db"] = number_or_null(v.weight_sqnr_db);
   j["packed_bytes"] = v.packed_bytes ? ordered_json(*v.packed_bytes) : ordered_json(nullptr);
   j["fp32_bytes"] = v.fp32_bytes;
   j["compression_ratio"] = v.packed_bytes && *v.packed_bytes > 0
@@ -60,19 +59,6 @@ ordered_json result_json(const VariantResult& v) {
                                : ordered_json(nullptr);
   j["seconds"] = v.seconds;
   return j;
-}
-
-std::string csv_cell(const ordered_json& value) {
-  if (value.is_null()) return "";
-  if (value.is_string()) {
-    const std::string s = value.get<std::string>();
-    if (s.find_first_of(",\"\n") == std::string::npos) return s;
-    std::string quoted = "\"";
-    for (const char c : s) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
-    return quoted + "\"";
-  }
-  if (value.is_number_float()) return fmt::format("{:.17g}", value.get<double>());
-  return value.dump();
 }
 
 std::string short_hash(const std::string& sha) { return sha.substr(0, 12); }
@@ -100,28 +86,13 @@ std::string format_json(const CompareReport& report) {
 
 std::string format_csv(const CompareReport& report) {
   const ordered_json settings = settings_json(report);
-  std::ostringstream out;
-  bool header_written = false;
+  std::vector<ordered_json> rows;
   for (const VariantResult& v : report.results) {
     ordered_json row = result_json(v);
     for (const auto& [key, value] : settings.items()) row[key] = value;
-    if (!header_written) {
-      bool first = true;
-      for (const auto& [key, value] : row.items()) {
-        out << (first ? "" : ",") << key;
-        first = false;
-      }
-      out << "\n";
-      header_written = true;
-    }
-    bool first = true;
-    for (const auto& [key, value] : row.items()) {
-      out << (first ? "" : ",") << csv_cell(value);
-      first = false;
-    }
-    out << "\n";
+    rows.push_back(std::move(row));
   }
-  return out.str();
+  return csv_table(rows);
 }
 
 std::string format_table(const CompareReport& r) {

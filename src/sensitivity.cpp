@@ -10,6 +10,8 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include "json_rows.h"
 #include <torch/torch.h>
 
 #include "quantppl/compare.h"
@@ -27,6 +29,8 @@ const char* const kDefaultKeep = "0,1,2,4,8";
 namespace {
 
 using nlohmann::ordered_json;
+using json_rows::csv_cell;
+using json_rows::number_or_null;
 using Subset = std::vector<bool>;  // subset[i]: layer i is fake-quantized
 
 // Sums for one subset over every batch.
@@ -155,24 +159,6 @@ class SubsetTable {
   std::vector<Subset> subsets_;
   std::map<Subset, size_t> index_;
 };
-
-ordered_json number_or_null(const std::optional<double>& v) {
-  if (!v || !std::isfinite(*v)) return nullptr;
-  return *v;
-}
-
-std::string csv_cell(const ordered_json& value) {
-  if (value.is_null()) return "";
-  if (value.is_string()) {
-    const std::string s = value.get<std::string>();
-    if (s.find_first_of(",\"\n") == std::string::npos) return s;
-    std::string quoted = "\"";
-    for (const char c : s) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
-    return quoted + "\"";
-  }
-  if (value.is_number_float()) return fmt::format("{:.17g}", value.get<double>());
-  return value.dump();
-}
 
 }  // namespace
 

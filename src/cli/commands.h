@@ -19,6 +19,10 @@ constexpr int kExitInternal = 5;
 // All cores, as std::thread::hardware_concurrency() sees them (>= 1).
 int64_t default_threads();
 
+// Prints `rendered` to standard output, or writes it atomically to
+// `output_path` when one is given (replacing an existing file only with force).
+void emit_output(const std::string& rendered, const std::string& output_path, bool force);
+
 struct CompareCommand {
   std::string model;
   std::string tokenizer;

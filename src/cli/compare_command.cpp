@@ -89,11 +89,7 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   } else {
     rendered = format_table(report);
   }
-  if (c.output.empty()) {
-    std::cout << rendered << std::flush;
-  } else {
-    write_file_atomically(c.output, rendered, c.force);
-  }
+  emit_output(rendered, c.output, c.force);
 
   if (!expected.variants.empty()) {
     const std::vector<std::string> failures = check_regressions(report, expected);

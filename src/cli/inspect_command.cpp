@@ -52,11 +52,7 @@ int run_inspect_command(const InspectCommand& c) {
   } else {
     rendered = format_inspection_table(report);
   }
-  if (c.output.empty()) {
-    std::cout << rendered << std::flush;
-  } else {
-    write_file_atomically(c.output, rendered, c.force);
-  }
+  emit_output(rendered, c.output, c.force);
   return 0;
 }
 

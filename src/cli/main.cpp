@@ -19,12 +19,21 @@
 
 #include "commands.h"
 #include "quantppl/error.h"
+#include "quantppl/output_file.h"
 
 namespace quantppl::cli {
 
 int64_t default_threads() {
   const unsigned n = std::thread::hardware_concurrency();
   return n == 0 ? 1 : static_cast<int64_t>(n);
+}
+
+void emit_output(const std::string& rendered, const std::string& output_path, bool force) {
+  if (output_path.empty()) {
+    std::cout << rendered << std::flush;
+  } else {
+    write_file_atomically(output_path, rendered, force);
+  }
 }
 
 namespace {

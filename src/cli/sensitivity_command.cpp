@@ -79,11 +79,7 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   } else {
     rendered = format_sensitivity_table(report);
   }
-  if (c.output.empty()) {
-    std::cout << rendered << std::flush;
-  } else {
-    write_file_atomically(c.output, rendered, c.force);
-  }
+  emit_output(rendered, c.output, c.force);
   return 0;
 }
 
