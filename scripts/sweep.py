@@ -762,6 +762,8 @@ def parse_args(argv):
     c.add_argument("--include", metavar="REGEX")
     c.add_argument("--exclude", metavar="REGEX")
     args = p.parse_args(argv)
+    if args.fresh and args.resume:
+        p.error("--fresh and --resume contradict each other")
     if args.batch_variants < 1:
         p.error(f"--batch-variants must be >= 1, got {args.batch_variants}")
     if args.in_features is not None and args.in_features < 1:
