@@ -258,7 +258,9 @@ void apply_constant_block_rule(QParams& params, const BlockExtremes& extremes,
   const torch::Tensor constant = extremes.lo == extremes.hi;
   if (!constant.any().item<bool>()) return;
   const torch::Tensor& c = extremes.lo;
-  const torch::Tensor magnitude = config.scale_form == ScaleForm::kStep ? c.abs() : 1.0 / c.abs();
+  // 1/|c| overflows for a subnormal c (found by fuzz/quantize_fuzz.cpp): cap k like (1') does.
+  const torch::Tensor magnitude =
+      config.scale_form == ScaleForm::kStep ? c.abs() : torch::clamp_max(1.0 / c.abs(), huge_of(c));
   const torch::Tensor scale = torch::where(c == 0, torch::ones_like(c), magnitude);
   params.scale = torch::where(constant, scale, params.scale);
   if (config.scheme == Scheme::kZeroPoint) {
@@ -343,8 +345,11 @@ QParams choose_qparams(const torch::Tensor& x, const QuantConfig& config, const 
   const BlockExtremes extremes = block_extremes(blocks);
   const ClipRange range = choose_range(blocks, extremes, config);
   QParams params = params_from_range(range, config);
-  apply_constant_block_rule(params, extremes, config);
   keep_dequantized_finite(params, range, config);
+  // After the overflow guard, which would otherwise shrink the scale of a constant block near
+  // FLT_MAX whose only code reconstructs it exactly, and push it to inf (found by
+  // fuzz/quantize_fuzz.cpp).
+  apply_constant_block_rule(params, extremes, config);
   return params;
 }
 
