@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets in fuzz/ with Debian's clang-14 (ASan + UBSan) into build-fuzz/ and
+# runs each for SECONDS (default 60) from its seed corpus in fuzz/corpus/<target>/.
+# Exits non-zero if any target crashes; the reproducer is left in build-fuzz/artifacts/.
+#
+#   scripts/fuzz.sh [SECONDS]            build, then fuzz every target
+#   scripts/fuzz.sh 0                    build only
+#   QUANTPPL_FUZZ_TARGETS="quantize_fuzz" scripts/fuzz.sh 30
+#   build-fuzz/quantize_fuzz CRASH_FILE  reproduce one input
+#
+# The library sources a target needs are compiled here with clang++ rather than linked from
+# build/libquantppl.a, because libFuzzer needs coverage instrumentation in the code under test.
+# LibTorch (built by Debian with g++) links fine: both compilers use libstdc++.
+# New inputs found while fuzzing go to build-fuzz/corpus/<target>/, not into the repository's
+# seed corpus; copy an interesting one to fuzz/corpus/<target>/ by hand.
+set -euo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="${QUANTPPL_FUZZ_DIR:-$repo_root/build-fuzz}"
+seconds="${1:-60}"
+cxx="${CXX_FUZZ:-clang++-14}"
+targets=(${QUANTPPL_FUZZ_TARGETS:-variant_spec_fuzz metadata_fuzz quantize_fuzz})
+jobs="$(nproc)"
+
+command -v "$cxx" >/dev/null || { echo "fuzz: $cxx not found (apt-get install clang-14 libclang-rt-14-dev)" >&2; exit 2; }
+mkdir -p "$out/obj" "$out/artifacts"
+
+sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+cxxflags=(-std=c++17 -O1 -g $sanitize -D_GLIBCXX_USE_CXX11_ABI=1 -DFMT_SHARED
+          -I"$repo_root/include" -isystem /usr/include/torch/csrc/api/include)
+libs=(-ltorch -ltorch_cpu -lc10 -lfmt -lpthread -ldl)
+library_sources=(error percentile quantize variant_spec model_metadata)
+
+# Compiles $1 to $2 unless the object is newer than the source and every header.
+compile() {
+  local src="$1" obj="$2"; shift 2
+  if [ -f "$obj" ] && [ -z "$(find "$src" "$repo_root/include" -newer "$obj" -print -quit)" ]; then return 0; fi
+  echo "fuzz: compiling $(basename "$src")"
+  "$cxx" "${cxxflags[@]}" "$@" -c "$src" -o "$obj"
+}
+
+pids=()
+for s in "${library_sources[@]}"; do
+  compile "$repo_root/src/$s.cpp" "$out/obj/$s.o" -fsanitize=fuzzer-no-link &
+  pids+=($!)
+  if [ ${#pids[@]} -ge "$jobs" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+done
+for t in "${targets[@]}"; do
+  compile "$repo_root/fuzz/$t.cpp" "$out/obj/$t.o" -fsanitize=fuzzer-no-link &
+  pids+=($!)
+  if [ ${#pids[@]} -ge "$jobs" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+done
+for p in "${pids[@]}"; do wait "$p"; done
+objs=()
+for s in "${library_sources[@]}"; do objs+=("$out/obj/$s.o"); done
+for t in "${targets[@]}"; do
+  "$cxx" $sanitize -fsanitize=fuzzer "$out/obj/$t.o" "${objs[@]}" "${libs[@]}" -o "$out/$t"
+done
+echo "fuzz: built ${targets[*]} in $out"
+[ "$seconds" -gt 0 ] || exit 0
+
+# LibTorch allocates at start-up and keeps it until exit: leak reports there are not ours.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+status=0
+for t in "${targets[@]}"; do
+  mkdir -p "$out/corpus/$t"
+  echo "fuzz: $t for ${seconds}s"
+  if ! "$out/$t" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=4096 -print_final_stats=1 \
+      -artifact_prefix="$out/artifacts/$t-" "$out/corpus/$t" "$repo_root/fuzz/corpus/$t" \
+      >"$out/$t.log" 2>&1; then
+    echo "fuzz: $t FAILED; see $out/$t.log and $out/artifacts/" >&2
+    tail -40 "$out/$t.log" >&2
+    status=1
+  else
+    grep -E "^stat::number_of_executed_units|^#[0-9]+ +DONE" "$out/$t.log" | tail -2 || true
+  fi
+done
+exit $status
