@@ -169,6 +169,28 @@ def test_model_that_is_a_directory_or_empty_or_truncated(tmp_path):
     assert_clean_error(run("compare", "--model", str(truncated)), EXIT_DATA, "truncated.pt")
 
 
+# ---- flags ----
+
+@pytest.mark.parametrize("spec,needle", [
+    ("absmax:1", "bits"), ("absmax:-1", "bits"), ("zeropoint:4:tensor:p-1", "percentile"),
+    ("zeropoint:4:tensor:p0.0", "percentile"), ("absmax:4:block64", "unknown granularity"),
+])
+def test_more_malformed_variants_are_usage_errors(spec, needle):
+    assert_clean_error(run("compare", "--model", TINY, "--variants", spec), EXIT_USAGE, needle)
+
+
+def test_conflicting_quantize_outputs_are_a_usage_error(tmp_path):
+    r = run("quantize", "--model", TINY, "--variant", "absmax:8", "--output", str(tmp_path / "a.pt"),
+            "--packed", str(tmp_path / "a.qpack"))
+    assert_clean_error(r, EXIT_USAGE, "--output", "--packed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_double_weight_model_is_a_data_error():
+    r = run("compare", "--model", os.path.join(FIXTURES, "double_weight.pt"), "--variants", "fp32")
+    assert_clean_error(r, EXIT_DATA, "double_weight.pt", "float32")
+
+
 # ---- output ----
 
 @pytest.mark.parametrize("target", ["/proc/version", "/proc/quantppl-result.json", "README.md/r.json"])
