@@ -130,23 +130,30 @@ QParams params_from_range(const ClipRange& range, const QuantConfig& config) {
     return {scale, torch::zeros_like(scale)};
   }
 
-  const torch::Tensor& lo = range.lo;
+  // A zero-width clipping range [c, c] in a block that is not constant (a
+  // percentile of mostly equal values) is widened to include 0: then
+  // s = |c| / L, c and 0 both lie on the grid and every code dequantizes
+  // within [min(c, 0), max(c, 0)] (s = |c| would send the block's other
+  // values to codes up to L * |c|: inf near FLT_MAX, found by fuzzing).
+  // Constant blocks are overridden by apply_constant_block_rule.
+  const torch::Tensor zero_width = range.hi == range.lo;
+  const torch::Tensor lo = torch::where(zero_width, torch::clamp_max(range.lo, 0.0), range.lo);
+  const torch::Tensor hi_z = torch::where(zero_width, torch::clamp_min(range.hi, 0.0), range.hi);
   const double levels = std::ldexp(1.0, config.bits) - 1.0;  // L = 2^b - 1
   const auto qmin = static_cast<double>(codes.qmin);
-  const torch::Tensor width = hi - lo;
-  // Zero range: s = |c| (k = 1/|c|), or 1 when c = 0; see the header.
-  const torch::Tensor constant_scale =
-      torch::where(lo == 0, torch::ones_like(lo), step ? lo.abs() : 1.0 / lo.abs());
+  const torch::Tensor width = hi_z - lo;
+  // Still zero width: c = 0, any scale reconstructs it; 1 keeps the arithmetic tame.
+  const torch::Tensor constant_scale = torch::ones_like(lo);
   if (step) {
     torch::Tensor scale = width / levels;  // (4)
-    scale = torch::where(torch::isinf(scale), hi / levels - lo / levels, scale);
+    scale = torch::where(torch::isinf(scale), hi_z / levels - lo / levels, scale);
     scale = torch::where(width == 0, constant_scale, scale);
     scale = torch::where(scale == 0, torch::full_like(scale, tiny), scale);
     const torch::Tensor zero = -torch::round(lo / scale) + qmin;  // (5), (6)
     return {scale, zero};
   }
   torch::Tensor scale = levels / width;  // the tutorial's 255 / (max - min)
-  scale = torch::where(torch::isinf(width), (levels / 2) / (hi / 2 - lo / 2), scale);
+  scale = torch::where(torch::isinf(width), (levels / 2) / (hi_z / 2 - lo / 2), scale);
   scale = torch::where(width == 0, constant_scale, scale);
   scale = torch::clamp_max(scale, huge);
   const torch::Tensor zero = torch::round(-scale * lo + qmin);  // (1'): round(-k*min - 128)

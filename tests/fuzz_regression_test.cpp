@@ -70,12 +70,10 @@ TEST(FuzzRegressionTest, InverseStepConstantBlockNearFloatMaxStaysFinite) {
   EXPECT_TRUE(torch::isfinite(x_hat).all().item<bool>()) << x_hat;
 }
 
-// quantize_fuzz, NOT fixed: a zero-width clipping range near FLT_MAX (the 50th percentile of
-// {2e-38, 3.39e38}) gets s = |lo| and z = qmin - 1; code qmax then dequantizes to inf, and
-// keep_dequantized_finite's 4 shrinks by (1 - 1/15) are too few to bring it back (it needs ~40).
-// The input lands on code 2 and x_hat = 3 s = inf. Only |x| > FLT_MAX / 16 is affected.
-// Enable once fixed; then scripts/fuzz.sh's quantize target can drop its near_max exemption.
-TEST(FuzzRegressionTest, DISABLED_ZeroWidthRangeNearFloatMaxStaysFinite) {
+// quantize_fuzz: a zero-width clipping range near FLT_MAX (the 50th percentile of
+// {2e-38, 3.39e38}) got s = |lo| and z = qmin - 1, so code qmax dequantized to inf. Fixed by
+// widening a zero-width range to include 0 (quantize.h, "Constant blocks").
+TEST(FuzzRegressionTest, ZeroWidthRangeNearFloatMaxStaysFinite) {
   const torch::Tensor x = torch::tensor({2.0895e-38f, 3.3896e38f}, torch::kFloat32);
   QuantConfig config = numpy_seed_config(Scheme::kZeroPoint, 4);
   config.range = RangeMethod::kPercentile;

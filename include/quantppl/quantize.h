@@ -70,8 +70,9 @@
 //   zero point codes it as qmin with z = qmin - sign(c). (The torch tutorial's
 //   guard, range = 1, would not reconstruct c != 0.) In ScaleForm::kInverseStep
 //   the same rule gives k = 1/|c|, exact to within one ulp of c.
-//   A clipping range of zero width in a non-constant block (a percentile of
-//   mostly-equal values) gets the same s, so nothing divides by zero.
+//   A zero-point clipping range of zero width [c, c] in a non-constant block
+//   (a percentile of mostly-equal values) is widened to include 0, so
+//   s = |c| / L and nothing divides by zero or overflows.
 // * A scale that overflows (hi - lo = inf for finite hi, lo near +-FLT_MAX)
 //   is computed as hi/L - lo/L instead; a scale that underflows to 0 is
 //   raised to the smallest normal float.
