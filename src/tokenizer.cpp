@@ -69,7 +69,15 @@ ShimApi load_shim() {
       tried += (tried.empty() ? "" : "; ") + path + " (no such file)";
       continue;
     }
+#if defined(__SANITIZE_ADDRESS__)
+    // AddressSanitizer refuses RTLD_DEEPBIND (google/sanitizers#611), and without it the shim's
+    // protobuf 3.14 binds to LibTorch's 3.21 and aborts. A new link-map namespace isolates it as
+    // well; the shim must then be an uninstrumented build, since a second ASan runtime cannot
+    // load there: scripts/sanitize.sh points QUANTPPL_SENTENCEPIECE_SHIM at build/'s.
+    void* lib = dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
+#else
     void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+#endif
     if (lib == nullptr) {
       const char* why = dlerror();
       tried += (tried.empty() ? "" : "; ") + path + " (" + (why ? why : "dlopen failed") + ")";
