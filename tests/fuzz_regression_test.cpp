@@ -20,7 +20,7 @@ using ::testing::HasSubstr;
 // metadata_fuzz: a number beyond double's range made nlohmann throw out_of_range, which escaped
 // parse_model_metadata as a non-quantppl exception (the CLI would report an internal error).
 TEST(FuzzRegressionTest, MetadataNumberOverflowIsDataError) {
-  for (const std::string text : {std::string("2E028694016"), std::string(R"({"format_version": 1e999})")}) {
+  for (const std::string& text : {std::string("2E028694016"), std::string(R"({"format_version": 1e999})")}) {
     try {
       parse_model_metadata(text, "model 'x.pt': quantppl.json");
       FAIL() << "expected DataError for " << text;
