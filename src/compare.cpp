@@ -41,6 +41,11 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
   if (options.batch_size <= 0) throw UsageError(fmt::format("--batch-size must be >= 1, got {}", options.batch_size));
   if (options.max_length < 0) throw UsageError(fmt::format("--max-length must be >= 0, got {}", options.max_length));
 
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  const auto run_started = Clock::now();
   CompareReport report;
   report.model_path = options.model_path.empty() ? default_model_path() : options.model_path;
   report.text_path = options.text_path.empty() ? default_text_path() : options.text_path;
@@ -56,7 +61,8 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
   const std::vector<EvalBatch> batches = make_batches(text.windows, options.mode, options.batch_size, metadata);
 
   // Only the selected layers are backed up; the backup is made once.
-  WeightBackup backup(select_layers(model.linear_layers(), options.include, options.exclude));
+  WeightBackup backup(select_layers(model.linear_layers(), options.include, options.exclude), options.backup);
+  report.backup = to_string(backup.storage());
 
   report.mode = to_string(options.mode);
   report.batch_size = options.batch_size;
@@ -79,10 +85,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     DistributionComparison comparison;
     double seconds = 0;
   };
-  using Clock = std::chrono::steady_clock;
-  const auto seconds_since = [](Clock::time_point t) {
-    return std::chrono::duration<double>(Clock::now() - t).count();
-  };
+  report.load_seconds = seconds_since(run_started);
   std::vector<VariantRun> runs;
   runs.reserve(options.variants.size());
   for (size_t i = 0; i < options.variants.size(); ++i) {
@@ -101,6 +104,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
       ErrorMetrics total;
       for (size_t l = 0; l < backup.layers().size(); ++l) {
         total.merge(error_metrics(backup.original(l), backup.layers()[l].weight));
+        backup.release(l);
       }
       result.weight_mse = total.mse();
       result.weight_sqnr_db = total.sqnr_db();
@@ -162,6 +166,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     r.delta_nll_ci95 = c.delta_nll_ci95();
     r.seconds = runs[i].variant->is_fp32 ? fp32_seconds : runs[i].seconds;
   }
+  report.total_seconds = seconds_since(run_started);
   return report;
 }
 

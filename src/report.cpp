@@ -32,7 +32,10 @@ ordered_json settings_json(const CompareReport& r) {
   j["exclude"] = r.exclude;
   j["layers_quantized"] = r.layers_quantized;
   j["parameters_quantized"] = r.parameters_quantized;
+  j["backup"] = r.backup;
   j["libtorch_version"] = r.libtorch_version;
+  j["load_seconds"] = r.load_seconds;
+  j["total_seconds"] = r.total_seconds;
   return j;
 }
 

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "quantppl/model_quantizer.h"
 #include "quantppl/perplexity.h"
 #include "quantppl/variant_spec.h"
 
@@ -43,6 +44,7 @@ struct CompareOptions {
   int64_t threads = 0;     // as chosen by the caller (recorded in the report)
   std::string include;     // regex on Linear module names (empty: all)
   std::string exclude;     // regex on Linear module names (empty: none)
+  BackupStorage backup = BackupStorage::kAuto;  // where the original weights are kept (model_quantizer.h)
 };
 
 struct VariantResult {
@@ -82,6 +84,10 @@ struct CompareReport {
   std::string exclude;
   int64_t layers_quantized = 0;
   int64_t parameters_quantized = 0;
+  std::string backup;  // "memory" or "file": where the original weights were kept
+  // timing (seconds; not part of any regression check)
+  double load_seconds = 0;  // model + tokenizer load, text tokenization, weight backup
+  double total_seconds = 0;  // the whole run_compare
   // reproducibility
   std::string model_sha256;
   std::string text_sha256;

@@ -152,6 +152,13 @@ int64_t num_blocks(const torch::Tensor& x, const QuantConfig& config, const std:
 QParams choose_qparams(const torch::Tensor& x, const QuantConfig& config,
                        const std::string& name = "tensor");
 
+// choose_qparams for many tensors at once (e.g. every Linear weight of a
+// model), bit-identical with calling it on each: the per-block parameter
+// arithmetic runs once over all blocks instead of once per tensor. names[i]
+// names xs[i] in errors.
+std::vector<QParams> choose_qparams_many(const std::vector<torch::Tensor>& xs, const QuantConfig& config,
+                                         const std::vector<std::string>& names);
+
 // Equation (1): integer codes with the parameters choose_qparams picks.
 QuantizedTensor quantize(const torch::Tensor& x, const QuantConfig& config,
                          const std::string& name = "tensor");
@@ -177,6 +184,34 @@ QParams fake_quantize_(torch::Tensor& x, const QuantConfig& config,
 // this, so the two are bit-identical.
 void fake_quantize_with_(torch::Tensor& x, const QParams& params, const QuantConfig& config,
                          const std::string& name = "tensor");
+
+// dst = fake_quantize_with_(copy of src): one read of src and one write of
+// dst, so restoring a backed-up weight and quantizing it cost one copy. src
+// and dst: contiguous, same shape and dtype (src == dst is allowed).
+void fake_quantize_into(const torch::Tensor& src, torch::Tensor& dst, const QParams& params,
+                        const QuantConfig& config, const std::string& name = "tensor");
+
+// ---------------------------------------------------------------------------
+// Fast path and reference
+// ---------------------------------------------------------------------------
+// The functions above run fused loops (src/fake_quantize_kernel.h): one
+// read pass for every block's min/max and NaN/Inf check, one read-write pass
+// for (1)-(2), no temporaries, parallel over LibTorch's intra-op threads,
+// AVX2 where the CPU has it. The reference below is the plain formula as a
+// chain of whole-tensor LibTorch ops (isfinite, aminmax, div_, add_, round_,
+// clamp_, sub_, mul_). The two are bit-identical for min-max and percentile
+// ranges (tests/quantize_fast_path_test.cpp checks every granularity, scheme,
+// bit width and scale form, and every weight of a model). The MSE search
+// sums each candidate's squared error in a different order than the
+// reference's torch::sum, so its choice can differ where two candidates'
+// errors agree to ~1e-15 relative.
+QParams choose_qparams_reference(const torch::Tensor& x, const QuantConfig& config,
+                                 const std::string& name = "tensor");
+void fake_quantize_with_reference_(torch::Tensor& x, const QParams& params, const QuantConfig& config,
+                                   const std::string& name = "tensor");
+// choose_qparams_reference + fake_quantize_with_reference_ on a copy.
+torch::Tensor fake_quantize_reference(const torch::Tensor& x, const QuantConfig& config,
+                                      const std::string& name = "tensor");
 
 // Human-readable names, as used in variant specs and reports.
 std::string to_string(Scheme scheme);

@@ -19,6 +19,10 @@ constexpr int kExitInternal = 5;
 // All cores, as std::thread::hardware_concurrency() sees them (>= 1).
 int64_t default_threads();
 
+// Applies runtime.h's settings for `threads` (call before loading a model);
+// prints a warning on a slow BLAS, and with `verbose` what was chosen.
+void setup_runtime(int64_t threads, bool verbose);
+
 // Prints `rendered` to standard output, or writes it atomically to
 // `output_path` when one is given (replacing an existing file only with force).
 void emit_output(const std::string& rendered, const std::string& output_path, bool force);
@@ -37,8 +41,10 @@ struct CompareCommand {
   std::string check;
   std::string include;
   std::string exclude;
+  std::string backup = "auto";
   bool force = false;
   bool quiet = false;
+  bool verbose = false;
 };
 CLI::App* setup_compare(CLI::App& app, CompareCommand& c);
 int run_compare_command(const CompareCommand& c, bool variants_given);

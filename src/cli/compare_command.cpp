@@ -37,7 +37,8 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_option("--batch-size", c.batch_size, "Windows per forward pass")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--threads", c.threads, "LibTorch intra-op threads (default: all cores)")
+  cmd->add_option("--threads", c.threads,
+                  "Threads for LibTorch's intra-op pool and OpenBLAS (both are set; default: all cores)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
@@ -48,7 +49,15 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
                   "Without --variants, evaluates the variants the file lists");
   cmd->add_option("--include", c.include, "Quantize only Linear layers whose name matches this regex");
   cmd->add_option("--exclude", c.exclude, "Do not quantize Linear layers whose name matches this regex");
+  cmd->add_option("--backup", c.backup,
+                  "Where the original weights are kept between variants: memory, file (an unlinked temporary "
+                  "file in $TMPDIR, paged in per layer: for models larger than half the RAM), or auto "
+                  "(memory when it fits in available RAM with 1 GiB to spare)")
+      ->check(CLI::IsMember({"auto", "memory", "file"}))
+      ->capture_default_str();
   cmd->add_flag("--quiet,-q", c.quiet, "No progress bar");
+  cmd->add_flag("--verbose", c.verbose,
+                "Print the runtime choices (threads, BLAS, wait policy, kernels, weight backup) and timings on stderr");
   return cmd;
 }
 
@@ -72,7 +81,8 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   options.threads = c.threads;
   options.include = c.include;
   options.exclude = c.exclude;
-  at::set_num_threads(static_cast<int>(c.threads));
+  options.backup = parse_backup_storage(c.backup);
+  setup_runtime(c.threads, c.verbose);
 
   ProgressBar bar(!c.quiet);
   const CompareReport report = run_compare(
@@ -80,6 +90,15 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
         bar.update(fmt::format("[{}/{}] {}", index + 1, stages, stage), done, total);
       });
   bar.finish();
+  if (c.verbose) {
+    std::cerr << fmt::format("quantppl: weight backup: {} ({:.1f} MB of Linear weights)\n", report.backup,
+                             4e-6 * static_cast<double>(report.parameters_quantized));
+    std::cerr << fmt::format("quantppl: load {:.2f} s, total {:.2f} s\n", report.load_seconds, report.total_seconds);
+    for (const VariantResult& r : report.results) {
+      std::cerr << fmt::format("quantppl: {}: {:.2f} s, {:.0f} tokens/s\n", r.variant, r.seconds,
+                               r.seconds > 0 ? static_cast<double>(r.tokens) / r.seconds : 0.0);
+    }
+  }
 
   std::string rendered;
   if (c.format == "json") {

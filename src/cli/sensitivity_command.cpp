@@ -64,7 +64,7 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   options.threads = c.threads;
   options.include = c.include;
   options.exclude = c.exclude;
-  at::set_num_threads(static_cast<int>(c.threads));
+  setup_runtime(c.threads, /*verbose=*/false);
 
   ProgressBar bar(!c.quiet);
   const SensitivityReport report = run_sensitivity(
