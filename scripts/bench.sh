@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Performance benchmark of quantppl (issue 8): every target measured in one go, one table.
+#
+# usage: scripts/bench.sh [--quick] [--xl] [--reps N] [--out DIR]
+#
+#   --quick   smoke run: the default text once (9 windows of 512), 1 repetition, short
+#             micro-benchmarks
+#   --xl      also build (cached) the T5-XL-shaped model (2.85B parameters, 11.4 GB) and run
+#             compare on it with a short text and --variants fp32,absmax:8
+#   --reps N  repetitions of the throughput runs (default 3; --quick: 1); each side keeps its best
+#   --out DIR where to write the results (default $CACHE/runs/<date-time>)
+#
+# Models are built by scripts/make_bench_models.py into
+# ${QUANTPPL_BENCH_CACHE:-$HOME/.cache/quantppl/bench} (never into the repository) and rebuilt
+# only when the scripts that make them change. The binaries are taken from
+# ${QUANTPPL_BUILD_DIR:-build}; nothing is compiled here.
+#
+# What runs (all files land in the run directory; scripts/bench_report.py reads them):
+#   (a) build/quantppl_bench --benchmark_format=json --benchmark_out=bench.json with
+#       QUANTPPL_BENCH_MODEL=<flan-t5-small-shaped model>: fake-quant vs copy, restore, sgemm,
+#       load times. Skipped with a message if the binary or its benchmarks are missing; the
+#       GEMM rate then comes from torch.mm (python_baseline.py --sgemm, same OpenBLAS).
+#   (b) quantppl compare --variants fp32 --format json -q for B in 1,8 and T in 1,2 on the text
+#       (data/default_eval.txt repeated 4 times: 17,349 tokens, 34 windows of <= 512), and
+#       scripts/python_baseline.py on the same (interleaved, --reps times).
+#   (c) compare with fp32,absmax:8,absmax:4,zeropoint:8:channel at B=8, T=2 on the same text.
+#   (d) peak RSS (GNU time %M) of compare --variants fp32,absmax:8 at B=8 on the default text and
+#       on the 4x text, and at B=1 on the default text.
+#   (e) --xl: the T5-XL-shaped model (see above); passes --backup file if compare lists it.
+#
+# Environment: quantppl sets OMP_WAIT_POLICY=PASSIVE itself; python_baseline.py sets
+# OMP_WAIT_POLICY=PASSIVE, OPENBLAS_NUM_THREADS=T and the glibc malloc tunables itself;
+# quantppl_bench gets OMP_WAIT_POLICY=PASSIVE from here unless it is set already.
+# OPENBLAS_CORETYPE is left as it is (see ../shared/notes/performance-measurements.md).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${QUANTPPL_BUILD_DIR:-$REPO/build}
+CACHE=${QUANTPPL_BENCH_CACHE:-$HOME/.cache/quantppl/bench}
+PY=/usr/bin/python3
+[[ -x $PY ]] || PY=python3
+QUICK=0
+XL=0
+REPS=
+OUT=
+
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --xl) XL=1 ;;
+    --reps) REPS=${2:?--reps needs a number}; shift ;;
+    --out) OUT=${2:?--out needs a directory}; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "bench.sh: error: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ -z $REPS ]] && REPS=$((QUICK ? 1 : 3))
+[[ $REPS =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: error: --reps must be a positive integer" >&2; exit 2; }
+
+QUANTPPL=$BUILD/quantppl
+BENCH=$BUILD/quantppl_bench
+[[ -x $QUANTPPL ]] || { echo "bench.sh: error: $QUANTPPL not found: build first (scripts/setup.sh)" >&2; exit 4; }
+TIME=/usr/bin/time
+[[ -x $TIME ]] || { echo "bench.sh: error: GNU time (/usr/bin/time) is needed for peak RSS: apt-get install time" >&2; exit 4; }
+
+mkdir -p "$CACHE"
+RUN=${OUT:-$CACHE/runs/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$RUN"
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# ---------------------------------------------------------------------------------------------
+# Models (cached; rebuilt when the scripts that make them change)
+# ---------------------------------------------------------------------------------------------
+model_stamp() {  # shape -> a hash of everything the model's bytes depend on
+  cat "$REPO/scripts/make_bench_models.py" "$REPO/scripts/t5_torchscript.py" "$REPO/scripts/export_t5.py" \
+      "$REPO/models/default.pt" <(echo "$1 seed=0 $($PY -c 'import torch; print(torch.__version__)')") |
+    sha256sum | cut -c1-16
+}
+
+ensure_model() {  # shape path tag: build unless cached; records tag.kb / tag.seconds in the run dir
+  local shape=$1 path=$2 tag=$3 stamp
+  stamp=$(model_stamp "$shape")
+  if [[ -f $path && -f $path.stamp && $(cat "$path.stamp") == "$stamp" ]]; then
+    log "model $shape: cached $path"
+  else
+    log "model $shape: building $path"
+    rm -f "$path.stamp"
+    "$TIME" -f '%M %e' -o "$path.build" "$PY" "$REPO/scripts/make_bench_models.py" --shape "$shape" --out "$path" >&2
+    echo "$stamp" > "$path.stamp"
+  fi
+  if [[ -f $path.build ]]; then  # the build's peak RSS (KiB) and wall seconds, from when it was built
+    cut -d' ' -f1 "$path.build" > "$RUN/$tag.kb"
+    cut -d' ' -f2 "$path.build" > "$RUN/$tag.seconds"
+  fi
+}
+
+FLAN=$CACHE/flan-t5-small.pt
+ensure_model flan-t5-small "$FLAN" flan_build
+
+# ---------------------------------------------------------------------------------------------
+# Texts
+# ---------------------------------------------------------------------------------------------
+TEXT1=$RUN/text_x1.txt
+TEXT4=$RUN/text_x4.txt
+cp "$REPO/data/default_eval.txt" "$TEXT1"
+for _ in 1 2 3 4; do cat "$REPO/data/default_eval.txt"; done > "$TEXT4"
+if ((QUICK)); then TEXT=$TEXT1; else TEXT=$TEXT4; fi
+
+# run_to OUT CMD...: stdout to OUT atomically; on failure OUT.err keeps stderr and the run goes on.
+FAILED=0
+run_to() {
+  local out=$1; shift
+  if "$@" > "$out.tmp" 2> "$out.err"; then
+    mv "$out.tmp" "$out"
+    [[ -s $out.err ]] || rm -f "$out.err"
+  else
+    local rc=$?
+    rm -f "$out.tmp"
+    FAILED=$((FAILED + 1))
+    log "FAILED (exit $rc): $* -- see $out.err"
+  fi
+}
+
+$PY "$REPO/scripts/bench_report.py" --machine-json "$RUN/machine.json" --binary "$QUANTPPL"
+cat /proc/loadavg > "$RUN/loadavg.before"
+log "run directory $RUN (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+
+# ---------------------------------------------------------------------------------------------
+# (a) micro-benchmarks
+# ---------------------------------------------------------------------------------------------
+WANT_BENCH=(BM_CopyLinearWeights BM_FakeQuantize BM_RestoreWeights BM_Sgemm BM_JitLoad BM_LoadContractModel)
+HAVE_SGEMM=0
+if [[ -x $BENCH ]] && LIST=$("$BENCH" --benchmark_list_tests 2>/dev/null); then
+  missing=()
+  for b in "${WANT_BENCH[@]}"; do grep -q "^$b/\|^$b\$" <<< "$LIST" || missing+=("$b"); done
+  if ((${#missing[@]} == ${#WANT_BENCH[@]})); then
+    log "(a) skipped: $BENCH has none of ${WANT_BENCH[*]} (an older build?)"
+  else
+    ((${#missing[@]})) && log "(a) note: $BENCH lacks ${missing[*]}"
+    grep -q "^BM_Sgemm" <<< "$LIST" && HAVE_SGEMM=1
+    if ((QUICK)); then bargs=(--benchmark_min_time=0.05); else bargs=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true); fi
+    log "(a) $BENCH ${bargs[*]}"
+    if ! OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} QUANTPPL_BENCH_MODEL=$FLAN \
+        "$BENCH" --benchmark_format=json --benchmark_out="$RUN/bench.json" "${bargs[@]}" > "$RUN/bench.stdout" 2> "$RUN/bench.err"; then
+      FAILED=$((FAILED + 1))
+      log "FAILED: quantppl_bench -- see $RUN/bench.err"
+    fi
+  fi
+else
+  log "(a) skipped: $BENCH is not built yet"
+fi
+if ((!HAVE_SGEMM)); then
+  for T in 1 2; do
+    log "(a) sgemm fallback: torch.mm at $T thread(s)"
+    run_to "$RUN/sgemm_t$T.json" "$PY" "$REPO/scripts/python_baseline.py" - - --threads "$T" --sgemm
+  done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# (b) throughput: compare vs the Python baseline, interleaved
+# ---------------------------------------------------------------------------------------------
+for ((r = 1; r <= REPS; r++)); do
+  for B in 1 8; do
+    for T in 1 2; do
+      log "(b) rep $r/$REPS: compare B=$B T=$T"
+      run_to "$RUN/compare_b${B}_t${T}.r$r.json" "$QUANTPPL" compare -m "$FLAN" -t "$TEXT" --variants fp32 \
+        --batch-size "$B" --threads "$T" --format json -q
+      # The malloc tunables were the faster Python setting here; the full run tries both once.
+      mallocs=(on)
+      ((!QUICK && r == 1)) && mallocs=(on off)
+      for M in "${mallocs[@]}"; do
+        log "(b) rep $r/$REPS: python baseline B=$B T=$T malloc tunables $M"
+        run_to "$RUN/python_b${B}_t${T}.m$M.r$r.json" "$PY" "$REPO/scripts/python_baseline.py" "$FLAN" "$TEXT" \
+          --batch-size "$B" --threads "$T" --malloc-tunables "$M"
+      done
+    done
+  done
+done
+
+# ---------------------------------------------------------------------------------------------
+# (c) N variants
+# ---------------------------------------------------------------------------------------------
+log "(c) compare with 4 variants, B=8 T=2"
+run_to "$RUN/variants.json" "$QUANTPPL" compare -m "$FLAN" -t "$TEXT" --variants fp32,absmax:8,absmax:4,zeropoint:8:channel \
+  --batch-size 8 --threads 2 --format json -q
+
+# ---------------------------------------------------------------------------------------------
+# (d) peak RSS, 1x and 4x text
+# ---------------------------------------------------------------------------------------------
+for tag in x1 x4 x1b1; do
+  text=$TEXT1; B=8
+  [[ $tag == x4 ]] && text=$TEXT4
+  [[ $tag == x1b1 ]] && B=1
+  log "(d) peak RSS, text $tag, B=$B"
+  run_to "$RUN/rss_$tag.json" "$TIME" -f %M -o "$RUN/rss_$tag.kb" "$QUANTPPL" compare -m "$FLAN" -t "$text" \
+    --variants fp32,absmax:8 --batch-size "$B" --threads 2 --format json -q
+done
+
+# ---------------------------------------------------------------------------------------------
+# (e) T5-XL
+# ---------------------------------------------------------------------------------------------
+if ((XL)); then
+  XLM=$CACHE/t5-xl.pt
+  avail_kb=$(df -Pk "$CACHE" | awk 'NR == 2 { print $4 }')
+  if [[ ! -f $XLM ]] && ((avail_kb < 13 * 1024 * 1024)); then
+    log "(e) skipped: building the T5-XL model needs ~11.4 GB free in $CACHE ($((avail_kb / 1024 / 1024)) GiB free)"
+  else
+    ensure_model t5-xl "$XLM" xl_build
+    head -c 2000 "$REPO/data/default_eval.txt" | sed '$d' > "$RUN/text_xl.txt"  # whole lines, ~450 tokens
+    xargs_backup=()
+    "$QUANTPPL" compare --help 2>/dev/null | grep -q -- '--backup' && xargs_backup=(--backup file)
+    log "(e) compare on T5-XL ${xargs_backup[*]}"
+    start=$(date +%s.%N)
+    run_to "$RUN/xl.json" "$TIME" -f %M -o "$RUN/xl.kb" "$QUANTPPL" compare -m "$XLM" -t "$RUN/text_xl.txt" \
+      --variants fp32,absmax:8 --batch-size 8 --threads 2 --format json -q "${xargs_backup[@]}"
+    awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }' > "$RUN/xl.seconds"
+  fi
+fi
+
+cat /proc/loadavg > "$RUN/loadavg.after"
+$PY "$REPO/scripts/bench_report.py" "$RUN" --json "$RUN/report.json" | tee "$RUN/report.txt"
+if ((FAILED)); then
+  log "$FAILED step(s) failed (see *.err in $RUN)"
+  exit 1
+fi
