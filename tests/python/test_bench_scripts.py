@@ -305,6 +305,10 @@ def test_parse_benchmark_names():
         ("BM_FakeQuantize", "absmax:4:channel", 2)
     assert bench_report.parse_benchmark_name("BM_CopyLinearWeights/threads:1") == ("BM_CopyLinearWeights", None, 1)
     assert bench_report.parse_benchmark_name("BM_JitLoad") == ("BM_JitLoad", None, None)
+    # Google Benchmark's decorations (UseRealTime, Iterations, ...) are not part of the variant.
+    assert bench_report.parse_benchmark_name("BM_FakeQuantize/zeropoint:4:group128/threads:1/real_time") == \
+        ("BM_FakeQuantize", "zeropoint:4:group128", 1)
+    assert bench_report.parse_benchmark_name("BM_JitLoad/iterations:3/real_time") == ("BM_JitLoad", None, None)
     assert bench_report.parse_benchmark_name("BM_FakeQuantize/absmax:8:tensor:p99.9/threads:1")[1] == \
         "absmax:8:tensor:p99.9"
     kinds = {v: bench_report.variant_kind(v) for v in ("absmax:8", "absmax:4:channel", "zeropoint:4:group128",
@@ -325,11 +329,16 @@ def test_report_from_hand_made_files(tmp_path):
         gb_entry("BM_Sgemm/threads:1", 1.0, flops_per_second=100e9),
         gb_entry("BM_JitLoad", 1000.0), gb_entry("BM_LoadContractModel", 1100.0),
     ]
-    # Repetitions with a median aggregate: the aggregate wins.
-    benchmarks.append(dict(gb_entry("BM_Sgemm/threads:2", 1.0, flops_per_second=150e9)))
-    benchmarks.append(dict(gb_entry("BM_Sgemm/threads:2_median", 1.0, flops_per_second=180e9), run_name="BM_Sgemm/threads:2",
-                           run_type="aggregate", aggregate_name="median"))
+    # Repetitions with aggregates (and UseRealTime's suffix, as quantppl_bench names them): the median wins.
+    benchmarks.append(dict(gb_entry("BM_Sgemm/threads:2/real_time", 1.0, flops_per_second=150e9)))
+    for agg, rate in (("mean", 170e9), ("median", 180e9), ("stddev", 1e9)):
+        benchmarks.append(dict(gb_entry("BM_Sgemm/threads:2/real_time_" + agg, 1.0, flops_per_second=rate),
+                               run_name="BM_Sgemm/threads:2/real_time", run_type="aggregate", aggregate_name=agg))
+    benchmarks.append(gb_entry("BM_ApplyVariantParams/absmax:8/threads:1/real_time", 8.0))
     write_json(run / "bench.json", {"context": {"num_cpus": 2}, "benchmarks": benchmarks})
+    # torch.mm measurements: the best rate seen wins (120 > BM_Sgemm's 100 at 1 thread; 90 loses).
+    write_json(run / "sgemm_t1.start.json", {"flops_per_second": 120e9})
+    write_json(run / "sgemm_t1.end.json", {"flops_per_second": 90e9})
     write_json(run / "compare_b1_t1.r1.json", compare_doc(model, 1, 1, 1124, 2.0))
     write_json(run / "compare_b1_t1.r2.json", compare_doc(model, 1, 1, 1124, 4.0))   # slower: ignored
     write_json(run / "python_b1_t1.mon.r1.json", {"tokens": 1124, "tokens_per_second": 500.0, "nll_sum": 11240.0,
@@ -353,11 +362,13 @@ def test_report_from_hand_made_files(tmp_path):
     assert rows[("1 fake-quant / copy", "absmax:8, 2 thr")].status == "FAIL"        # 1.6
     assert rows[("1 fake-quant / copy", "absmax:4:group64, 1 thr")].status == "info"  # no target for groups
     assert value("2 restore / copy", "1 thr") == pytest.approx(1.05)
+    assert "applying stored params 8.0 ms (0.50x copy)" in rows[("1 fake-quant / copy", "absmax:8, 1 thr")].note
     # compare 1124 / 2.0 = 562 tok/s (best of two runs) vs python 500.
     assert value("3 compare / python", "B=1, 1 thr") == pytest.approx(562 / 500)
     cfg, _ = model_flops.model_config(model)
     per_token = model_flops.text_flops_per_token(cfg, 1124, 512)
-    assert value("3 compare / GEMM bound", "B=1, 1 thr") == pytest.approx(562 / (100e9 / per_token))
+    assert value("3 compare / GEMM bound", "B=1, 1 thr") == pytest.approx(562 / (120e9 / per_token))
+    assert "torch.mm; best of 3, others 100, 90" in rows[("3 compare / GEMM bound", "B=1, 1 thr")].note
     assert value("3 compare / GEMM bound", "B=8, 2 thr") == pytest.approx(1124 / (180e9 / per_token))
     assert rows[("3 compare / python", "B=8, 2 thr")].status == "PASS"  # 1124 >= 1000
     assert "malloc tunables off" in rows[("3 compare / python", "B=8, 2 thr")].note
