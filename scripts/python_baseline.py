@@ -23,8 +23,9 @@ OPENBLAS_NUM_THREADS=T in the environment (both are read when the libraries load
 script re-executes itself once with them set unless they are already set); the glibc malloc
 tunables `glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184` (no fresh pages per
 large temporary) with --malloc-tunables on, the default because it was the faster setting on
-the 2-core machine (flan-t5-small shape, 17k tokens: 475 vs 400 tok/s at B=1, 1 thread; 493 vs
-293 at B=8, 2 threads); scripts/bench.sh still tries both once and keeps the faster. A
+the 2-core machine (flan-t5-small shape, 17,349 tokens, tok/s on vs off: B=1 1 thread 736 vs
+544, B=1 2 threads 1245 vs 778, B=8 1 thread 725 vs 476, B=8 2 threads 651 vs 436);
+scripts/bench.sh still tries both once and keeps the faster. A
 GLIBC_TUNABLES already set in the environment is left alone. Also tried, and no faster (within
 +-8%, noise): torch.jit.freeze, the legacy graph executor, the graph optimizer off.
 
