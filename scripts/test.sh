@@ -1,19 +1,43 @@
 #!/usr/bin/env bash
 # Runs every test of quantppl: installs and builds first (scripts/setup.sh, idempotent), then
-# CTest, which runs the C++ suite (GoogleTest), the end-to-end CLI tests and the Python tests
-# (export parity with transformers, perplexity against a Python reference).
-# QUANTPPL_CI_EXTRA=1 also runs scripts/fuzz.sh and scripts/sanitize.sh afterwards.
+# 1. CTest: the C++ suite (GoogleTest), the end-to-end CLI and reliability tests, the Python tests
+#    (export parity with transformers, perplexity against a Python reference), the regression gate;
+# 2. scripts/fuzz.sh 60: each libFuzzer target for 60 s from its seed corpus;
+# 3. scripts/sanitize.sh: the C++ suite, the CLI tests and the gate again under ASan + UBSan.
+# On a 2-core machine: ~13 + ~4 + ~12 minutes (docs/reliability.md). All three run even when one
+# fails; the exit status is non-zero if any failed.
+#
+#   scripts/test.sh                        everything (this is what CI runs: .ci/run)
+#   QUANTPPL_CI_QUICK=1 scripts/test.sh    CTest only, for a quick local check
+#   scripts/test.sh -R cli_                extra arguments go to ctest
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${QUANTPPL_BUILD_DIR:-$repo_root/build}"
 "$repo_root/scripts/setup.sh"
-cd "$build_dir"
-ctest --output-on-failure --timeout 1800 -j 2 "$@"
 
-# Fuzzing (25 s a target) and the ASan/UBSan build of the whole suite (docs/reliability.md). Together
-# they take far longer than the ~12 minutes the default run may grow by on a 2-core machine (the
-# sanitized build alone recompiles everything), so they run only when asked for.
-if [ "${QUANTPPL_CI_EXTRA:-0}" = 1 ]; then
-  "$repo_root/scripts/fuzz.sh" 25
-  "$repo_root/scripts/sanitize.sh"
+failed=()
+step() {
+  local name="$1"; shift
+  local t0=$SECONDS
+  echo "test.sh: == $name =="
+  if "$@"; then
+    echo "test.sh: $name passed ($((SECONDS - t0)) s)"
+  else
+    echo "test.sh: $name FAILED ($((SECONDS - t0)) s)" >&2
+    failed+=("$name")
+  fi
+}
+
+step ctest bash -c 'cd "$1" && shift && ctest --output-on-failure --timeout 1800 -j 2 "$@"' _ "$build_dir" "$@"
+if [ "${QUANTPPL_CI_QUICK:-0}" = 1 ]; then
+  echo "test.sh: QUANTPPL_CI_QUICK=1: fuzzing and the sanitizer run skipped (CI runs them)"
+else
+  step fuzz "$repo_root/scripts/fuzz.sh" 60
+  step sanitize "$repo_root/scripts/sanitize.sh"
 fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "test.sh: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "test.sh: all passed"

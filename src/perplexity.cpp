@@ -61,9 +61,13 @@ std::vector<EvalBatch> make_batches(const std::vector<std::vector<int64_t>>& win
     }
   }
   if (examples.empty()) {
-    throw DataError(mode == PerplexityMode::kPrefix
-                        ? "text too short for prefix mode: no window has the 2 tokens needed for a prefix and a label"
-                        : "no tokens to evaluate: every window is empty");
+    // Consecutive windows of max_length tokens: several windows all shorter than 2 means max_length 1.
+    throw DataError(mode == PerplexityMode::kReconstruct ? "no tokens to evaluate: every window is empty"
+                    : windows.size() > 1
+                        ? "text too short for prefix mode: windows of 1 token cannot be split into a prefix and "
+                          "a label; use --max-length 2 or more"
+                        : "text too short for prefix mode: no window has the 2 tokens needed for a prefix and a "
+                          "label (the text gives no token besides EOS)");
   }
   // Longest first, so each batch holds windows of similar length; stable, so
   // the batches are a deterministic function of the input.

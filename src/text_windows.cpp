@@ -160,6 +160,11 @@ EvalText load_eval_text(const std::string& path, const Tokenizer& tokenizer, int
   out.sha256 = sha256(text);
   out.bytes = static_cast<int64_t>(text.size());
   out.token_ids = tokenize_text(tokenizer, text, eos_id);
+  if (out.token_ids.size() < 2) {  // EOS alone: nothing of the text itself to predict or to condition on
+    throw DataError("text " + (path == "-" ? std::string("<stdin>") : "'" + path + "'") +
+                    " gives no token: the tokenizer drops every character in it (control or format "
+                    "characters such as U+0001 or U+200B), expected text with words");
+  }
   out.windows = cut_windows(out.token_ids, max_length);
   return out;
 }

@@ -1,8 +1,17 @@
-// Writing result files so that a failure never leaves a partial file behind.
+// Writing result files so that a failure or an interrupt never leaves a
+// partial file behind.
 //
-// The content goes to a temporary file in the destination's directory, is
-// flushed, then rename()d over the destination (atomic on POSIX within one
-// file system). An existing destination is replaced only with `force`.
+// The content goes to a temporary file in the destination's directory
+// ("<name>.tmp.XXXXXXXX"), is flushed, then rename()d over the destination
+// (atomic on POSIX within one file system). An existing destination is
+// replaced only with `force`.
+//
+// Interrupts: once install_interrupt_handlers() has run, SIGINT, SIGTERM and
+// SIGHUP remove every temporary file registered with RemoveOnInterrupt (the
+// ones write_file_atomically creates are), print one line
+// "quantppl: interrupted (SIGINT)" on stderr and end the process at once with
+// exit code 128 + the signal number (130, 143, 129). The destination is then
+// either untouched or, if the signal came after the rename, complete.
 #pragma once
 
 #include <string>
@@ -13,8 +22,32 @@ namespace quantppl {
 // without `force`, or a write failure (the temporary file is removed).
 void write_file_atomically(const std::string& path, const std::string& content, bool force);
 
-// Checks up front, before hours of work, that `path` could be written:
-// the directory exists and is writable, and the file does not exist unless `force`.
+// Checks up front, before hours of work, that `path` could be written: its
+// directory exists, is a directory and accepts a new file (tried by creating
+// and removing a temporary file there, which catches read-only and virtual
+// file systems such as /proc), and the file does not exist unless `force`.
 void check_output_path(const std::string& path, bool force);
+
+// Installs the SIGINT / SIGTERM / SIGHUP handler described above. A signal the
+// process inherited as ignored (e.g. SIGINT of a background job) stays ignored.
+// Call once, early in main().
+void install_interrupt_handlers();
+
+// While alive, the interrupt handler unlink()s `path` (a temporary file that
+// exists or is about to be created). Register before creating the file, so
+// that no instant exists where the file is there but unknown to the handler.
+// Destruction only unregisters: removing the file otherwise is the owner's job.
+// Holds up to 8 paths of up to 4095 bytes at once; beyond that a registration
+// is silently inactive (the file may then survive an interrupt).
+class RemoveOnInterrupt {
+ public:
+  explicit RemoveOnInterrupt(const std::string& path);
+  ~RemoveOnInterrupt();
+  RemoveOnInterrupt(const RemoveOnInterrupt&) = delete;
+  RemoveOnInterrupt& operator=(const RemoveOnInterrupt&) = delete;
+
+ private:
+  int slot_;  // -1: not registered
+};
 
 }  // namespace quantppl

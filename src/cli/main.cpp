@@ -7,6 +7,8 @@
 //   3  data error: the model, tokenizer or text is unusable
 //   4  I/O error: a file could not be read or written
 //   5  internal error (a bug: please report it)
+//   130 / 143 / 129  interrupted by SIGINT / SIGTERM / SIGHUP (output_file.h:
+//        temporary output files are removed, nothing half-written is left)
 #include <cstdlib>
 #include <iostream>
 #include <string>
@@ -91,6 +93,8 @@ static void make_openmp_wait_passively(char** argv) {
 int main(int argc, char** argv) {
   using namespace quantppl;
   make_openmp_wait_passively(argv);
+  // After the re-exec: a handler installed before it would not survive execv.
+  install_interrupt_handlers();
   try {
     return cli::run(argc, argv);
   } catch (const UsageError& e) {

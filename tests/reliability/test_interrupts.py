@@ -1,0 +1,139 @@
+"""Interrupted runs (issue 6): SIGINT / SIGTERM leave no partial or temporary output file, exit
+130 / 143 and print one line, `quantppl: interrupted (SIGINT)`. See include/quantppl/output_file.h.
+
+Run by CTest as part of `cli_reliability` (QUANTPPL_BIN, QUANTPPL_FIXTURES in the environment).
+"""
+
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
+FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
+TINY = os.path.join(FIXTURES, "tiny.pt")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_MODEL = os.path.join(REPO, "models", "default.pt")
+DEFAULT_TEXT = os.path.join(REPO, "data", "default_eval.txt")
+VARIANTS = "fp32,absmax:8,zeropoint:4:group64,absmax:4:channel:mse,zeropoint:8:tensor:p99.9"
+SIGNALS = [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")]
+CRASH_MARKERS = ("terminate called", "Exception raised from", "frame #", "Segmentation", "Aborted",
+                 "AddressSanitizer", "runtime error")
+
+
+def long_compare(tmp_path):
+    """A compare that runs for a minute or more, writing JSON to tmp_path/r.json."""
+    text = tmp_path / "long.txt"
+    with open(DEFAULT_TEXT, encoding="utf-8") as f:
+        text.write_text(f.read() * 3, encoding="utf-8")
+    model = DEFAULT_MODEL if os.path.exists(DEFAULT_MODEL) else TINY
+    return [BIN, "compare", "--model", model, "--text", str(text), "--variants", VARIANTS, "--format", "json",
+            "--output", str(tmp_path / "r.json"), "--threads", "1"]
+
+
+def assert_nothing_written(tmp_path):
+    # Neither r.json nor r.json.tmp.*: only the input text.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.txt"]
+
+
+@pytest.mark.parametrize("sig,code,name", SIGNALS)
+def test_signal_during_progress_on_a_terminal(tmp_path, sig, code, name):
+    """As a user at a terminal sees it: the progress bar runs, Ctrl-C (or a kill) ends it."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(long_compare(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=slave)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 300
+    try:
+        # Wait until the progress bar shows a batch done ("1/..." after "[" and "]").
+        while not re.search(rb"\] [1-9][0-9]*/[0-9]+", seen):
+            assert time.monotonic() < deadline, seen[-500:]
+            assert proc.poll() is None, ("the run ended before it could be interrupted", seen[-500:])
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 4096)
+        proc.send_signal(sig)
+        stdout, _ = proc.communicate(timeout=120)
+        while True:  # the rest of the terminal's output, until the child side is closed
+            try:
+                chunk = os.read(master, 4096) if select.select([master], [], [], 1.0)[0] else b""
+            except OSError:  # EIO: no process holds the terminal any more
+                chunk = b""
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == code, (proc.returncode, seen[-500:])
+    assert stdout == b""
+    # The last line replaces the progress bar ("\r\033[K", as the bar clears itself) and is the only
+    # thing printed after it.
+    last = seen.rsplit(b"\r\x1b[K", 1)[-1].decode()
+    assert last.replace("\r\n", "\n") == f"quantppl: interrupted ({name})\n", seen[-500:]
+    for marker in CRASH_MARKERS:
+        assert marker not in seen.decode(errors="replace")
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("sig,code,name", SIGNALS)
+def test_signal_without_a_terminal_prints_exactly_one_line(tmp_path, sig, code, name):
+    proc = subprocess.Popen(long_compare(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # No progress bar without a terminal: give it time to load the model and start evaluating.
+    time.sleep(2.0)
+    assert proc.poll() is None, "the run finished before it could be interrupted: give it more work"
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, (proc.returncode, stderr)
+    assert stdout == ""
+    assert stderr == f"quantppl: interrupted ({name})\n"
+    assert_nothing_written(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def slow_fsync(tmp_path_factory):
+    """An LD_PRELOAD library whose fsync() sleeps: it holds a run inside write_file_atomically, with
+    the temporary file on disk, for as long as the test needs to interrupt it there."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the LD_PRELOAD helper")
+    d = tmp_path_factory.mktemp("preload")
+    src = d / "slow_fsync.c"
+    src.write_text("#include <unistd.h>\nint fsync(int fd) { (void)fd; sleep(60); return 0; }\n")
+    lib = d / "libslow_fsync.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", str(src), "-o", str(lib)], check=True)
+    return str(lib)
+
+
+@pytest.mark.parametrize("sig,code,name", SIGNALS)
+def test_signal_while_the_output_is_written_removes_the_temporary_file(tmp_path, slow_fsync, sig, code, name):
+    out = tmp_path / "r.json"
+    env = dict(os.environ, LD_PRELOAD=slow_fsync)
+    # A sanitized binary wants its runtime first in the library list; the helper does not need it.
+    env["ASAN_OPTIONS"] = ":".join(filter(None, [os.environ.get("ASAN_OPTIONS", ""), "verify_asan_link_order=0"]))
+    proc = subprocess.Popen([BIN, "compare", "--model", TINY, "--variants", "fp32", "--format", "json",
+                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.monotonic() + 120
+    temps = []
+    while not temps:  # the temporary file exists once the result is being written
+        assert time.monotonic() < deadline
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+        temps = [p for p in tmp_path.iterdir() if p.name.startswith("r.json.tmp.")]
+    time.sleep(0.2)  # well inside the sleeping fsync()
+    assert temps[0].exists(), "the temporary file went away before the signal: fsync() did not block"
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, (proc.returncode, stderr)
+    assert stdout == ""
+    assert stderr == f"quantppl: interrupted ({name})\n"
+    assert list(tmp_path.iterdir()) == []  # neither r.json nor r.json.tmp.*
