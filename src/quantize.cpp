@@ -507,16 +507,20 @@ std::vector<QParams> choose_qparams_impl(const std::vector<torch::Tensor>& xs, c
                                          const std::vector<std::string>& names, Path path) {
   torch::NoGradGuard no_grad;
   std::vector<QParams> out(xs.size());
-  // Tensors are batched by dtype; empty tensors get the trivial parameters.
+  // Tensors are batched by dtype; empty tensors get the trivial parameters. Each tensor is
+  // prepared (checked and cut into blocks) once, during the first pass, in input order.
+  std::vector<torch::Tensor> prepared(xs.size());
+  std::vector<Blocking> blockings(xs.size());
   for (torch::ScalarType dtype : {torch::kFloat32, torch::kFloat64}) {
     std::vector<size_t> members;
     std::vector<BlockExtremes> extremes;
     std::vector<ClipRange> ranges;
     for (size_t i = 0; i < xs.size(); ++i) {
-      const std::string& name = i < names.size() ? names[i] : std::string("tensor");
-      Blocking b{};
-      const torch::Tensor blocks = prepare(xs[i], config, name, &b);
+      const std::string name = i < names.size() ? names[i] : std::string("tensor");
+      if (!prepared[i].defined()) prepared[i] = prepare(xs[i], config, name, &blockings[i]);
       if (xs[i].scalar_type() != dtype) continue;
+      const torch::Tensor& blocks = prepared[i];
+      const Blocking& b = blockings[i];
       if (xs[i].numel() == 0) {
         out[i] = empty_params(xs[i], b.blocks);
         continue;
