@@ -44,7 +44,6 @@ import json
 import os
 import sys
 import time
-import zipfile
 
 PROG = "python_baseline"
 MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
@@ -170,15 +169,6 @@ def load_model(path):
     module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
     module.eval()
     return module, json.loads(extra["quantppl.json"]), extra["tokenizer.model"]
-
-
-def read_meta(path):
-    """quantppl.json of a contract archive, without torch."""
-    with zipfile.ZipFile(path) as z:
-        names = [n for n in z.namelist() if n.endswith("/extra/quantppl.json")]
-        if len(names) != 1:
-            raise ValueError("%s has no quantppl.json extra file" % path)
-        return json.loads(z.read(names[0]))
 
 
 def prepare(model_path, text_path, batch_size, max_length=None, mode="reconstruct"):
