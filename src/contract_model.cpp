@@ -13,6 +13,7 @@
 #include <torch/script.h>
 
 #include "quantppl/error.h"
+#include "quantppl/output_file.h"
 
 namespace quantppl {
 namespace {
@@ -199,12 +200,14 @@ void ContractModel::save(const std::string& out_path, const std::string& metadat
     throw IoError("cannot write model '" + out_path + "': it is a directory, expected a file name");
   }
 
-  // Same directory as the target, so that rename() is atomic (same filesystem).
-  std::string tmp = dir + "/." + base + ".XXXXXX.tmp";
-  const int fd = ::mkstemps(tmp.data(), 4);
-  if (fd < 0) throw IoError("cannot write model '" + out_path + "': " + std::strerror(errno));
-  ::fchmod(fd, 0644);  // mkstemp creates 0600; a model file is meant to be shared
-  ::close(fd);
+  // Same directory as the target, so that rename() is atomic (same filesystem). Registered with
+  // the interrupt handler (output_file.h) for as long as it exists under its temporary name: a
+  // Ctrl-C during a large model's save would otherwise leave the partial .tmp file behind.
+  const TempFile temp = create_temp_file(dir + "/." + base + ".", ".tmp", 0600);
+  if (temp.fd < 0) throw IoError("cannot write model '" + out_path + "': " + std::strerror(temp.error));
+  const std::string& tmp = temp.path;
+  ::fchmod(temp.fd, 0644);  // whatever the umask, as before: a model file is meant to be shared
+  ::close(temp.fd);
   try {
     const torch::jit::ExtraFilesMap extra{{kMetadataFile, metadata_json},
                                           {kTokenizerFile, tokenizer_.serialized_model()}};

@@ -98,6 +98,21 @@ RemoveOnInterrupt::~RemoveOnInterrupt() {
   if (slot_ >= 0) g_slot_state[slot_].store(kFree, std::memory_order_release);
 }
 
+TempFile create_temp_file(const std::string& prefix, const std::string& suffix, int mode) {
+  std::random_device random;
+  TempFile temp;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    temp.path = fmt::format("{}{:08x}{}", prefix, random(), suffix);
+    temp.registration = std::make_unique<RemoveOnInterrupt>(temp.path);
+    temp.fd = ::open(temp.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (temp.fd >= 0) return temp;
+    temp.error = errno;
+    temp.registration.reset();
+    if (temp.error != EEXIST) return temp;
+  }
+  return temp;
+}
+
 // ---------------------------------------------------------------------------
 // Writing
 // ---------------------------------------------------------------------------
@@ -108,31 +123,16 @@ fs::path directory_of(const std::string& path) {
   return parent.empty() ? fs::path(".") : parent;
 }
 
-// An exclusively created, empty temporary file beside `path`, registered for
-// removal on interrupt before it exists. Throws IoError naming `path`.
-struct TempFile {
-  std::string path;
-  int fd = -1;
-  std::unique_ptr<RemoveOnInterrupt> registration;
-};
-
+// An exclusively created, empty temporary file beside `path` ("<path>.tmp.XXXXXXXX"), registered
+// for removal on interrupt before it exists. Throws IoError naming `path`.
 TempFile create_temp_file_beside(const std::string& path) {
-  std::random_device random;
-  TempFile temp;
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    temp.path = fmt::format("{}.tmp.{:08x}", path, random());
-    temp.registration = std::make_unique<RemoveOnInterrupt>(temp.path);
-    temp.fd = ::open(temp.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (temp.fd >= 0) return temp;
-    const int error = errno;
-    temp.registration.reset();
-    if (error == EEXIST) continue;
-    // The directory exists and is a directory (check_output_path); what is left is a file system
-    // that refuses new files: read-only, full, or virtual (/proc answers ENOENT).
-    throw IoError(fmt::format("cannot write '{}': directory '{}' does not accept new files ({})", path,
-                              directory_of(path).string(), std::strerror(error)));
-  }
-  throw IoError(fmt::format("cannot write '{}': no free temporary file name beside it", path));
+  TempFile temp = create_temp_file(path + ".tmp.", "", 0644);
+  if (temp.fd >= 0) return temp;
+  if (temp.error == EEXIST) throw IoError(fmt::format("cannot write '{}': no free temporary file name beside it", path));
+  // The directory exists and is a directory (check_output_path); what is left is a file system
+  // that refuses new files: read-only, full, or virtual (/proc answers ENOENT).
+  throw IoError(fmt::format("cannot write '{}': directory '{}' does not accept new files ({})", path,
+                            directory_of(path).string(), std::strerror(temp.error)));
 }
 
 }  // namespace

@@ -636,12 +636,18 @@ QuantizedTensor PackedModel::quantized(size_t i) const {
 namespace {
 
 // The embedded model goes through ContractModel::load (which takes a path) as
-// a temporary file, removed again as soon as it is loaded.
+// a temporary file, removed again as soon as it is loaded. It is registered
+// with the interrupt handler (output_file.h) until then, so that a Ctrl-C while
+// a large model is written or loaded leaves nothing in $TMPDIR.
 ContractModel load_embedded(const PackedModel& m, const std::string& tokenizer_override) {
   namespace fs = std::filesystem;
-  std::string temp = (fs::temp_directory_path() / "quantppl-embedded-XXXXXX").string();
-  const int fd = ::mkstemp(temp.data());
-  if (fd < 0) throw IoError(fmt::format("packed model '{}': cannot create a temporary file: {}", m.path, std::strerror(errno)));
+  const TempFile temp_file = create_temp_file((fs::temp_directory_path() / "quantppl-embedded-").string(), "", 0600);
+  if (temp_file.fd < 0) {
+    throw IoError(fmt::format("packed model '{}': cannot create a temporary file: {}", m.path,
+                              std::strerror(temp_file.error)));
+  }
+  const std::string& temp = temp_file.path;
+  const int fd = temp_file.fd;
   const std::string_view data = m.embedded_model();
   size_t written = 0;
   while (written < data.size()) {

@@ -8,12 +8,13 @@
 //
 // Interrupts: once install_interrupt_handlers() has run, SIGINT, SIGTERM and
 // SIGHUP remove every temporary file registered with RemoveOnInterrupt (the
-// ones write_file_atomically creates are), print one line
+// ones write_file_atomically and create_temp_file create are), print one line
 // "quantppl: interrupted (SIGINT)" on stderr and end the process at once with
 // exit code 128 + the signal number (130, 143, 129). The destination is then
 // either untouched or, if the signal came after the rename, complete.
 #pragma once
 
+#include <memory>
 #include <string>
 
 namespace quantppl {
@@ -49,5 +50,20 @@ class RemoveOnInterrupt {
  private:
   int slot_;  // -1: not registered
 };
+
+// A temporary file for writers other than write_file_atomically (a model saved
+// by LibTorch, a file handed to a loader that takes a path): created
+// exclusively (O_EXCL, O_NOFOLLOW, `mode` before the umask) as `prefix` +
+// 8 random hex digits + `suffix`, and registered with RemoveOnInterrupt
+// before it exists — mkstemp() picks the name only as it creates the file,
+// too late to register it first. The registration lasts as long as the
+// object; removing the file on success or error stays the owner's job.
+struct TempFile {
+  std::string path;
+  int fd = -1;    // -1: not created; `error` says why
+  int error = 0;  // errno of the last attempt (EEXIST: 100 names were all taken)
+  std::unique_ptr<RemoveOnInterrupt> registration;
+};
+TempFile create_temp_file(const std::string& prefix, const std::string& suffix, int mode);
 
 }  // namespace quantppl

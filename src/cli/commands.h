@@ -19,6 +19,13 @@ constexpr int kExitInternal = 5;
 // All cores, as std::thread::hardware_concurrency() sees them (>= 1).
 int64_t default_threads();
 
+// The check for an integer flag that must be >= `min` (0 or 1 here). The value
+// is parsed as CLI11 then converts it (strtoll base 0, so the number checked is
+// the number used), and a rejection reads "--threads: must be an integer >= 1,
+// got 0". CLI11's PositiveNumber / NonNegativeNumber instead print their
+// double range in full: "Value 0 not in range 0.000000 to 1797693134...".
+CLI::Validator integer_at_least(int64_t min);
+
 // Applies runtime.h's settings for `threads` (call before loading a model);
 // prints a warning on a slow BLAS, and with `verbose` what was chosen.
 void setup_runtime(int64_t threads, bool verbose);

@@ -34,12 +34,12 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
       ->check(CLI::IsMember({"reconstruct", "prefix"}))
       ->capture_default_str();
   cmd->add_option("--max-length", c.max_length, "Window length in tokens (0: the model's max_length)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(integer_at_least(0))
       ->capture_default_str();
-  cmd->add_option("--batch-size", c.batch_size, "Windows per forward pass")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--batch-size", c.batch_size, "Windows per forward pass")->check(integer_at_least(1))->capture_default_str();
   cmd->add_option("--threads", c.threads,
                   "Threads for LibTorch's intra-op pool and OpenBLAS (both are set; default: all cores)")
-      ->check(CLI::PositiveNumber)
+      ->check(integer_at_least(1))
       ->capture_default_str();
   cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
   cmd->add_option("--output,-o", c.output, "Write the result here (atomically) instead of standard output");

@@ -28,17 +28,17 @@ CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c) {
                   "(values above the number of layers are clipped)")
       ->capture_default_str();
   cmd->add_option("--max-tokens", c.max_tokens, "Use only the first N tokens of the text (0: all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(integer_at_least(0))
       ->capture_default_str();
   cmd->add_option("--mode", c.mode, "reconstruct | prefix (as in compare)")
       ->check(CLI::IsMember({"reconstruct", "prefix"}))
       ->capture_default_str();
   cmd->add_option("--max-length", c.max_length, "Window length in tokens (0: the model's max_length)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(integer_at_least(0))
       ->capture_default_str();
-  cmd->add_option("--batch-size", c.batch_size, "Windows per forward pass")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--batch-size", c.batch_size, "Windows per forward pass")->check(integer_at_least(1))->capture_default_str();
   cmd->add_option("--threads", c.threads, "LibTorch intra-op threads (default: all cores)")
-      ->check(CLI::PositiveNumber)
+      ->check(integer_at_least(1))
       ->capture_default_str();
   cmd->add_option("--include", c.include, "Consider only Linear layers whose name matches this regex");
   cmd->add_option("--exclude", c.exclude, "Leave out (never quantize) Linear layers whose name matches this regex");

@@ -149,6 +149,27 @@ def test_bad_flags_are_usage_errors(flags, needle):
     assert_clean_error(r, EXIT_USAGE, needle)
 
 
+@pytest.mark.parametrize("command", ["compare", "sensitivity"])
+@pytest.mark.parametrize("flag,value,minimum", [
+    ("--threads", "0", 1), ("--batch-size", "0", 1), ("--threads", "-2", 1), ("--batch-size", "-8", 1),
+    ("--max-length", "-1", 0), ("--threads", "two", 1), ("--batch-size", "1.5", 1),
+    ("--threads", "99999999999999999999", 1),  # beyond int64: strtoll would clamp it to INT64_MAX
+])
+def test_integer_flag_below_its_minimum_names_the_flag_the_rule_and_the_value(command, flag, value, minimum):
+    # CLI11's PositiveNumber printed "Value 0 not in range 0.000000 to 1797693134862315...": a
+    # 300-digit double naming no rule. The message now says what the flag takes.
+    extra = ["--variant", "absmax:8"] if command == "sensitivity" else []
+    r = run(command, "--model", TINY, *extra, flag, value)
+    assert_clean_error(r, EXIT_USAGE, f"{flag}: must be an integer >= {minimum}, got {value}")
+    for unreadable in ("1.79e308", "179769", "not in range"):
+        assert unreadable not in r.stderr, r.stderr
+
+
+def test_sensitivity_max_tokens_below_zero_is_a_readable_usage_error():
+    r = run("sensitivity", "--model", TINY, "--variant", "absmax:8", "--max-tokens", "-5")
+    assert_clean_error(r, EXIT_USAGE, "--max-tokens: must be an integer >= 0, got -5")
+
+
 @pytest.mark.parametrize("name,code", [
     ("missing.pt", EXIT_IO), ("not_torchscript.pt", EXIT_DATA), ("no_metadata.pt", EXIT_DATA),
     ("bad_json.pt", EXIT_DATA), ("no_linear.pt", EXIT_DATA), ("nan_weight.pt", EXIT_DATA),

@@ -98,27 +98,102 @@ def test_signal_without_a_terminal_prints_exactly_one_line(tmp_path, sig, code, 
     assert_nothing_written(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def slow_fsync(tmp_path_factory):
-    """An LD_PRELOAD library whose fsync() sleeps: it holds a run inside write_file_atomically, with
-    the temporary file on disk, for as long as the test needs to interrupt it there."""
+def build_preload(tmp_path_factory, name, source):
+    """Compiles `source` into an LD_PRELOAD library lib<name>.so; skips the test without a compiler."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler to build the LD_PRELOAD helper")
     d = tmp_path_factory.mktemp("preload")
-    src = d / "slow_fsync.c"
-    src.write_text("#include <unistd.h>\nint fsync(int fd) { (void)fd; sleep(60); return 0; }\n")
-    lib = d / "libslow_fsync.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", str(src), "-o", str(lib)], check=True)
+    src = d / f"{name}.c"
+    src.write_text(source)
+    lib = d / f"lib{name}.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", str(src), "-o", str(lib), "-ldl"], check=True)
     return str(lib)
+
+
+def preload_env(lib, **extra):
+    env = dict(os.environ, LD_PRELOAD=lib, **extra)
+    # A sanitized binary wants its runtime first in the library list; the helper does not need it.
+    env["ASAN_OPTIONS"] = ":".join(filter(None, [os.environ.get("ASAN_OPTIONS", ""), "verify_asan_link_order=0"]))
+    return env
+
+
+@pytest.fixture(scope="module")
+def slow_fsync(tmp_path_factory):
+    """An LD_PRELOAD library whose fsync() sleeps: it holds a run inside write_file_atomically, with
+    the temporary file on disk, for as long as the test needs to interrupt it there."""
+    return build_preload(tmp_path_factory, "slow_fsync",
+                         "#include <unistd.h>\nint fsync(int fd) { (void)fd; sleep(60); return 0; }\n")
+
+
+# Files LibTorch writes itself (ContractModel::save through an std::ofstream) or that are handed to
+# a loader by path (an embedded .qpack model) are never fsync()ed: to hold a run in the middle of
+# writing one, write() and writev() sleep once, right after the first write to a file whose path
+# contains $SLOW_WRITE_PATH_CONTAINS. The file is then on disk, partly written.
+SLOW_WRITE_SOURCE = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+static int held;
+
+static void hold_after_first_write_to_the_file(int fd) {
+  const char* needle = getenv("SLOW_WRITE_PATH_CONTAINS");
+  char link[64], target[4096];
+  if (held || needle == NULL || *needle == '\0') return;
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  const ssize_t n = readlink(link, target, sizeof target - 1);
+  if (n <= 0) return;
+  target[n] = '\0';
+  if (strstr(target, needle) == NULL) return;
+  held = 1;
+  sleep(60);
+}
+
+ssize_t write(int fd, const void* buf, size_t count) {
+  static ssize_t (*real)(int, const void*, size_t);
+  if (real == NULL) real = (ssize_t (*)(int, const void*, size_t))dlsym(RTLD_NEXT, "write");
+  const ssize_t r = real(fd, buf, count);
+  if (r > 0) hold_after_first_write_to_the_file(fd);
+  return r;
+}
+
+ssize_t writev(int fd, const struct iovec* iov, int iovcnt) {
+  static ssize_t (*real)(int, const struct iovec*, int);
+  if (real == NULL) real = (ssize_t (*)(int, const struct iovec*, int))dlsym(RTLD_NEXT, "writev");
+  const ssize_t r = real(fd, iov, iovcnt);
+  if (r > 0) hold_after_first_write_to_the_file(fd);
+  return r;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def slow_write(tmp_path_factory):
+    return build_preload(tmp_path_factory, "slow_write", SLOW_WRITE_SOURCE)
+
+
+def wait_for_partial_file(proc, directory, matches):
+    """Waits until a non-empty file whose name `matches` is in `directory` (the preload then holds
+    the run right after writing its first bytes); returns its path."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline
+        assert proc.poll() is None, proc.communicate()
+        found = [p for p in directory.iterdir() if matches(p.name) and p.stat().st_size > 0]
+        if found:
+            return found[0]
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("sig,code,name", SIGNALS)
 def test_signal_while_the_output_is_written_removes_the_temporary_file(tmp_path, slow_fsync, sig, code, name):
     out = tmp_path / "r.json"
-    env = dict(os.environ, LD_PRELOAD=slow_fsync)
-    # A sanitized binary wants its runtime first in the library list; the helper does not need it.
-    env["ASAN_OPTIONS"] = ":".join(filter(None, [os.environ.get("ASAN_OPTIONS", ""), "verify_asan_link_order=0"]))
+    env = preload_env(slow_fsync)
     proc = subprocess.Popen([BIN, "compare", "--model", TINY, "--variants", "fp32", "--format", "json",
                              "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
@@ -137,3 +212,52 @@ def test_signal_while_the_output_is_written_removes_the_temporary_file(tmp_path,
     assert stdout == ""
     assert stderr == f"quantppl: interrupted ({name})\n"
     assert list(tmp_path.iterdir()) == []  # neither r.json nor r.json.tmp.*
+
+
+@pytest.mark.parametrize("sig,code,name", SIGNALS)
+def test_signal_while_quantize_writes_the_model_removes_the_temporary_file(tmp_path, slow_write, sig, code, name):
+    # ContractModel::save: LibTorch writes ".q.pt.XXXXXXXX.tmp" beside q.pt, then it is renamed.
+    out = tmp_path / "q.pt"
+    env = preload_env(slow_write, SLOW_WRITE_PATH_CONTAINS="/.q.pt.")
+    proc = subprocess.Popen([BIN, "quantize", "--model", TINY, "--variant", "absmax:4", "--output", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        temp = wait_for_partial_file(proc, tmp_path, lambda n: n.startswith(".q.pt.") and n.endswith(".tmp"))
+        time.sleep(0.2)  # well inside the sleeping write()
+        assert temp.exists(), "the temporary file went away before the signal: write() did not block"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, (proc.returncode, stderr)
+    assert stdout == ""
+    assert stderr == f"quantppl: interrupted ({name})\n"
+    assert list(tmp_path.iterdir()) == []  # neither q.pt nor .q.pt.*.tmp
+
+
+@pytest.mark.parametrize("sig,code,name", SIGNALS)
+def test_signal_while_an_embedded_model_is_unpacked_removes_the_temporary_file(tmp_path, slow_write, sig, code,
+                                                                                 name):
+    # A .qpack embedding its model is loaded through a temporary copy in $TMPDIR (packed_model.cpp).
+    packed = tmp_path / "m.qpack"
+    r = subprocess.run([BIN, "quantize", "--model", TINY, "--variant", "absmax:4", "--packed", str(packed)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    env = preload_env(slow_write, TMPDIR=str(tmpdir), SLOW_WRITE_PATH_CONTAINS="/quantppl-embedded-")
+    proc = subprocess.Popen([BIN, "compare", "--model", str(packed), "--variants", "fp32", "--format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for_partial_file(proc, tmpdir, lambda n: n.startswith("quantppl-embedded-"))
+        time.sleep(0.2)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, (proc.returncode, stderr)
+    assert stdout == ""
+    assert stderr == f"quantppl: interrupted ({name})\n"
+    assert list(tmpdir.iterdir()) == []
