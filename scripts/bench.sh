@@ -25,8 +25,9 @@
 #       (data/default_eval.txt repeated 4 times: 17,349 tokens, 34 windows of <= 512), and
 #       scripts/python_baseline.py on the same (interleaved, --reps times).
 #   (c) compare with fp32,absmax:8,absmax:4,zeropoint:8:channel at B=8, T=2 on the same text.
-#   (d) peak RSS (GNU time %M) of compare --variants fp32,absmax:8 at B=8 on the default text and
-#       on the 4x text, and at B=1 on the default text.
+#   (d) peak RSS (GNU time %M) of compare --variants fp32,absmax:8 at B=1 on the default text and
+#       on the 4x text, at B=8 and with --backup file on the default text, and of
+#       `quantppl --version` (LibTorch's static footprint).
 #   (e) --xl: the T5-XL-shaped model (see above); passes --backup file if compare lists it.
 #
 # Environment: quantppl sets OMP_WAIT_POLICY=PASSIVE itself; python_baseline.py sets
@@ -192,13 +193,18 @@ run_to "$RUN/variants.json" "$QUANTPPL" compare -m "$FLAN" -t "$TEXT" --variants
 # ---------------------------------------------------------------------------------------------
 # (d) peak RSS, 1x and 4x text
 # ---------------------------------------------------------------------------------------------
-for tag in x1 x4 x1b1; do
-  text=$TEXT1; B=8
+# x1 / x4: the default text and the 4x one at B=1 (compare's default batch size); x1b8: B=8;
+# x1file: B=1 with the backup in a file (--backup file). static.kb: `quantppl --version`, the
+# LibTorch footprint every run carries before it loads anything.
+run_to "$RUN/static.out" "$TIME" -f %M -o "$RUN/static.kb" "$QUANTPPL" --version
+for tag in x1 x4 x1b8 x1file; do
+  text=$TEXT1; B=1; extra=()
   [[ $tag == x4 ]] && text=$TEXT4
-  [[ $tag == x1b1 ]] && B=1
-  log "(d) peak RSS, text $tag, B=$B"
+  [[ $tag == x1b8 ]] && B=8
+  [[ $tag == x1file ]] && extra=(--backup file)
+  log "(d) peak RSS, text $tag, B=$B ${extra[*]}"
   run_to "$RUN/rss_$tag.json" "$TIME" -f %M -o "$RUN/rss_$tag.kb" "$QUANTPPL" compare -m "$FLAN" -t "$text" \
-    --variants fp32,absmax:8 --batch-size "$B" --threads 2 --format json -q
+    --variants fp32,absmax:8 --batch-size "$B" --threads 2 --format json -q "${extra[@]}"
 done
 
 # ---------------------------------------------------------------------------------------------

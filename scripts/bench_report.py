@@ -12,8 +12,9 @@ missing is shown as "not measured"):
   compare_b{B}_t{T}[.rN].json   quantppl compare --variants fp32 --format json (one per repetition)
   python_b{B}_t{T}[.mM][.rN].json   python_baseline.py output (M: malloc tunables on/off)
   variants.json            compare with N variants (fp32 first), same text/B/T as compare_b8_t2
-  rss_<tag>.json/.kb       compare on the default text (x1), a 4x longer one (x4), x1 at B=1 (x1b1);
-                           .kb = peak RSS (KiB)
+  rss_<tag>.json/.kb       compare on the default text (x1), a 4x longer one (x4), x1 at B=8 (x1b8),
+                           x1 with --backup file (x1file); .kb = peak RSS (KiB)
+  static.kb                peak RSS of `quantppl --version` (LibTorch's static footprint)
   xl.json/.kb/.seconds     compare on the T5-XL-shaped model; xl_build.kb/.seconds the model build
 
 Targets and how each ratio is formed:
@@ -360,10 +361,17 @@ def memory_rows(run_dir):
                 break
             linear = 4 * doc["parameters_quantized"]
             budget = RSS_FACTOR * (mb + linear)
-        rows.append(Row("5 peak RSS / budget", "text %s (%d tokens), B=%d, %s" % (
-            tag, doc["text_tokens"], doc["batch_size"], ",".join(r["variant"] for r in doc["results"])),
+        rows.append(Row("5 peak RSS / budget", "text %s (%d tokens), B=%d, backup %s, %s" % (
+            tag, doc["text_tokens"], doc["batch_size"], doc.get("backup", "?"),
+            ",".join(r["variant"] for r in doc["results"])),
             peak / budget, 1.0, "<=", "%.0f MiB vs 1.25 x (%.0f + %.0f) = %.0f MiB" % (
                 peak / 2 ** 20, mb / 2 ** 20, linear / 2 ** 20, budget / 2 ** 20)))
+    static_kb = os.path.join(run_dir, "static.kb")
+    if budget is not None and os.path.exists(static_kb) and "x1" in rss:
+        static = read_kb(static_kb)
+        rows.append(Row("5 (peak - static) / budget", "text x1, B=%d" % rss["x1"][0]["batch_size"],
+                        (rss["x1"][1] - static) / budget, 1.0, "<=",
+                        "LibTorch's static footprint (quantppl --version) %.0f MiB left out" % (static / 2 ** 20)))
     if "x1" in rss and "x4" in rss:
         rows.append(Row("5 RSS 4x text / 1x text", "%d vs %d tokens" % (rss["x4"][0]["text_tokens"],
                                                                        rss["x1"][0]["text_tokens"]),

@@ -1,5 +1,6 @@
 #include "quantppl/compare.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
@@ -119,27 +120,33 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
   DistributionComparison fp32_self;  // fp32 against itself: the reference's own NLL sums
   double fp32_seconds = 0;
   torch::NoGradGuard no_grad;
+  // Choosing parameters left the last variant's weights in place; after
+  // that, a restore is needed only when a variant ran on the previous batch.
+  bool weights_original =
+      std::none_of(runs.begin(), runs.end(), [](const VariantRun& r) { return !r.variant->is_fp32; });
   for (size_t b = 0; b < batches.size(); ++b) {
     const EvalBatch& batch = batches[b];
     auto started = Clock::now();
-    backup.restore();
+    if (!weights_original) backup.restore();
+    weights_original = true;
     const ReferenceBatch reference = make_reference_batch(
         model.forward(batch.input_ids, batch.attention_mask, batch.decoder_input_ids), batch.labels, batch.label_mask);
-    fp32_self.add(reference, reference.logits);
+    fp32_self.add_reference(reference);
     fp32_seconds += seconds_since(started);
     for (VariantRun& run : runs) {
       started = Clock::now();
       if (run.variant->is_fp32) {
-        run.comparison.add(reference, reference.logits);
+        run.comparison.add_reference(reference);
       } else {
         apply_variant_params(backup, run.variant->config, run.params);
+        weights_original = false;
         run.comparison.add(reference, model.forward(batch.input_ids, batch.attention_mask, batch.decoder_input_ids));
       }
       run.seconds += seconds_since(started);
     }
     if (progress) progress("evaluating", 0, 1, b + 1, batches.size());
   }
-  backup.restore();
+  if (!weights_original) backup.restore();
 
   const double fp32_ppl = std::exp(fp32_self.nll_sum() / static_cast<double>(fp32_self.tokens()));
   for (size_t i = 0; i < runs.size(); ++i) {

@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "fake_quantize_kernel.h"
+#include "softmax_row_kernel.h"
 
 namespace quantppl {
 namespace {
@@ -69,6 +70,7 @@ RuntimeSettings configure_runtime(int threads) {
   const char* policy = std::getenv("OMP_WAIT_POLICY");
   s.omp_wait_policy = policy != nullptr ? policy : "";
   s.avx2 = kernel::uses_avx2();
+  s.softmax_loops = kernel::softmax_kernel_path();
   return s;
 }
 
@@ -81,6 +83,7 @@ std::string describe(const RuntimeSettings& s) {
   out += fmt::format("quantppl: BLAS: {}{}\n", s.blas_name,
                      s.blas_library.empty() ? std::string() : fmt::format(" [{}]", s.blas_library));
   out += fmt::format("quantppl: fake-quantize loops: {}\n", s.avx2 ? "AVX2, fused" : "scalar, fused (no AVX2 on this CPU)");
+  out += fmt::format("quantppl: NLL/KL loops: {}, fused (no log_softmax copies)\n", s.softmax_loops);
   out += fmt::format("quantppl: malloc: {}\n",
                      s.malloc_tuned ? "freed memory kept in the heap (M_MMAP_MAX=0, M_TRIM_THRESHOLD=INT_MAX)" : "glibc defaults");
   out += fmt::format("quantppl: TorchScript executor: {}\n",

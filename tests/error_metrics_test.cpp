@@ -39,6 +39,33 @@ TEST(ErrorMetricsTest, MergeWeighsByElementCountNotByTensor) {
   EXPECT_DOUBLE_EQ(m.sqnr_db(), whole.sqnr_db());
 }
 
+TEST(ErrorMetricsTest, FusedPassMatchesFloat64TensorOpsAcrossTasksAndLayouts) {
+  // 300 x 700 = 210,000 elements: several 65,536-element tasks and a partial one.
+  torch::manual_seed(5);
+  const torch::Tensor x = torch::randn({300, 700});
+  const torch::Tensor r = x + torch::randn({300, 700}) * 0.01;
+  const torch::Tensor x64 = x.to(torch::kFloat64);
+  const torch::Tensor d64 = x64 - r.to(torch::kFloat64);
+  const double sse = d64.square().sum().item<double>();
+  const double sss = x64.square().sum().item<double>();
+  const double max_abs = d64.abs().max().item<double>();
+  for (const bool transposed : {false, true}) {
+    const ErrorMetrics m = transposed ? error_metrics(x.t(), r.t()) : error_metrics(x, r);
+    EXPECT_EQ(m.count, 210000);
+    EXPECT_NEAR(m.sum_squared_error, sse, 1e-12 * sse);
+    EXPECT_NEAR(m.sum_squared_signal, sss, 1e-12 * sss);
+    EXPECT_EQ(m.max_abs_error, max_abs);
+  }
+  // float64 inputs take the same loop.
+  const ErrorMetrics m64 = error_metrics(x64, r.to(torch::kFloat64));
+  EXPECT_NEAR(m64.sum_squared_error, sse, 1e-12 * sse);
+  // A NaN in the reconstruction shows in the error, not silently dropped.
+  torch::Tensor bad = r.clone();
+  bad.index_put_({299, 699}, std::numeric_limits<float>::quiet_NaN());
+  EXPECT_TRUE(std::isnan(error_metrics(x, bad).sum_squared_error));
+  EXPECT_TRUE(std::isnan(error_metrics(x, bad).max_abs_error));
+}
+
 TEST(ErrorMetricsTest, ShapeMismatchIsAnError) {
   EXPECT_THROW(error_metrics(torch::zeros({2, 3}), torch::zeros({3, 2})), UsageError);
 }

@@ -19,10 +19,12 @@
 // interval says whether a variant's damage is real, which is what a CI gate
 // should test (perplexity's own standard error mostly measures the text).
 //
-// log_softmax and (1) are computed in float32, in chunks of rows so that no
-// temporary larger than a chunk x V is made; every sum is accumulated in
-// double. Only the per-token KL values are kept (4 bytes a token, for the
-// percentile); logits are never stored beyond the batch being compared.
+// Computed without log_softmax tensors: per position, two read passes over
+// the fp32 row and two over the variant's (src/softmax_row_kernel.h), with
+//   (1) = C / S_p - lse_p + lse_q,  C = sum_v exp(p_v - max p) (p_v - q_v),
+// terms in float and every sum in double. Only the per-token KL values are
+// kept (4 bytes a token, for the percentile); logits are never stored beyond
+// the batch being compared, and no temporary as large as the logits is made.
 #pragma once
 
 #include <cstdint>
@@ -33,21 +35,33 @@
 namespace quantppl {
 
 // The fp32 side of one batch, computed once and compared with every variant.
+// N = the number of label positions (label_mask true), in row-major order.
 struct ReferenceBatch {
-  torch::Tensor logits;     // float32 [B, T, V] of the fp32 model
-  torch::Tensor labels;     // int64 [B, T]
-  torch::Tensor label_mask; // bool [B, T]
-  torch::Tensor nll;        // float32 [N]: nll_t of the fp32 model at the masked positions
-  torch::Tensor top1;       // int64 [N]: argmax of the fp32 logits at the masked positions
+  torch::Tensor logits;      // float32 [B, T, V] of the fp32 model, contiguous
+  torch::Tensor labels;      // int64 [B, T]
+  torch::Tensor label_mask;  // bool [B, T]
+  torch::Tensor nll;         // float32 [N]: nll_t of the fp32 model (perplexity.h's token_nll)
+  torch::Tensor top1;        // int64 [N]: argmax of the fp32 logits
+  std::vector<int64_t> rows;     // [N]: b * T + t of each label position
+  std::vector<float> row_max;    // [N]: max_v of the fp32 logits
+  std::vector<double> row_sum_exp;  // [N]: sum_v exp(z_v - max)
 };
 
+// A position whose logits hold NaN or Inf gets nll NaN and top1 -1, so that
+// the sums turn NaN and the caller's finiteness check reports the model.
+// UsageError for shapes or dtypes that do not match.
 ReferenceBatch make_reference_batch(const torch::Tensor& logits, const torch::Tensor& labels,
                                     const torch::Tensor& label_mask);
 
 class DistributionComparison {
  public:
-  // Adds the variant's logits for the batch `reference` describes.
+  // Adds the variant's logits for the batch `reference` describes. A position
+  // whose logits hold NaN or Inf adds NaN to the NLL and KL sums.
   void add(const ReferenceBatch& reference, const torch::Tensor& logits);
+  // Adds the fp32 model against itself: the same sums as add(reference,
+  // reference.logits) (KL 0, full agreement, no NLL change) without reading
+  // the logits again.
+  void add_reference(const ReferenceBatch& reference);
 
   int64_t tokens() const { return tokens_; }
   double nll_sum() const { return nll_sum_; }

@@ -23,8 +23,11 @@
 //   (1) nll_t = -log_softmax(z_t)[label_t]
 //             = logsumexp(z_t) - z_t[label_t]
 //
-// computed in float32 by token_nll() (as transformers' cross_entropy does),
-// then summed in double over every label token of every window:
+// computed by token_nll() as logsumexp(z_t) - z_t[label_t]: the max and the
+// sum of exp(z - max) in one fused pass over the row (src/softmax_row_kernel.h,
+// sum in double), the term rounded to float32 (the precision of transformers'
+// float32 cross_entropy, and no log_softmax copy of the logits), then summed
+// in double over every label token of every window:
 //
 //   (2) NLL = sum_t nll_t,   N = number of label tokens
 //   (3) perplexity = exp(NLL / N)
@@ -97,7 +100,8 @@ struct PerplexityResult {
 };
 
 // Per-token NLL (1): float32 [B, T] from float32 logits [B, T, V] and int64
-// labels [B, T]. log_softmax runs in float32; callers sum in double.
+// labels [B, T] in [0, V) (UsageError otherwise); NaN where a row holds NaN or
+// Inf. No temporary of the logits' size is made; callers sum in double.
 torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& labels);
 
 using PerplexityProgress = std::function<void(size_t done, size_t total)>;

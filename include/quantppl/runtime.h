@@ -38,6 +38,7 @@ struct RuntimeSettings {
   bool reference_blas = false;     // the slow netlib BLAS: warn
   std::string omp_wait_policy;     // OMP_WAIT_POLICY as the process sees it ("" if unset)
   bool avx2 = false;               // the fused fake-quantize loops use AVX2
+  std::string softmax_loops;       // the softmax-statistics loops (NLL, KL): "AVX2+FMA" or "scalar"
   bool malloc_tuned = false;       // M_MMAP_MAX / M_TRIM_THRESHOLD were set
   bool profiling_executor = false; // TorchScript profiling executor still on
 };
