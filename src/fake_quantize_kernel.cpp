@@ -92,10 +92,6 @@ __attribute__((target("avx2"))) bool min_max_avx2(const float* x, int64_t n, flo
   return finite && std::isfinite(l) && std::isfinite(h);
 }
 
-// Blocks at least this long (16 KB) are written with streaming stores: not the
-// 2 KB rows of a per-channel weight, whose per-block sfence costs more than it saves.
-constexpr int64_t kStreamMinElements = 4096;
-
 // One 8-wide step of the header's arithmetic; the form is a template
 // parameter so that each loop below is branch-free.
 template <bool kInverse, bool kHasZero>
@@ -112,22 +108,16 @@ __attribute__((target("avx2"))) inline __m256 fake_quantize8(__m256 v, __m256 sc
 
 template <bool kInverse, bool kHasZero>
 __attribute__((target("avx2"))) void fake_quantize_avx2(const float* src, float* dst, int64_t n,
-                                                        const Grid<float>& g) {
+                                                        const Grid<float>& g, bool streaming) {
   const __m256 scale = _mm256_set1_ps(g.scale), zero = _mm256_set1_ps(g.zero);
   const __m256 qmin = _mm256_set1_ps(g.qmin), qmax = _mm256_set1_ps(g.qmax);
   int64_t i = 0;
-  if (n >= kStreamMinElements && src != dst) {
-    // Non-temporal stores: the weights written here are not read again
-    // before they leave the cache, and streaming them skips the read of
-    // each destination line that an ordinary store triggers (a third of
-    // the memory traffic of a copy). The scalar head aligns dst to 32 bytes.
-    const int64_t head = static_cast<int64_t>((32 - reinterpret_cast<uintptr_t>(dst) % 32) % 32) / 4;
-    if (reinterpret_cast<uintptr_t>(dst) % 4 == 0) {
-      fake_quantize_scalar(src, dst, head, g);
-      for (i = head; i + 8 <= n; i += 8) {
-        _mm256_stream_ps(dst + i, fake_quantize8<kInverse, kHasZero>(_mm256_loadu_ps(src + i), scale, zero, qmin, qmax));
-      }
-      _mm_sfence();
+  if (streaming && src != dst && reinterpret_cast<uintptr_t>(dst) % 4 == 0) {
+    // The scalar head aligns dst to 32 bytes, as vmovntps requires.
+    i = std::min(n, static_cast<int64_t>((32 - reinterpret_cast<uintptr_t>(dst) % 32) % 32) / 4);
+    fake_quantize_scalar(src, dst, i, g);
+    for (; i + 8 <= n; i += 8) {
+      _mm256_stream_ps(dst + i, fake_quantize8<kInverse, kHasZero>(_mm256_loadu_ps(src + i), scale, zero, qmin, qmax));
     }
   }
   for (; i + 8 <= n; i += 8) {
@@ -193,15 +183,16 @@ bool min_max<double>(const double* x, int64_t n, double* lo, double* hi) {
 }
 
 template <>
-void fake_quantize<float>(const float* src, float* dst, int64_t n, const Grid<float>& grid) {
+void fake_quantize<float>(const float* src, float* dst, int64_t n, const Grid<float>& grid, bool streaming) {
 #if QUANTPPL_HAVE_AVX2_PATH
-  if (uses_avx2()) return QUANTPPL_DISPATCH_FORM(fake_quantize_avx2, grid, src, dst, n, grid);
+  if (uses_avx2()) return QUANTPPL_DISPATCH_FORM(fake_quantize_avx2, grid, src, dst, n, grid, streaming);
 #endif
   fake_quantize_scalar(src, dst, n, grid);
 }
 
 template <>
-void fake_quantize<double>(const double* src, double* dst, int64_t n, const Grid<double>& grid) {
+void fake_quantize<double>(const double* src, double* dst, int64_t n, const Grid<double>& grid,
+                           bool /*streaming*/) {
   fake_quantize_scalar(src, dst, n, grid);
 }
 
@@ -218,6 +209,12 @@ template <>
 double squared_error<double>(const double* x, int64_t n, const Grid<double>& grid) {
   double lanes[8] = {};
   return squared_error_scalar(x, n, grid, 0, lanes);
+}
+
+void store_fence() {
+#if QUANTPPL_HAVE_AVX2_PATH
+  _mm_sfence();
+#endif
 }
 
 }  // namespace quantppl::kernel

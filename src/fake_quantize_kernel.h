@@ -52,8 +52,18 @@ bool min_max(const T* x, int64_t n, T* lo, T* hi);
 
 // dst[i] = x_hat(src[i]) for i in [0, n). src == dst (in place) is allowed;
 // otherwise the ranges must not overlap.
+//
+// streaming (only with src != dst; ignored otherwise and on the scalar
+// path): dst is written with non-temporal stores, which skip the read of
+// each destination cache line that an ordinary store triggers (a third of
+// the memory traffic of a copy) and do not fill the cache with data that is
+// not read again soon. They are weakly ordered: the caller must call
+// store_fence() before anything else (another thread) reads dst.
 template <typename T>
-void fake_quantize(const T* src, T* dst, int64_t n, const Grid<T>& grid);
+void fake_quantize(const T* src, T* dst, int64_t n, const Grid<T>& grid, bool streaming = false);
+
+// Orders every streaming store of this thread before later stores (sfence).
+void store_fence();
 
 // sum_i (x_hat(x_i) - x_i)^2, the difference taken in T (as the reference
 // subtracts float tensors), squared and summed in double, in index order

@@ -70,6 +70,9 @@ Blocking blocking(const torch::Tensor& x, const QuantConfig& config, const std::
 // thread's share outweighs OpenMP's fork cost, small enough (256 KiB of
 // float) that a piece stays in L2 while the MSE search re-reads it.
 constexpr int64_t kGrain = int64_t{1} << 16;
+// Out-of-place fake-quantization of at least this many bytes uses streaming
+// stores (kernel::fake_quantize): below it the weight may well stay cached.
+constexpr int64_t kStreamMinBytes = int64_t{256} << 10;
 
 void check_dtype(const torch::Tensor& x, const std::string& name) {
   if (!x.defined()) throw UsageError(fmt::format("'{}' is an undefined tensor", name));
@@ -431,6 +434,9 @@ void fused_fake_quantize(const T* src, T* dst, int64_t blocks, int64_t len, cons
   const T* s = scale.data_ptr<T>();
   const T* z = zero.data_ptr<T>();
   const kernel::Grid<T> form = grid_form<T>(config);
+  // A large out-of-place write (restoring and quantizing a model's weight) is
+  // streamed past the cache, fenced once per task.
+  const bool streaming = src != dst && blocks * len * static_cast<int64_t>(sizeof(T)) >= kStreamMinBytes;
   at::parallel_for(0, blocks * len, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end;) {
       const int64_t b = i / len;
@@ -438,9 +444,10 @@ void fused_fake_quantize(const T* src, T* dst, int64_t blocks, int64_t len, cons
       kernel::Grid<T> grid = form;
       grid.scale = s[b];
       grid.zero = z[b];
-      kernel::fake_quantize(src + i, dst + i, segment_end - i, grid);
+      kernel::fake_quantize(src + i, dst + i, segment_end - i, grid, streaming);
       i = segment_end;
     }
+    if (streaming) kernel::store_fence();
   });
 }
 

@@ -41,7 +41,7 @@ struct CompareCommand {
   std::string variants;
   std::string mode = "reconstruct";
   int64_t max_length = 0;
-  int64_t batch_size = 8;
+  int64_t batch_size = 1;  // see CompareOptions::batch_size
   int64_t threads = default_threads();
   std::string format = "table";
   std::string output;

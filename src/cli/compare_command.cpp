@@ -36,7 +36,9 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
   cmd->add_option("--max-length", c.max_length, "Window length in tokens (0: the model's max_length)")
       ->check(integer_at_least(0))
       ->capture_default_str();
-  cmd->add_option("--batch-size", c.batch_size, "Windows per forward pass")->check(integer_at_least(1))->capture_default_str();
+  cmd->add_option("--batch-size", c.batch_size,
+                  "Windows per forward pass; more use more memory (the fp32 and a variant's logits, "
+                  "B x window x vocabulary floats each) and were no faster on CPU")->check(integer_at_least(1))->capture_default_str();
   cmd->add_option("--threads", c.threads,
                   "Threads for LibTorch's intra-op pool and OpenBLAS (both are set; default: all cores)")
       ->check(integer_at_least(1))

@@ -66,6 +66,9 @@ def test_json_has_stable_fields_and_consistent_numbers():
     assert abs(a8["delta_ppl_pct"] - 100 * (a8["ppl"] / fp32["ppl"] - 1)) < 1e-9
     assert z4["weight_mse"] > a8["weight_mse"] > 0  # 4 bits reconstruct worse than 8
     assert len(j["model_sha256"]) == 64 and len(j["text_sha256"]) == 64
+    # The default batch size: 1 window per forward pass (README "Performance": as fast as 8 on
+    # CPU, half the peak memory).
+    assert j["batch_size"] == 1
 
 
 def test_csv_has_one_row_per_variant_with_the_same_fields():
