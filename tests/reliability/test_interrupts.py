@@ -190,41 +190,14 @@ def wait_for_partial_file(proc, directory, matches):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig,code,name", SIGNALS)
-def test_signal_while_the_output_is_written_removes_the_temporary_file(tmp_path, slow_fsync, sig, code, name):
-    out = tmp_path / "r.json"
-    env = preload_env(slow_fsync)
-    proc = subprocess.Popen([BIN, "compare", "--model", TINY, "--variants", "fp32", "--format", "json",
-                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    deadline = time.monotonic() + 120
-    temps = []
-    while not temps:  # the temporary file exists once the result is being written
-        assert time.monotonic() < deadline
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-        temps = [p for p in tmp_path.iterdir() if p.name.startswith("r.json.tmp.")]
-    time.sleep(0.2)  # well inside the sleeping fsync()
-    assert temps[0].exists(), "the temporary file went away before the signal: fsync() did not block"
-    proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == code, (proc.returncode, stderr)
-    assert stdout == ""
-    assert stderr == f"quantppl: interrupted ({name})\n"
-    assert list(tmp_path.iterdir()) == []  # neither r.json nor r.json.tmp.*
-
-
-@pytest.mark.parametrize("sig,code,name", SIGNALS)
-def test_signal_while_quantize_writes_the_model_removes_the_temporary_file(tmp_path, slow_write, sig, code, name):
-    # ContractModel::save: LibTorch writes ".q.pt.XXXXXXXX.tmp" beside q.pt, then it is renamed.
-    out = tmp_path / "q.pt"
-    env = preload_env(slow_write, SLOW_WRITE_PATH_CONTAINS="/.q.pt.")
-    proc = subprocess.Popen([BIN, "quantize", "--model", TINY, "--variant", "absmax:4", "--output", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def interrupt_while_writing(args, env, directory, matches, sig, code, name, blocked_in):
+    """Runs quantppl `args`, waits until the temporary file `matches` names is being written in
+    `directory` (held there by a preload), sends `sig`, and checks the one-line exit."""
+    proc = subprocess.Popen([BIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        temp = wait_for_partial_file(proc, tmp_path, lambda n: n.startswith(".q.pt.") and n.endswith(".tmp"))
-        time.sleep(0.2)  # well inside the sleeping write()
-        assert temp.exists(), "the temporary file went away before the signal: write() did not block"
+        temp = wait_for_partial_file(proc, directory, matches)
+        time.sleep(0.2)  # well inside the sleeping call
+        assert temp.exists(), "the temporary file went away before the signal: %s did not block" % blocked_in
         proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -233,6 +206,24 @@ def test_signal_while_quantize_writes_the_model_removes_the_temporary_file(tmp_p
     assert proc.returncode == code, (proc.returncode, stderr)
     assert stdout == ""
     assert stderr == f"quantppl: interrupted ({name})\n"
+
+
+@pytest.mark.parametrize("sig,code,name", SIGNALS)
+def test_signal_while_the_output_is_written_removes_the_temporary_file(tmp_path, slow_fsync, sig, code, name):
+    out = tmp_path / "r.json"
+    interrupt_while_writing(["compare", "--model", TINY, "--variants", "fp32", "--format", "json", "--output", str(out)],
+                            preload_env(slow_fsync), tmp_path, lambda n: n.startswith("r.json.tmp."), sig, code,
+                            name, "fsync()")
+    assert list(tmp_path.iterdir()) == []  # neither r.json nor r.json.tmp.*
+
+
+@pytest.mark.parametrize("sig,code,name", SIGNALS)
+def test_signal_while_quantize_writes_the_model_removes_the_temporary_file(tmp_path, slow_write, sig, code, name):
+    # ContractModel::save: LibTorch writes ".q.pt.XXXXXXXX.tmp" beside q.pt, then it is renamed.
+    out = tmp_path / "q.pt"
+    interrupt_while_writing(["quantize", "--model", TINY, "--variant", "absmax:4", "--output", str(out)],
+                            preload_env(slow_write, SLOW_WRITE_PATH_CONTAINS="/.q.pt."), tmp_path,
+                            lambda n: n.startswith(".q.pt.") and n.endswith(".tmp"), sig, code, name, "write()")
     assert list(tmp_path.iterdir()) == []  # neither q.pt nor .q.pt.*.tmp
 
 
@@ -246,18 +237,7 @@ def test_signal_while_an_embedded_model_is_unpacked_removes_the_temporary_file(t
     assert r.returncode == 0, r.stderr
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
-    env = preload_env(slow_write, TMPDIR=str(tmpdir), SLOW_WRITE_PATH_CONTAINS="/quantppl-embedded-")
-    proc = subprocess.Popen([BIN, "compare", "--model", str(packed), "--variants", "fp32", "--format", "json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        wait_for_partial_file(proc, tmpdir, lambda n: n.startswith("quantppl-embedded-"))
-        time.sleep(0.2)
-        proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == code, (proc.returncode, stderr)
-    assert stdout == ""
-    assert stderr == f"quantppl: interrupted ({name})\n"
+    interrupt_while_writing(["compare", "--model", str(packed), "--variants", "fp32", "--format", "json"],
+                            preload_env(slow_write, TMPDIR=str(tmpdir), SLOW_WRITE_PATH_CONTAINS="/quantppl-embedded-"),
+                            tmpdir, lambda n: n.startswith("quantppl-embedded-"), sig, code, name, "write()")
     assert list(tmpdir.iterdir()) == []
