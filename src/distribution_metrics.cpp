@@ -26,13 +26,6 @@ double sample_sd_of_mean(double sum, double sq_sum, int64_t n) {
   return std::sqrt(variance / count);
 }
 
-// nll = lse - z[label], rounded to float32 like perplexity.h's token_nll (so
-// that compare's fp32 row and evaluate_perplexity agree to the last bit).
-float label_nll(const kernel::SoftmaxRowStats& s, float label_logit) {
-  if (!s.finite) return std::numeric_limits<float>::quiet_NaN();
-  return static_cast<float>(s.log_sum_exp() - static_cast<double>(label_logit));
-}
-
 void check_logits(const torch::Tensor& logits, const char* what) {
   if (logits.dim() != 3 || logits.scalar_type() != torch::kFloat32) {
     throw UsageError(std::string("DistributionComparison: ") + what + " logits must be float32 [B, T, V]");
@@ -79,7 +72,7 @@ ReferenceBatch make_reference_batch(const torch::Tensor& logits, const torch::Te
       const kernel::SoftmaxRowStats s = kernel::softmax_row_stats(zr, vocab);
       r.row_max[static_cast<size_t>(k)] = s.max;
       r.row_sum_exp[static_cast<size_t>(k)] = s.sum_exp;
-      nll[k] = label_nll(s, zr[label[row]]);
+      nll[k] = s.label_nll(zr[label[row]]);
       top1[k] = s.finite ? s.argmax : -1;
     }
   });
@@ -97,6 +90,8 @@ void DistributionComparison::add(const ReferenceBatch& reference, const torch::T
   const float* p = reference.logits.data_ptr<float>();
   const float* q = q_logits.data_ptr<float>();
   const int64_t* label = reference.labels.data_ptr<int64_t>();
+  const float* p_nll = reference.nll.data_ptr<float>();
+  const int64_t* p_top1 = reference.top1.data_ptr<int64_t>();  // -1: the fp32 row is not finite
   std::vector<double> kl(static_cast<size_t>(n));
   std::vector<float> nll(static_cast<size_t>(n));
   std::vector<int64_t> top1(static_cast<size_t>(n));
@@ -107,7 +102,7 @@ void DistributionComparison::add(const ReferenceBatch& reference, const torch::T
       const float* pr = p + row * vocab;
       const float* qr = q + row * vocab;
       const float p_max = reference.row_max[i];
-      if (!std::isfinite(p_max)) {  // the reference row itself is not finite
+      if (p_top1[k] < 0) {  // row_max and row_sum_exp are unspecified for it
         kl[i] = std::numeric_limits<double>::quiet_NaN();
         nll[i] = std::numeric_limits<float>::quiet_NaN();
         top1[i] = -1;
@@ -118,13 +113,11 @@ void DistributionComparison::add(const ReferenceBatch& reference, const torch::T
       // (1) = C / S_p - lse_p + lse_q
       kl[i] = s.q.finite ? s.cross / reference.row_sum_exp[i] + (s.q.log_sum_exp() - lse_p)
                          : std::numeric_limits<double>::quiet_NaN();
-      nll[i] = label_nll(s.q, qr[label[row]]);
+      nll[i] = s.q.label_nll(qr[label[row]]);
       top1[i] = s.q.finite ? s.q.argmax : -1;
     }
   });
   // Sums in position order, so the result does not depend on the thread count.
-  const float* p_nll = reference.nll.data_ptr<float>();
-  const int64_t* p_top1 = reference.top1.data_ptr<int64_t>();
   for (int64_t k = 0; k < n; ++k) {
     const auto i = static_cast<size_t>(k);
     const double nll64 = nll[i];

@@ -149,9 +149,7 @@ torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& labels
     for (int64_t i = begin; i < end; ++i) {
       const float* row = zp + i * vocab;
       const kernel::SoftmaxRowStats s = kernel::softmax_row_stats(row, vocab);
-      // (1) as lse - z[label]: lse in double, the term rounded to float32.
-      out[i] = s.finite ? static_cast<float>(s.log_sum_exp() - static_cast<double>(row[label[i]]))
-                        : std::numeric_limits<float>::quiet_NaN();
+      out[i] = s.label_nll(row[label[i]]);  // (1) as lse - z[label]
     }
   });
   return nll;

@@ -13,6 +13,11 @@ namespace quantppl::kernel {
 
 double SoftmaxRowStats::log_sum_exp() const { return static_cast<double>(max) + std::log(sum_exp); }
 
+float SoftmaxRowStats::label_nll(float label_logit) const {
+  if (!finite) return std::numeric_limits<float>::quiet_NaN();
+  return static_cast<float>(log_sum_exp() - static_cast<double>(label_logit));
+}
+
 namespace {
 
 // Arguments below this are clamped: exp(-87) = 1.6e-38 is still a normal

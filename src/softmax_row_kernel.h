@@ -40,6 +40,11 @@ struct SoftmaxRowStats {
   double sum_exp = 0;    // S in (2)
   bool finite = false;   // every z_v finite; when false the other fields are unspecified
   double log_sum_exp() const;  // m + log(S)
+  // nll = m + log(S) - z_label in double, rounded to float32 (the precision
+  // of transformers' float32 cross_entropy); NaN unless finite. The one
+  // definition of a token's NLL: perplexity.h and distribution_metrics.h
+  // both use it, so compare's fp32 row equals evaluate_perplexity bit for bit.
+  float label_nll(float label_logit) const;
 };
 
 // (1) and (2) for z[0, n), n >= 1.

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -77,6 +78,20 @@ TEST(DistributionMetricsTest, MatchesNumpyInFloat64AcrossBatches) {
   EXPECT_TRUE(near(c.delta_nll_ci95(), j["delta_nll_ci95"].get<double>()));
   EXPECT_TRUE(near(c.nll_sum(), j["nll_sum"].get<double>()));
   std::filesystem::remove_all(dir);
+}
+
+TEST(DistributionMetricsTest, NonFiniteLogitsOnEitherSideMakeTheSumsNaN) {
+  for (const bool in_reference : {true, false}) {
+    Batch x = random_batch(2, 9, 40, 0.1, 6);
+    x.mask.index_put_({1, 4}, true);
+    (in_reference ? x.p : x.q).index_put_({1, 4, 7}, std::numeric_limits<float>::quiet_NaN());
+    DistributionComparison c;
+    c.add(make_reference_batch(x.p, x.labels, x.mask), x.q);
+    EXPECT_TRUE(std::isnan(c.kl_mean())) << in_reference;
+    EXPECT_TRUE(std::isnan(c.nll_sum())) << in_reference;
+    EXPECT_TRUE(std::isnan(c.delta_nll_mean())) << in_reference;
+    EXPECT_LT(c.top1_agreement(), 1.0) << in_reference;
+  }
 }
 
 TEST(DistributionMetricsTest, LargerPerturbationMeansLargerKlAndLowerAgreement) {
