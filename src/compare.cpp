@@ -117,7 +117,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
   }
 
   // Batch-major evaluation: fp32 first, then every variant on the same batch.
-  DistributionComparison fp32_self;  // fp32 against itself: the reference's own NLL sums
+  DistributionComparison fp32_self;  // fp32 against itself: the reference's own NLL sums, and every fp32 row
   double fp32_seconds = 0;
   torch::NoGradGuard no_grad;
   // Choosing parameters left the last variant's weights in place; after
@@ -134,14 +134,11 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     fp32_self.add_reference(reference);
     fp32_seconds += seconds_since(started);
     for (VariantRun& run : runs) {
+      if (run.variant->is_fp32) continue;  // an fp32 row is fp32_self (below)
       started = Clock::now();
-      if (run.variant->is_fp32) {
-        run.comparison.add_reference(reference);
-      } else {
-        apply_variant_params(backup, run.variant->config, run.params);
-        weights_original = false;
-        run.comparison.add(reference, model.forward(batch.input_ids, batch.attention_mask, batch.decoder_input_ids));
-      }
+      apply_variant_params(backup, run.variant->config, run.params);
+      weights_original = false;
+      run.comparison.add(reference, model.forward(batch.input_ids, batch.attention_mask, batch.decoder_input_ids));
       run.seconds += seconds_since(started);
     }
     if (progress) progress("evaluating", 0, 1, b + 1, batches.size());
@@ -150,7 +147,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
 
   const double fp32_ppl = std::exp(fp32_self.nll_sum() / static_cast<double>(fp32_self.tokens()));
   for (size_t i = 0; i < runs.size(); ++i) {
-    const DistributionComparison& c = runs[i].comparison;
+    const DistributionComparison& c = runs[i].variant->is_fp32 ? fp32_self : runs[i].comparison;
     VariantResult& r = report.results[i];
     PerplexityResult ppl;
     ppl.nll_sum = c.nll_sum();
