@@ -76,7 +76,8 @@ log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # Models (cached; rebuilt when the scripts that make them change)
 # ---------------------------------------------------------------------------------------------
 model_stamp() {  # shape -> a hash of everything the model's bytes depend on
-  cat "$REPO/scripts/make_bench_models.py" "$REPO/scripts/t5_torchscript.py" "$REPO/scripts/export_t5.py" \
+  cat "$REPO/scripts/quantppl_tools/bench_models.py" "$REPO/scripts/quantppl_tools/t5_torchscript.py" \
+      "$REPO/scripts/quantppl_tools/export.py" \
       "$REPO/models/default.pt" <(echo "$1 seed=0 $($PY -c 'import torch; print(torch.__version__)')") |
     sha256sum | cut -c1-16
 }

@@ -4,8 +4,10 @@
 # The venv sees Debian's system packages (--system-site-packages) because torch comes from
 # Debian's python3-torch (1.13): the exported TorchScript must be written by the same torch
 # version as the LibTorch the C++ side links. On top of it we pip-install a pinned
-# transformers (only the parity tests and the default-model training need it) and pytest when
-# Debian's python3-pytest is missing.
+# transformers (only the parity tests and the default-model training need it), pytest when
+# Debian's python3-pytest is missing, and this checkout's scripts/quantppl_tools package,
+# editable (scripts/README.md): no copy, no dependencies, no build isolation, so that step needs
+# no network.
 #
 # Needs (apt): python3-venv python3-torch python3-sentencepiece (python3-numpy comes with torch).
 # Usage: scripts/setup_python_env.sh            (venv at build/venv)
@@ -57,9 +59,18 @@ if [ "${#need[@]}" -gt 0 ]; then
   "$vpy" -m pip install --disable-pip-version-check --no-input --upgrade-strategy only-if-needed "${need[@]}"
 fi
 
+# The package, editable from this checkout (re-pointed when the venv was made by another one).
+pkg_dir="$("$vpy" -c 'import os, quantppl_tools; print(os.path.dirname(os.path.dirname(quantppl_tools.__file__)))' 2>/dev/null || true)"
+if [ "$pkg_dir" != "$repo_root/scripts" ]; then
+  echo "installing quantppl_tools (editable) from $repo_root/scripts"
+  "$vpy" -m pip install --disable-pip-version-check --no-input --quiet --no-deps --no-build-isolation \
+    -e "$repo_root/scripts"
+fi
+
 # Smoke check: everything the pipeline imports loads together.
 "$vpy" - <<'PY'
 import torch, numpy, sentencepiece, transformers, tokenizers, safetensors, huggingface_hub, pytest
+import quantppl_tools.export, quantppl_tools.sweep, quantppl_tools.train
 from transformers import T5Config, T5ForConditionalGeneration
 assert numpy.__version__.startswith("1."), numpy.__version__
 print("venv ok: torch %s, numpy %s, transformers %s, tokenizers %s, safetensors %s, huggingface_hub %s"

@@ -94,6 +94,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     VariantRun run{&variant, {}, {}, 0};
     VariantResult result;
     result.variant = variant.name;
+    result.spec = canonical_spec(variant);
     result.is_fp32 = variant.is_fp32;
     result.fp32_bytes = 4 * backup.parameter_count();
     result.packed_bytes = result.fp32_bytes;

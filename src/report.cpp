@@ -42,6 +42,7 @@ ordered_json settings_json(const CompareReport& r) {
 ordered_json result_json(const VariantResult& v) {
   ordered_json j;
   j["variant"] = v.variant;
+  j["spec"] = v.spec;
   j["ppl"] = v.ppl;
   j["ppl_stderr"] = number_or_null(v.ppl_stderr);
   j["nll"] = v.nll;

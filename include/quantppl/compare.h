@@ -51,7 +51,8 @@ struct CompareOptions {
 };
 
 struct VariantResult {
-  std::string variant;
+  std::string variant;  // the spec as the user wrote it: the label
+  std::string spec;     // its canonical spelling (variant_spec.h), what scripts key results by
   bool is_fp32 = false;
   double ppl = 0;
   double nll = 0;  // mean negative log-likelihood per predicted token (nats)

@@ -8,45 +8,17 @@ import csv
 import io
 import json
 import os
-import subprocess
 
 import pytest
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_MODEL = os.path.join(REPO, "models", "default.pt")
+from .conftest import (DEFAULT_MODEL, EXIT_DATA, EXIT_IO, EXIT_REGRESSION, EXIT_USAGE, FIXTURES, TINY,
+                       assert_clean_error, compare_json, load_json, run)
 
-PER_VARIANT_FIELDS = ["variant", "ppl", "ppl_stderr", "nll", "tokens", "delta_ppl_pct", "kl_mean", "kl_p99", "kl_max",
+PER_VARIANT_FIELDS = ["variant", "spec", "ppl", "ppl_stderr", "nll", "tokens", "delta_ppl_pct", "kl_mean", "kl_p99", "kl_max",
                       "top1_agreement", "delta_nll_mean", "delta_nll_ci95", "weight_mse", "weight_sqnr_db",
                       "packed_bytes", "fp32_bytes", "compression_ratio", "seconds"]
 SETTINGS_FIELDS = ["model", "text", "mode", "max_length", "layers_quantized", "model_sha256", "text_sha256",
                    "text_tokens", "libtorch_version", "threads"]
-
-# Exit codes documented in README.md.
-EXIT_REGRESSION, EXIT_USAGE, EXIT_DATA, EXIT_IO = 1, 2, 3, 4
-
-
-def run(*args, stdin=None):
-    return subprocess.run([BIN, *args], input=stdin, capture_output=True, text=True, timeout=600)
-
-
-def assert_clean_error(result, code, *needles):
-    assert result.returncode == code, (result.returncode, result.stderr)
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err  # one line
-    for needle in needles:
-        assert needle in err, err
-    for crash in ("terminate called", "Exception raised from", "frame #", "Segmentation"):
-        assert crash not in result.stderr
-    assert result.stdout == ""
-
-
-def compare_json(*args):
-    r = run("compare", "--model", TINY, "--format", "json", "--quiet", *args)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def test_json_has_stable_fields_and_consistent_numbers():
@@ -54,6 +26,7 @@ def test_json_has_stable_fields_and_consistent_numbers():
     for field in SETTINGS_FIELDS:
         assert field in j, field
     assert [r["variant"] for r in j["results"]] == ["fp32", "absmax:8", "zeropoint:4:group64"]
+    assert [r["spec"] for r in j["results"]] == ["fp32", "absmax:8:tensor:minmax", "zeropoint:4:group64:minmax"]
     for r in j["results"]:
         assert list(r.keys()) == PER_VARIANT_FIELDS
         assert abs(r["ppl"] - pow(2.718281828459045, r["nll"])) < 1e-9 * r["ppl"]
@@ -92,10 +65,8 @@ def test_text_from_stdin_and_prefix_mode():
     text = "Lists keep their order. Dictionaries map keys to values. Sets hold unique items. " * 20
     j = compare_json("--variants", "fp32", "--mode", "prefix", "--max-length", "32")
     assert j["mode"] == "prefix" and j["max_length"] == 32
-    r = subprocess.run([BIN, "compare", "--model", TINY, "--text", "-", "--format", "json", "--variants", "fp32"],
-                       input=text, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["text"] in ("-", "<stdin>")
+    r = run("compare", "--model", TINY, "--text", "-", "--format", "json", "--variants", "fp32", stdin=text)
+    assert load_json(r)["text"] in ("-", "<stdin>")
 
 
 def test_batch_size_does_not_change_the_result():

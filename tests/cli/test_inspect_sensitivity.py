@@ -6,48 +6,26 @@ Environment as for test_cli.py: QUANTPPL_BIN (the binary), QUANTPPL_FIXTURES (bu
 import csv
 import io
 import json
-import os
-import subprocess
 
 import pytest
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
+from .conftest import EXIT_IO, EXIT_USAGE, TINY, assert_clean_error, load_json, run
+
 TINY_LAYERS = 37
 
-EXIT_USAGE, EXIT_DATA, EXIT_IO = 2, 3, 4
 
 INSPECT_FIELDS = ["name", "shape", "scale", "zero_point", "clipped_fraction", "mse", "max_abs_error", "sqnr_db",
                   "parameters", "min", "max", "absmax", "std", "kurtosis", "outlier_fraction_6sigma",
                   "scale_min", "scale_median", "scale_max", "zero_point_min", "zero_point_median", "zero_point_max"]
 
 
-def run(*args, stdin=None):
-    return subprocess.run([BIN, *args], input=stdin, capture_output=True, text=True, timeout=600)
-
-
-def assert_clean_error(result, code, *needles):
-    assert result.returncode == code, (result.returncode, result.stderr)
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err  # one line
-    for needle in needles:
-        assert needle in err, err
-    for crash in ("terminate called", "Exception raised from", "frame #", "Segmentation"):
-        assert crash not in result.stderr
-    assert result.stdout == ""
-
-
 def inspect_json(*args):
-    r = run("inspect", "--model", TINY, "--format", "json", "--quiet", *args)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return load_json(run("inspect", "--model", TINY, "--format", "json", "--quiet", *args))
 
 
 def sensitivity_json(*args, max_tokens=150):
-    r = run("sensitivity", "--model", TINY, "--format", "json", "--quiet", "--max-tokens", str(max_tokens), *args)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return load_json(run("sensitivity", "--model", TINY, "--format", "json", "--quiet", "--max-tokens",
+                         str(max_tokens), *args))
 
 
 # ---- inspect ----

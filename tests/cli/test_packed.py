@@ -6,28 +6,10 @@ Run like tests/cli/test_cli.py, with QUANTPPL_BIN and QUANTPPL_FIXTURES in the e
 import json
 import os
 import struct
-import subprocess
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
+from . import conftest
+from .conftest import EXIT_DATA, EXIT_USAGE, TINY, assert_clean_error, run
 
-EXIT_USAGE, EXIT_DATA = 2, 3
-
-
-def run(*args, stdin=None):
-    return subprocess.run([BIN, *args], input=stdin, capture_output=True, text=True, timeout=600)
-
-
-def assert_clean_error(result, code, *needles):
-    assert result.returncode == code, (result.returncode, result.stderr)
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    for crash in ("terminate called", "Exception raised from", "frame #", "Segmentation"):
-        assert crash not in result.stderr
-    assert result.stdout == ""
 
 
 def pack(tmp_path, variant, *extra, name="m.qpack"):
@@ -46,10 +28,7 @@ def header(path):
 
 
 def compare_json(model, variants):
-    r = run("compare", "--model", str(model), "--variants", variants, "--format", "json", "--quiet",
-            "--max-length", "32")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["results"]
+    return conftest.compare_json("--variants", variants, "--max-length", "32", model=model)["results"]
 
 
 def test_quantize_packed_writes_a_documented_file(tmp_path):

@@ -13,7 +13,6 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPORT = os.path.join(REPO, "scripts", "export_t5.py")
-sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 # The user's path is Debian's interpreter (it has torch); fall back to the running one.
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable

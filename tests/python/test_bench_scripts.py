@@ -14,10 +14,9 @@ import torch
 
 from conftest import REPO, SYSTEM_PYTHON
 
-import bench_report
-import make_bench_models as mbm
-import model_flops
-import python_baseline as pb
+from quantppl_tools import bench_models as mbm
+from quantppl_tools import bench_report, model_flops
+from quantppl_tools import python_baseline as pb
 
 QUANTPPL = os.path.join(REPO, "build", "quantppl")
 
@@ -104,7 +103,7 @@ def test_flops_match_the_module(ff, s, t):
 
 
 def test_flops_of_the_bench_shapes():
-    from t5_torchscript import normalize_config
+    from quantppl_tools.t5_torchscript import normalize_config
 
     flan = normalize_config(mbm.SHAPES["flan-t5-small"])
     assert model_flops.linear_weight_count(flan) == 60489728  # 242 MB: the notes' figure
@@ -138,7 +137,7 @@ def test_flops_config_from_archive(tiny_model):
 # ---------------------------------------------------------------------------------------------
 
 def test_parameter_counts():
-    from t5_torchscript import normalize_config
+    from quantppl_tools.t5_torchscript import normalize_config
 
     assert mbm.parameter_count(normalize_config(mbm.SHAPES["flan-t5-small"])) == 76961152
     assert mbm.parameter_count(normalize_config(mbm.SHAPES["t5-xl"])) == 2849757184
@@ -393,7 +392,7 @@ def test_report_with_nothing_measured(tmp_path):
 
 
 def test_model_bytes_counts_each_storage_once(tiny_model):
-    from t5_torchscript import normalize_config
+    from quantppl_tools.t5_torchscript import normalize_config
 
     assert bench_report.model_bytes(tiny_model) == 4 * mbm.parameter_count(normalize_config(TINY))
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import run_export
-import measure_default_model as mdm
+
+from quantppl_tools import measure as mdm
 
 transformers = pytest.importorskip("transformers")
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402

@@ -5,7 +5,7 @@ The reST sample is written here; expected outputs are written by hand.
 
 import numpy as np
 
-import train_default_model as tdm
+from quantppl_tools import train as tdm
 
 REST = """\
 :mod:`functools` --- Higher-order functions

@@ -9,20 +9,13 @@ import glob
 import io
 import json
 import os
-import subprocess
 
 import pytest
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
-TINY_VOCAB_SIZE = 384  # tiny.pt's quantppl.json vocab_size (tests/fixtures/make_tiny_model.py)
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_MODEL = os.path.join(REPO, "models", "default.pt")
-DEFAULT_TEXT = os.path.join(REPO, "data", "default_eval.txt")
+from cli import conftest
+from cli.conftest import EXIT_DATA, EXIT_IO, EXIT_USAGE, FIXTURES, REPO, TINY, assert_clean_error, run
 
-# Exit codes documented in README.md.
-EXIT_USAGE, EXIT_DATA, EXIT_IO = 2, 3, 4
+TINY_VOCAB_SIZE = 384  # tiny.pt's quantppl.json vocab_size (tests/fixtures/make_tiny_model.py)
 
 # Variants that exercise every quantizer path: per tensor/channel/group, both schemes, all ranges.
 VARIANTS = "fp32,absmax:8,zeropoint:4:group64,absmax:4:channel:mse,zeropoint:8:tensor:p99.9"
@@ -35,25 +28,8 @@ kBatchRelTol = 1e-5
 kKlAbsTol = 1e-8
 
 
-def run(*args, stdin=None):
-    return subprocess.run([BIN, *args], input=stdin, capture_output=True, text=True, timeout=600)
-
-
-def assert_clean_error(result, code, *needles):
-    assert result.returncode == code, (result.returncode, result.stderr)
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err  # one line
-    for needle in needles:
-        assert needle in err, err
-    for crash in ("terminate called", "Exception raised from", "frame #", "Segmentation", "Aborted"):
-        assert crash not in result.stderr
-    assert result.stdout == ""
-
-
 def compare_json(*args):
-    r = run("compare", "--model", TINY, "--format", "json", "--quiet", "--variants", VARIANTS, *args)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return conftest.compare_json("--variants", VARIANTS, *args)
 
 
 def timeless(fields):

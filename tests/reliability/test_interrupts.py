@@ -15,16 +15,10 @@ import time
 
 import pytest
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_MODEL = os.path.join(REPO, "models", "default.pt")
-DEFAULT_TEXT = os.path.join(REPO, "data", "default_eval.txt")
+from cli.conftest import BIN, CRASH_MARKERS, DEFAULT_MODEL, DEFAULT_TEXT, TINY
+
 VARIANTS = "fp32,absmax:8,zeropoint:4:group64,absmax:4:channel:mse,zeropoint:8:tensor:p99.9"
 SIGNALS = [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")]
-CRASH_MARKERS = ("terminate called", "Exception raised from", "frame #", "Segmentation", "Aborted",
-                 "AddressSanitizer", "runtime error")
 
 
 def long_compare(tmp_path):

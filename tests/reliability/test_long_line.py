@@ -14,11 +14,7 @@ import os
 import subprocess
 import sys
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_TEXT = os.path.join(REPO, "data", "default_eval.txt")
+from cli.conftest import BIN, DEFAULT_TEXT, TINY
 
 LINE_BYTES = 20 * 1024 * 1024
 # Peak RSS allowed on top of the same command on the default text, per byte of the line. Measured

@@ -11,6 +11,8 @@ the tests; the resume tests copy its directory.
 
 import base64
 import csv
+import json
+import math
 import os
 import re
 import shutil
@@ -20,6 +22,8 @@ import sys
 
 import pytest
 
+from quantppl_tools import sweep
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("QUANTPPL_BIN", os.path.join(REPO, "build", "quantppl")))
 FIXTURES = os.path.abspath(os.environ.get("QUANTPPL_FIXTURES", os.path.join(REPO, "build", "fixtures")))
@@ -27,9 +31,6 @@ TINY = os.path.join(FIXTURES, "tiny.pt")
 SWEEP = os.path.join(REPO, "scripts", "sweep.py")
 REPORT = os.path.join(REPO, "scripts", "report.py")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import sweep  # noqa: E402
 
 # About 250 words: enough for a few windows of the tiny model, short enough to keep the test fast.
 TEXT = """\
@@ -122,30 +123,71 @@ def test_csv_has_expected_columns_and_one_row_per_variant(sweep_dir):
     assert len(os.listdir(out / "raw")) == 3
 
 
-def test_effective_bits_include_scale_and_zero_point_overhead(sweep_dir):
+def qpack_bytes(shapes, bits, granularity, zero_points):
+    """Bytes of the quantized layers as docs/qpack-format.md defines them, from the layer shapes:
+    per layer ceil(numel * b / 8) code bytes + 4 per block (fp32 scale) + 2 per block (int16 zero
+    point, zeropoint only; the tiny model's zero points all fit int16)."""
+    total = 0
+    for _, rows, cols in shapes:
+        blocks = {"tensor": 1, "channel": rows}.get(granularity) or rows * cols // int(granularity[5:])
+        total += math.ceil(rows * cols * bits / 8) + 4 * blocks + (2 * blocks if zero_points else 0)
+    return total
+
+
+def test_storage_columns_are_the_clis_and_match_the_qpack_formula(sweep_dir):
     out, _ = sweep_dir
+    rows = {r["variant"]: r for r in read_csv(out / "results.csv")}
+    # the same variants through compare directly, written short: the CLI's canonical names key the rows
+    short = {"absmax:4": "absmax:4:tensor:minmax", "zeropoint:4": "zeropoint:4:tensor:minmax",
+             "absmax:8:group64": "absmax:8:group64:minmax", "zeropoint:4:group64": "zeropoint:4:group64:minmax"}
+    r = subprocess.run([BIN, "compare", "--model", TINY, "--text", os.path.join(REPO, "data", "default_eval.txt"),
+                        "--variants", ",".join(short), "--max-length", "16", "--format", "json", "--quiet"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout)["results"]
+    assert [x["spec"] for x in results] == list(short.values())
+    for x in results:
+        row = rows[x["spec"]]
+        for field in ("packed_bytes", "fp32_bytes"):
+            assert int(row[field]) == x[field], (x["spec"], field)
+        assert float(row["compression_ratio"]) == pytest.approx(x["compression_ratio"], rel=1e-15)
+        assert float(row["effective_bits_per_weight"]) == pytest.approx(32 * x["packed_bytes"] / x["fp32_bytes"],
+                                                                        rel=1e-15)
+    # ... and both agree with the storage counted independently from the layer shapes
     shapes = sweep.linear_shapes(TINY, None, None)
     params = sum(o * i for _, o, i in shapes)
-    rows = {r["variant"]: r for r in read_csv(out / "results.csv")}
     assert float(rows["fp32"]["effective_bits_per_weight"]) == 32
-    expected = {
-        "absmax:4:tensor:minmax": 4 + 32 * len(shapes) / params,
-        "zeropoint:4:tensor:minmax": 4 + 40 * len(shapes) / params,
-        "absmax:8:group64:minmax": 8 + 32 / 64,
-        "zeropoint:4:group64:minmax": 4 + 40 / 64,
-    }
-    for variant, bits in expected.items():
-        assert float(rows[variant]["effective_bits_per_weight"]) == pytest.approx(bits, rel=1e-12), variant
+    assert int(rows["fp32"]["packed_bytes"]) == int(rows["fp32"]["fp32_bytes"]) == 4 * params
+    for variant in VARIANTS:
+        scheme, bits, gran, _ = variant.split(":")
+        expected = qpack_bytes(shapes, int(bits), gran, scheme == "zeropoint")
+        assert int(rows[variant]["packed_bytes"]) == expected, variant
+        assert float(rows[variant]["effective_bits_per_weight"]) == pytest.approx(8 * expected / params, rel=1e-12)
+    assert float(rows["zeropoint:4:group64:minmax"]["effective_bits_per_weight"]) == pytest.approx(4 + 48 / 64)
 
 
-def test_effective_bits_per_channel_uses_exact_shapes():
-    shapes = [("a", 4, 8), ("b", 2, 16)]  # 64 weights, 6 rows
-    assert sweep.effective_bits("absmax:3:channel:mse", 2, 64, shapes, None) == pytest.approx(3 + 6 * 32 / 64)
-    assert sweep.effective_bits("zeropoint:3:channel:minmax", 2, 64, shapes, None) == pytest.approx(3 + 6 * 40 / 64)
-    # without shapes: the --in-features assumption, or unknown
-    assert sweep.effective_bits("absmax:3:channel:minmax", 2, 64, None, 16) == pytest.approx(3 + 4 * 32 / 64)
-    assert sweep.effective_bits("absmax:3:channel:minmax", 2, 64, None, None) is None
-    assert sweep.effective_bits("absmax:3:group16:minmax", 2, 64, None, None) == pytest.approx(3 + 2)
+def test_effective_bits_prefer_the_clis_bits_per_weight():
+    assert sweep.effective_bits({"bits_per_weight": 4.5, "packed_bytes": 1, "fp32_bytes": 4}) == 4.5
+    assert sweep.effective_bits({"packed_bytes": 36, "fp32_bytes": 256}) == pytest.approx(32 * 36 / 256)
+    assert sweep.effective_bits({"packed_bytes": None, "fp32_bytes": 256}) is None
+    assert sweep.effective_bits({}) is None
+
+
+def test_short_specs_are_keyed_by_their_canonical_name_and_resume(sweep_dir, text_file, tmp_path):
+    out, _ = sweep_dir
+    copy = tmp_path / "short"
+    shutil.copytree(out, copy)
+    # absmax:4 is absmax:4:tensor:minmax, already in results.csv; the sweep cannot know that before
+    # the CLI says so (it does not parse specs), so it runs once and replaces that row
+    r = run_sweep(copy, text_file, "--variants", "absmax:4,absmax:3:channel")
+    assert r.returncode == 0, r.stderr
+    assert progress_variants(r.stderr) == ["absmax:4:tensor:minmax", "absmax:3:channel:minmax"]
+    rows = [x["variant"] for x in read_csv(copy / "results.csv")]
+    assert rows.count("absmax:4:tensor:minmax") == 1 and "absmax:3:channel:minmax" in rows
+    assert "absmax:4" not in rows and "absmax:3:channel" not in rows
+    again = run_sweep(copy, text_file, "--variants", "absmax:4,absmax:3:channel")
+    assert again.returncode == 0, again.stderr
+    assert "nothing to run" in again.stderr
 
 
 def test_pngs_are_valid_images(sweep_dir):
@@ -240,10 +282,13 @@ def test_missing_binary_is_a_one_line_error(tmp_path, text_file):
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--bits", "9"], "--bits"),
-    (["--variants", "absmax:4:rows"], "bad variant spec 'absmax:4:rows'"),
-    (["--schemes", "lloyd"], "--schemes"),
+    # the sweep's own flags
+    (["--bits", "4-x"], "--bits"),
     (["--batch-variants", "0"], "--batch-variants"),
+    # specs: the CLI's grammar, its message passed through
+    (["--bits", "9"], "invalid variant 'absmax:9:tensor:minmax'"),
+    (["--variants", "absmax:4:rows"], "invalid variant 'absmax:4:rows'"),
+    (["--schemes", "lloyd"], "invalid variant 'lloyd:2:tensor:minmax'"),
 ])
 def test_bad_flags_are_one_line_usage_errors(tmp_path, text_file, flags, needle):
     r = run_sweep(tmp_path / "x", text_file, *flags)

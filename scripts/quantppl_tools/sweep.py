@@ -1,0 +1,471 @@
+"""Sweep a grid of quantization variants with `quantppl compare` and plot the results.
+
+    scripts/sweep.py --out sweeps/default                      # the full grid on the default model/text
+    scripts/sweep.py --out sweeps/quick --schemes absmax --bits 4,8 --granularities tensor,group64 \
+        --ranges minmax --report
+    scripts/sweep.py --out sweeps/mine --variants absmax:4:channel:mse,zeropoint:3:group32
+
+The grid is schemes x bits x granularities x ranges, each spec written SCHEME:BITS:GRAN:RANGE,
+or an explicit --variants list; the CLI alone knows the variant grammar: it validates the specs
+and reports each one's canonical spelling (`spec`) and storage (`packed_bytes`, `fp32_bytes`,
+`compression_ratio`), which the sweep copies. fp32 is always evaluated, first, once; every delta
+is against that row. Variants run in batches of --batch-variants in ONE
+`quantppl compare --format json --quiet` call each, so the model is loaded and the text tokenized
+once per batch. After every batch DIR/results.csv is rewritten (temporary file + rename: a kill
+never leaves half a row), so an interrupted sweep resumes where it stopped: rerunning the same
+command skips every variant already in results.csv (--fresh starts over). run.json remembers the
+canonical spelling of every spec the CLI has seen, so a short spec (absmax:4) is found again.
+
+Outputs in DIR: results.csv (one row per variant, sweep_results.py), run.json (settings of the
+run), raw/ (the JSON of every compare call), PNG plots (sweep_plots.py), and with --report
+report.html + report.md (report.py).
+
+Effective bits per weight (column effective_bits_per_weight): the storage a variant needs per
+quantized weight, codes plus quantization parameters, as the CLI counts it for a .qpack file
+(packed_size_bytes, docs/qpack-format.md): the CLI's bits_per_weight when it reports one, else
+
+    effective_bits = 8 * packed_bytes / (fp32_bytes / 4) = 32 * packed_bytes / fp32_bytes
+
+(fp32: 32). Layer shapes are read from the model with torch (when importable) for one purpose
+only: to skip a group size that does not divide some layer's input dimension instead of failing
+its whole batch.
+
+Exit codes: 0 done; 2 usage error (bad flag, grid or variant spec); 4 missing binary or unwritable
+DIR; 130 interrupted (rerun to resume); a failing `quantppl` call passes its own code through.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+from . import report
+from .paths import REPO
+from .sweep_plots import plot_all
+from .sweep_results import (BASE_COLUMNS, EXIT_INTERRUPTED, EXIT_IO, EXIT_USAGE, SweepError, atomic_write,
+                            columns_for, log, read_results, variant_columns, write_csv)
+
+DEFAULT_BIN = os.environ.get("QUANTPPL_BIN") or os.path.join(REPO, "build", "quantppl")
+
+DEFAULT_GRANULARITIES = "tensor,channel,group32,group64,group128"
+DEFAULT_RANGES = "minmax,p99.9,p99.99,mse"
+
+# Settings recorded in run.json; a resumed sweep must match them.
+PINNED_SETTINGS = ["model_sha256", "text_sha256", "mode", "max_length", "include", "exclude"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid: spec strings for the CLI (which validates them)
+
+
+def parse_list(flag, text):
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise SweepError(f"{flag}: empty list")
+    return items
+
+
+def parse_bits(text):
+    bits = []
+    for item in parse_list("--bits", text):
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", item)
+        if not m:
+            raise SweepError(f"--bits: expected numbers or ranges like 2-8 or 2,4,8, got '{item}'")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if lo > hi:
+            raise SweepError(f"--bits: empty range '{item}'")
+        bits.extend(b for b in range(lo, hi + 1) if b not in bits)
+    return bits
+
+
+def build_grid(args):
+    """The specs of the sweep, fp32 first, without duplicates, as the CLI will be given them."""
+    if args.variants:
+        specs = parse_list("--variants", args.variants)
+    else:
+        schemes = parse_list("--schemes", args.schemes)
+        bits = parse_bits(args.bits)
+        grans = parse_list("--granularities", args.granularities)
+        ranges = parse_list("--ranges", args.ranges)
+        specs = [f"{s}:{b}:{g}:{r}" for s in schemes for g in grans for r in ranges for b in bits]
+    grid = ["fp32"]
+    for spec in specs:
+        if spec not in grid:
+            grid.append(spec)
+    return grid
+
+
+def group_size(spec):
+    """N of a groupN field of a spec, or None: only to skip a size that cannot apply."""
+    m = re.search(r":group([0-9]+)(?::|$)", spec)
+    return int(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer shapes (for the group-size check) and storage per weight
+
+
+def linear_shapes(model_path, include, exclude):
+    """[(name, out_features, in_features)] of the Linear layers quantppl would quantize, or None
+    (with a message) when torch cannot read the model."""
+    try:
+        import torch  # noqa: deferred: only for the shapes
+    except ImportError:
+        log("sweep: note: torch is not importable; group sizes are checked by the CLI")
+        return None
+    try:
+        module = torch.jit.load(model_path, map_location="cpu")
+    except Exception as e:  # a model the CLI can read but torch here cannot: not fatal
+        log(f"sweep: note: cannot read layer shapes from {model_path} ({str(e).splitlines()[0]}); "
+            "group sizes are checked by the CLI")
+        return None
+    shapes, seen = [], set()
+    for name, sub in module.named_modules():
+        if getattr(sub, "original_name", "") != "Linear":
+            continue
+        if include and not re.search(include, name):
+            continue
+        if exclude and re.search(exclude, name):
+            continue
+        w = sub.weight
+        if w.data_ptr() in seen:  # an aliased (tied) weight is quantized once
+            continue
+        seen.add(w.data_ptr())
+        shapes.append((name, int(w.shape[0]), int(w.shape[1])))
+    return shapes
+
+
+def effective_bits(result):
+    """Bits per quantized weight of one result of the CLI's JSON: its bits_per_weight, else
+    32 * packed_bytes / fp32_bytes (formula in the module doc); None when it reports neither."""
+    if isinstance(result.get("bits_per_weight"), (int, float)):
+        return float(result["bits_per_weight"])
+    packed, fp32 = result.get("packed_bytes"), result.get("fp32_bytes")
+    if isinstance(packed, int) and isinstance(fp32, int) and fp32 > 0:
+        return 32.0 * packed / fp32
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Running quantppl
+
+
+def check_binary(binary):
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        raise SweepError(f"quantppl binary not found or not executable: {binary} "
+                         "(build it, or pass --bin / set QUANTPPL_BIN)", EXIT_IO)
+
+
+def cli_args(args):
+    """The flags passed to every quantppl call besides --variants."""
+    out = []
+    for flag, value in (("--model", args.model), ("--tokenizer", args.tokenizer), ("--text", args.text),
+                        ("--mode", args.mode), ("--max-length", args.max_length),
+                        ("--batch-size", args.batch_size), ("--threads", args.threads),
+                        ("--include", args.include), ("--exclude", args.exclude)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+def run_cli(binary, argv):
+    """Runs quantppl; returns stdout. A failure becomes SweepError carrying the CLI's own message
+    and exit code."""
+    try:
+        r = subprocess.run([binary, *argv], capture_output=True, text=True)
+    except OSError as e:
+        raise SweepError(f"cannot run {binary}: {e.strerror}", EXIT_IO) from None
+    if r.returncode != 0:
+        lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+        message = lines[-1] if lines else f"exited with code {r.returncode}"
+        message = re.sub(r"^quantppl: error: ", "", message)
+        code = r.returncode if r.returncode > 0 else EXIT_INTERRUPTED
+        raise SweepError(f"quantppl {argv[0]} failed (exit {r.returncode}): {message}", code)
+    return r.stdout
+
+
+def has_subcommand(binary, name):
+    """Whether `quantppl NAME` exists. The exit code of `quantppl NAME --help` is not enough (an
+    unknown name may fall back to the top-level help with exit 0): the top-level help must list it."""
+    try:
+        top = subprocess.run([binary, "--help"], capture_output=True, text=True)
+        sub = subprocess.run([binary, name, "--help"], capture_output=True, text=True)
+    except OSError:
+        return False
+    listed = re.search(r"^Subcommands:\s*$(.*)", top.stdout, re.M | re.S)
+    return (sub.returncode == 0 and listed is not None
+            and re.search(rf"^\s+{re.escape(name)}\s", listed.group(1), re.M) is not None)
+
+
+def fmt_duration(seconds):
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def progress_line(index, total, row, eta):
+    delta = row.get("delta_ppl_pct")
+    delta_text = f" ({delta:+.1f}%)" if isinstance(delta, (int, float)) and math.isfinite(delta) else ""
+    ppl = row.get("ppl")
+    ppl_text = f"{ppl:.4g}" if isinstance(ppl, (int, float)) else "?"
+    eta_text = f"  ETA {fmt_duration(eta)}" if eta is not None else ""
+    return f"[{index}/{total}] {row['variant']}  ppl {ppl_text}{delta_text}{eta_text}"
+
+
+def canonical_name(result):
+    """The canonical spec of one result of the CLI's JSON (`spec`; `variant` from a CLI too old
+    to report it, which then labels the row as the spec was written)."""
+    return result.get("spec") or result.get("variant")
+
+
+def run_sweep(args):
+    check_binary(args.bin)
+    grid = build_grid(args)
+    out = args.out
+    try:
+        os.makedirs(os.path.join(out, "raw"), exist_ok=True)
+    except OSError as e:
+        raise SweepError(f"--out: cannot create {out}: {e.strerror}", EXIT_IO) from None
+    csv_path = os.path.join(out, "results.csv")
+    run_path = os.path.join(out, "run.json")
+
+    if args.fresh:
+        for p in (csv_path, run_path):
+            if os.path.exists(p):
+                os.unlink(p)
+        shutil.rmtree(os.path.join(out, "raw"), ignore_errors=True)
+        os.makedirs(os.path.join(out, "raw"), exist_ok=True)
+    rows, old_columns = read_results(csv_path)
+    run_info = {}
+    if os.path.exists(run_path):
+        with open(run_path, encoding="utf-8") as f:
+            run_info = json.load(f)
+    # spec as given -> canonical spec, as the CLI reported it (a canonical spec maps to itself)
+    canonical = dict(run_info.get("canonical_specs", {}))
+    extra_order = [c for c in old_columns if c not in BASE_COLUMNS]
+    done = {r["variant"] for r in rows}
+    fp32_row = next((r for r in rows if r["variant"] == "fp32"), None)
+
+    # Layer shapes before the first call, so group sizes that cannot apply are skipped up front;
+    # re-read if the CLI reports a different model than the one guessed here.
+    home = os.environ.get("QUANTPPL_HOME") or REPO
+    shapes_model = args.model or run_info.get("model") or os.path.join(home, "models", "default.pt")
+    shapes = linear_shapes(shapes_model, args.include, args.exclude) if os.path.isfile(shapes_model) else None
+    shapes_checked = False
+
+    todo = [v for v in grid if v not in done and canonical.get(v) not in done]
+    if fp32_row is None:
+        todo = ["fp32"] + [v for v in todo if v != "fp32"]
+    if rows:
+        log(f"sweep: resuming: {len(grid) - len(todo)} of {len(grid)} variants already in {csv_path}, "
+            f"{len(todo)} to run (--fresh starts over)")
+    else:
+        log(f"sweep: {len(grid)} variants (fp32 first), batches of {args.batch_variants}, into {out}")
+
+    total = len(grid)
+    finished = len(grid) - len(todo)
+    started = time.monotonic()
+    computed = 0
+    batch_no = len([n for n in os.listdir(os.path.join(out, "raw")) if n.endswith(".json")])
+    while todo:
+        batch, todo = todo[:args.batch_variants], todo[args.batch_variants:]
+        if shapes:  # a group size that does not divide a layer's input dimension: skip, say why
+            keep = []
+            for v in batch:
+                g = group_size(v)
+                bad = next((n for n, _, i in shapes if g and i % g), None)
+                if bad:
+                    log(f"sweep: skipping {v}: group size {g} does not divide the input dimension of {bad}")
+                    total -= 1
+                else:
+                    keep.append(v)
+            batch = keep
+            if not batch:
+                continue
+        argv = ["compare", *cli_args(args), "--variants", ",".join(batch), "--format", "json", "--quiet"]
+        t0 = time.monotonic()
+        cli_report = json.loads(run_cli(args.bin, argv))
+        settings = {k: v for k, v in cli_report.items() if k != "results"}
+        if run_info.get("model_sha256"):
+            changed = [k for k in PINNED_SETTINGS if run_info.get(k) != settings.get(k)]
+            if changed:
+                raise SweepError(f"{out} holds a sweep with different settings ({', '.join(changed)} differ); "
+                                 "use another --out or --fresh")
+        batch_no += 1
+        atomic_write(os.path.join(out, "raw", f"batch-{batch_no:03d}.json"), json.dumps(cli_report, indent=1) + "\n")
+        if not shapes_checked:
+            shapes_checked = True
+            if not os.path.isfile(shapes_model) or not os.path.samefile(shapes_model, settings["model"]):
+                shapes = linear_shapes(settings["model"], args.include, args.exclude)
+        if not run_info.get("model_sha256"):
+            run_info = dict(settings)
+            run_info["started"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        run_info["updated"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        run_info["sweep_command"] = shlex.join([sys.argv[0], *sys.argv[1:]])
+        run_info["last_cli_command"] = shlex.join([args.bin, *argv])
+        run_info["quantppl_version"] = settings.get("quantppl_version")
+        run_info["libtorch_version"] = settings.get("libtorch_version")
+
+        results = cli_report.get("results", [])
+        if len(results) != len(batch):
+            raise SweepError(f"quantppl returned {len(results)} results for {len(batch)} variants", 5)
+        new_rows = []
+        for v, r in zip(batch, results):  # the CLI reports the variants in the order given
+            name = canonical_name(r)
+            canonical[v] = name
+            row = {"variant": name, **variant_columns(name)}
+            for k, val in r.items():
+                if k not in ("variant", "spec"):
+                    row[k] = val
+                    if k not in BASE_COLUMNS and k not in extra_order:
+                        extra_order.append(k)
+            if name == "fp32":
+                fp32_row = row
+            if fp32_row and isinstance(row.get("ppl"), (int, float)) and row.get("delta_ppl_pct") is None:
+                row["delta_ppl_pct"] = 100.0 * (row["ppl"] / fp32_row["ppl"] - 1.0)
+            row["effective_bits_per_weight"] = effective_bits(r)
+            new_rows.append(row)
+        # a spec written two ways (absmax:4, absmax:4:tensor:minmax) is one row: the newer one
+        renamed = {row["variant"] for row in new_rows}
+        rows = [row for row in rows if row["variant"] not in renamed] + new_rows
+        run_info["canonical_specs"] = canonical
+        write_csv(csv_path, rows, columns_for(rows, extra_order))
+        atomic_write(run_path, json.dumps(run_info, indent=1) + "\n")
+
+        elapsed_batch = time.monotonic() - t0
+        computed += len(batch)
+        per_variant = (time.monotonic() - started) / computed
+        for row in new_rows:
+            finished += 1
+            remaining = total - finished
+            log(progress_line(finished, total, row, per_variant * remaining if remaining else None))
+        log(f"sweep: batch {batch_no} ({len(batch)} variants) took {fmt_duration(elapsed_batch)}")
+    if computed == 0:
+        log(f"sweep: nothing to run: all {len(grid)} variants are in {csv_path}")
+    return rows, run_info
+
+
+def run_sensitivity(args, run_info):
+    """Runs `quantppl sensitivity --format json`, saves DIR/sensitivity.json, returns the report
+    (None with a message when the subcommand does not exist)."""
+    if not has_subcommand(args.bin, "sensitivity"):
+        log(f"sweep: {args.bin} has no 'sensitivity' subcommand (not built yet?): skipping the sensitivity chart")
+        return None
+    spec = args.sensitivity.strip()
+    if spec == "fp32":
+        raise SweepError("--sensitivity: needs a quantized variant, not fp32")
+    argv = ["sensitivity", *cli_args(args), "--variant", spec, "--format", "json", "--quiet"]
+    if args.sensitivity_max_tokens:
+        argv += ["--max-tokens", str(args.sensitivity_max_tokens)]
+    saved_path = os.path.join(args.out, "sensitivity.json")
+    if os.path.exists(saved_path):  # a resumed sweep does not redo the (long) sensitivity run
+        with open(saved_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if (saved.get("variant") == spec and saved.get("model_sha256") == run_info.get("model_sha256")
+                and saved.get("text_sha256") == run_info.get("text_sha256")
+                and (saved.get("max_tokens") or 0) == (args.sensitivity_max_tokens or 0)):
+            log(f"sweep: reusing {saved_path} (same variant, model and text)")
+            return saved
+    log(f"sweep: per-layer sensitivity to {spec} (one run per layer; can take a while)")
+    report = json.loads(run_cli(args.bin, argv))
+    if not isinstance(report.get("layers"), list) or not all("name" in l and "delta_ppl_pct" in l
+                                                             for l in report["layers"]):
+        log("sweep: the sensitivity JSON has no layers[].name/delta_ppl_pct: skipping the chart")
+        return None
+    atomic_write(os.path.join(args.out, "sensitivity.json"), json.dumps(report, indent=1) + "\n")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage summary is in --help)."""
+
+    def error(self, message):
+        log(f"sweep: error: {message} (see --help)")
+        sys.exit(EXIT_USAGE)
+
+
+def parse_args(argv):
+    p = OneLineErrorParser(
+        prog="sweep.py", description="Run a grid of quantization variants through `quantppl compare` "
+        "(one call per batch), write results.csv and PNG plots into --out; rerun to resume. "
+        "Formulas, outputs and exit codes: the top of scripts/quantppl_tools/sweep.py and docs/sweep.md.")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created)")
+    p.add_argument("--bin", default=DEFAULT_BIN, help="quantppl binary (default: $QUANTPPL_BIN or %(default)s)")
+    p.add_argument("--model", "-m", help="contract model (default: the CLI's, models/default.pt)")
+    p.add_argument("--tokenizer", help="sentencepiece model overriding the model's own")
+    p.add_argument("--text", "-t", help="evaluation text file (default: the CLI's, data/default_eval.txt)")
+    g = p.add_argument_group("grid (ignored with --variants)")
+    g.add_argument("--schemes", default="absmax,zeropoint", help="(default: %(default)s)")
+    g.add_argument("--bits", default="2-8", help="e.g. 2-8 or 3,4,8 (default: %(default)s)")
+    g.add_argument("--granularities", default=DEFAULT_GRANULARITIES, help="tensor, channel, groupN (default: %(default)s)")
+    g.add_argument("--ranges", default=DEFAULT_RANGES, help="minmax, pP (percentile), mse (default: %(default)s)")
+    g.add_argument("--variants", "-v", help="explicit comma-separated variant list instead of the grid")
+    p.add_argument("--batch-variants", type=int, default=8, metavar="N", help="variants per quantppl call (default: %(default)s)")
+    p.add_argument("--fresh", action="store_true", help="discard DIR's earlier results instead of resuming")
+    p.add_argument("--resume", action="store_true", help="resume (the default; accepted for clarity)")
+    p.add_argument("--sensitivity", metavar="SPEC", help="also chart `quantppl sensitivity --variant SPEC`")
+    p.add_argument("--sensitivity-max-tokens", type=int, metavar="N", help="--max-tokens for the sensitivity run")
+    p.add_argument("--report", action="store_true", help="also write report.html and report.md (scripts/report.py)")
+    c = p.add_argument_group("passed through to quantppl compare")
+    c.add_argument("--mode", choices=["reconstruct", "prefix"])
+    c.add_argument("--max-length", type=int)
+    c.add_argument("--batch-size", type=int)
+    c.add_argument("--threads", type=int)
+    c.add_argument("--include", metavar="REGEX")
+    c.add_argument("--exclude", metavar="REGEX")
+    args = p.parse_args(argv)
+    if args.fresh and args.resume:
+        p.error("--fresh and --resume contradict each other")
+    if args.batch_variants < 1:
+        p.error(f"--batch-variants must be >= 1, got {args.batch_variants}")
+    if args.text == "-":
+        p.error("--text -: a sweep reads the text once per batch; save it to a file first")
+    for flag in ("include", "exclude"):
+        value = getattr(args, flag)
+        if value:
+            try:
+                re.compile(value)
+            except re.error as e:
+                p.error(f"--{flag}: bad regex '{value}': {e}")
+    args.bin = os.path.abspath(args.bin) if os.sep in args.bin else (shutil.which(args.bin) or args.bin)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        rows, run_info = run_sweep(args)
+        sensitivity = run_sensitivity(args, run_info) if args.sensitivity else None
+        if sensitivity is None and os.path.exists(os.path.join(args.out, "sensitivity.json")):
+            with open(os.path.join(args.out, "sensitivity.json"), encoding="utf-8") as f:
+                sensitivity = json.load(f)
+        written = plot_all(args.out, rows, run_info, sensitivity)
+        log(f"sweep: wrote {os.path.join(args.out, 'results.csv')} ({len(rows)} rows)"
+            + (f" and {', '.join(w for w, _ in written)}" if written else ""))
+        if args.report:
+            for path in report.write_report(args.out):
+                log(f"sweep: wrote {path}")
+    except SweepError as e:
+        log(f"sweep: error: {e}")
+        return e.code
+    except KeyboardInterrupt:
+        log(f"sweep: interrupted; finished variants are in {os.path.join(args.out, 'results.csv')} — "
+            "rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
