@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "progress.h"
 #include "quantppl/compare.h"
+#include "quantppl/error.h"
 #include "quantppl/output_file.h"
 #include "quantppl/regression_check.h"
 #include "quantppl/report.h"
@@ -44,6 +45,10 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
       ->check(integer_at_least(1))
       ->capture_default_str();
   cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
+  cmd->add_flag("--stats", c.stats,
+                "After the table, per variant, the statistics llama.cpp's llama-perplexity --kl-divergence prints: "
+                "PPL ratio and NLL correlation, KL divergence and delta-p percentiles, same-top-token share, each "
+                "with its standard error (JSON and CSV always carry them)");
   cmd->add_option("--output,-o", c.output, "Write the result here (atomically) instead of standard output");
   cmd->add_flag("--force", c.force, "Replace an existing --output file");
   cmd->add_option("--check", c.check,
@@ -64,6 +69,10 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
 }
 
 int run_compare_command(const CompareCommand& c, bool variants_given) {
+  if (c.stats && c.format != "table") {
+    throw UsageError("--stats: only with --format table, got --format " + c.format +
+                     " (JSON and CSV always carry every statistic)");
+  }
   if (!c.output.empty()) check_output_path(c.output, c.force);
   ExpectedRun expected;
   std::string variant_specs = c.variants;
@@ -109,6 +118,7 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
     rendered = format_csv(report);
   } else {
     rendered = format_table(report);
+    if (c.stats) rendered += format_stats(report);
   }
   emit_output(rendered, c.output, c.force);
 
