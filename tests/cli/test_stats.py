@@ -164,3 +164,10 @@ def test_one_token_gives_null_standard_errors(tmp_path):
         assert v["kl_" + p] == v["kl_min"] == v["kl_max"]
         assert v["delta_p_" + p] == v["delta_p_min"]
     assert v["ppl_ratio"] == pytest.approx(math.exp(v["delta_nll_mean"]), rel=1e-12)
+
+
+def test_help_describes_the_flag_and_the_fields():
+    r = run("compare", "--help")
+    assert r.returncode == 0
+    for needle in ("--stats", "kl_p999", "ppl_ratio_ci95_low", "nll_correlation", "delta_p_rms", "top1_agreement(_stderr)"):
+        assert needle in r.stdout, needle
