@@ -20,9 +20,10 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // Positions per parallel task: a position is ~20 us of work at V = 32k.
 constexpr int64_t kRowsPerTask = 4;
 
-// Population variance from running sums, clamped at 0 against rounding:
-// E[x^2] - E[x]^2 (the sums are of float32-rounded values in double, whose
-// means are far from 1e8 times their spread, so the cancellation is harmless).
+// Population variance from running sums, E[x^2] - E[x]^2, clamped at 0
+// against rounding. The cancellation costs a relative error of about
+// 1e-16 * E[x^2] / var: 1e-11 even for a paired NLL change whose mean is 100
+// times its spread, far below what a standard error can resolve.
 double variance_from_sums(double sum, double sq_sum, double n) {
   const double mean = sum / n;
   return std::max(0.0, sq_sum / n - mean * mean);
