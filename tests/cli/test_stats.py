@@ -11,6 +11,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -20,7 +21,7 @@ TINY = os.path.join(FIXTURES, "tiny.pt")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REFERENCE = os.path.join(REPO, "tests", "reference", "distribution_metrics.py")
 TEXT = os.path.join(REPO, "data", "default_eval.txt")
-PYTHON = "/usr/bin/python3"  # Debian's, with torch, numpy and sentencepiece
+PYTHON = sys.executable  # the interpreter running pytest (CTest: Debian's, with torch, numpy, sentencepiece)
 MAX_LENGTH = 64
 
 PERCENTILES = ["p001", "p01", "p05", "p10", "p25", "median", "p75", "p90", "p95", "p99", "p999"]
