@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -163,12 +164,13 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     r.ppl_stderr = ppl.ppl_stderr();
     r.tokens = ppl.tokens;
     r.delta_ppl_pct = 100.0 * (r.ppl / fp32_ppl - 1.0);
-    r.kl_mean = c.kl_mean();
-    r.kl_p99 = c.kl_p99();
-    r.kl_max = c.kl_max();
-    r.top1_agreement = c.top1_agreement();
-    r.delta_nll_mean = c.delta_nll_mean();
-    r.delta_nll_ci95 = c.delta_nll_ci95();
+    r.distribution = c.summarize();
+    r.kl_mean = r.distribution.kl.mean;
+    r.kl_p99 = r.distribution.kl.p99.value_or(std::numeric_limits<double>::quiet_NaN());
+    r.kl_max = r.distribution.kl.max;
+    r.top1_agreement = r.distribution.top1_agreement;
+    r.delta_nll_mean = r.distribution.delta_nll_mean;
+    r.delta_nll_ci95 = r.distribution.delta_nll_ci95;
     r.seconds = runs[i].variant->is_fp32 ? fp32_seconds : runs[i].seconds;
   }
   report.total_seconds = seconds_since(run_started);

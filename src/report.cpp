@@ -1,6 +1,9 @@
 #include "quantppl/report.h"
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
+#include <utility>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -39,7 +42,25 @@ ordered_json settings_json(const CompareReport& r) {
   return j;
 }
 
+// prefix_min, prefix_p001 ... prefix_p999, prefix_max: the spread of one per-token quantity.
+void add_spread(ordered_json& j, const std::string& prefix, const TokenValueStats& s) {
+  j[prefix + "_min"] = number_or_null(s.min);
+  j[prefix + "_p001"] = number_or_null(s.p001);
+  j[prefix + "_p01"] = number_or_null(s.p01);
+  j[prefix + "_p05"] = number_or_null(s.p05);
+  j[prefix + "_p10"] = number_or_null(s.p10);
+  j[prefix + "_p25"] = number_or_null(s.p25);
+  j[prefix + "_median"] = number_or_null(s.median);
+  j[prefix + "_p75"] = number_or_null(s.p75);
+  j[prefix + "_p90"] = number_or_null(s.p90);
+  j[prefix + "_p95"] = number_or_null(s.p95);
+  j[prefix + "_p99"] = number_or_null(s.p99);
+  j[prefix + "_p999"] = number_or_null(s.p999);
+  j[prefix + "_max"] = number_or_null(s.max);
+}
+
 ordered_json result_json(const VariantResult& v) {
+  const DistributionStats& d = v.distribution;
   ordered_json j;
   j["variant"] = v.variant;
   j["spec"] = v.spec;
@@ -49,11 +70,24 @@ ordered_json result_json(const VariantResult& v) {
   j["tokens"] = v.tokens;
   j["delta_ppl_pct"] = number_or_null(v.delta_ppl_pct);
   j["kl_mean"] = number_or_null(v.kl_mean);
+  j["kl_mean_stderr"] = number_or_null(d.kl.mean_stderr);
+  add_spread(j, "kl", d.kl);
+  // The flat fields, which run_compare copies from d.kl, win (in place: ordered_json keeps the key's position).
   j["kl_p99"] = number_or_null(v.kl_p99);
   j["kl_max"] = number_or_null(v.kl_max);
   j["top1_agreement"] = number_or_null(v.top1_agreement);
+  j["top1_agreement_stderr"] = number_or_null(d.top1_agreement_stderr);
   j["delta_nll_mean"] = number_or_null(v.delta_nll_mean);
   j["delta_nll_ci95"] = number_or_null(v.delta_nll_ci95);
+  j["ppl_ratio"] = number_or_null(d.ppl_ratio);
+  j["ppl_ratio_ci95_low"] = number_or_null(d.ppl_ratio_ci95_low);
+  j["ppl_ratio_ci95_high"] = number_or_null(d.ppl_ratio_ci95_high);
+  j["nll_correlation"] = number_or_null(d.nll_correlation);
+  j["delta_p_mean"] = number_or_null(d.delta_p.mean);
+  j["delta_p_mean_stderr"] = number_or_null(d.delta_p.mean_stderr);
+  j["delta_p_rms"] = number_or_null(d.delta_p_rms);
+  j["delta_p_rms_stderr"] = number_or_null(d.delta_p_rms_stderr);
+  add_spread(j, "delta_p", d.delta_p);
   j["weight_mse"] = number_or_null(v.weight_mse);
   j["weight_sqnr_db"] = number_or_null(v.weight_sqnr_db);
   j["packed_bytes"] = v.packed_bytes ? ordered_json(*v.packed_bytes) : ordered_json(nullptr);
@@ -123,8 +157,57 @@ std::string format_table(const CompareReport& r) {
                        100.0 * v.top1_agreement, mse, sqnr, packed, v.seconds);
   }
   out += fmt::format("\n{} tokens predicted per variant; ± is one standard error for perplexity and the 95% "
-                     "interval of the paired per-token NLL change against fp32.\n",
+                     "interval of the paired per-token NLL change against fp32. --stats: every statistic per variant.\n",
                      r.results.empty() ? 0 : r.results.front().tokens);
+  return out;
+}
+
+std::string format_stats(const CompareReport& r) {
+  std::string out;
+  for (const VariantResult& v : r.results) {
+    const DistributionStats& d = v.distribution;
+    out += fmt::format("\n====== {} against fp32: {} tokens ======\n", v.variant, d.tokens);
+    // Perplexity block. PPL's ± is ppl * stderr(nll) (delta method); the
+    // difference's ± adds both with their covariance, corr * se_q * se_base.
+    const double ppl_q = std::exp(d.nll_mean);
+    const double ppl_base = std::exp(d.reference_nll_mean);
+    const double u_q = ppl_q * d.nll_mean_stderr;
+    const double u_base = ppl_base * d.reference_nll_mean_stderr;
+    const double diff_u = std::sqrt(std::max(0.0, u_q * u_q + u_base * u_base - 2.0 * d.nll_correlation * u_q * u_base));
+    out += "====== Perplexity statistics ======\n";
+    out += fmt::format("Mean PPL(Q)                   : {:10.6f} ± {:10.6f}\n", ppl_q, u_q);
+    out += fmt::format("Mean PPL(base)                : {:10.6f} ± {:10.6f}\n", ppl_base, u_base);
+    out += fmt::format("Cor(ln(PPL(Q)), ln(PPL(base))): {:6.2f}%\n", 100.0 * d.nll_correlation);
+    out += fmt::format("Mean ln(PPL(Q)/PPL(base))     : {:10.6f} ± {:10.6f}\n", d.delta_nll_mean, d.delta_nll_stderr);
+    out += fmt::format("Mean PPL(Q)/PPL(base)         : {:10.6f} ± {:10.6f}   95% CI [{:.6f}, {:.6f}]\n", d.ppl_ratio,
+                       d.ppl_ratio * d.delta_nll_stderr, d.ppl_ratio_ci95_low, d.ppl_ratio_ci95_high);
+    out += fmt::format("Mean PPL(Q)-PPL(base)         : {:10.6f} ± {:10.6f}\n", ppl_q - ppl_base,
+                       std::isfinite(d.nll_correlation) ? diff_u : std::nan(""));
+    // KL block: nats, highest first (llama.cpp's order).
+    // "-" for a percentile that was not computed (a comparison that kept sums only).
+    const auto value = [](const std::optional<double>& x, double scale, int width, int precision) {
+      return x ? fmt::format("{:{}.{}f}", scale * *x, width, precision) : fmt::format("{:>{}}", "-", width);
+    };
+    out += "\n====== KL divergence statistics ======\n";
+    out += fmt::format("Mean    KLD: {:10.6f} ± {:10.6f}\n", d.kl.mean, d.kl.mean_stderr);
+    const std::pair<const char*, std::optional<double>> kl_rows[] = {
+        {"Maximum", d.kl.max}, {"99.9%  ", d.kl.p999}, {"99.0%  ", d.kl.p99}, {"95.0%  ", d.kl.p95},
+        {"90.0%  ", d.kl.p90}, {"Median ", d.kl.median}, {"10.0%  ", d.kl.p10}, {" 5.0%  ", d.kl.p05},
+        {" 1.0%  ", d.kl.p01}, {" 0.1%  ", d.kl.p001}, {"Minimum", d.kl.min}};
+    for (const auto& [label, x] : kl_rows) out += fmt::format("{} KLD: {}\n", label, value(x, 1.0, 10, 6));
+    // Token probability block: Δp in percentage points.
+    out += "\n====== Token probability statistics ======\n";
+    out += fmt::format("Mean    Δp: {:6.3f} ± {:5.3f} %\n", 100.0 * d.delta_p.mean, 100.0 * d.delta_p.mean_stderr);
+    const std::pair<const char*, std::optional<double>> dp_rows[] = {
+        {"Maximum", d.delta_p.max}, {"99.9%  ", d.delta_p.p999}, {"99.0%  ", d.delta_p.p99},
+        {"95.0%  ", d.delta_p.p95}, {"90.0%  ", d.delta_p.p90},  {"75.0%  ", d.delta_p.p75},
+        {"Median ", d.delta_p.median}, {"25.0%  ", d.delta_p.p25}, {"10.0%  ", d.delta_p.p10},
+        {" 5.0%  ", d.delta_p.p05}, {" 1.0%  ", d.delta_p.p01}, {" 0.1%  ", d.delta_p.p001},
+        {"Minimum", d.delta_p.min}};
+    for (const auto& [label, x] : dp_rows) out += fmt::format("{} Δp: {}%\n", label, value(x, 100.0, 6, 3));
+    out += fmt::format("RMS Δp    : {:6.3f} ± {:5.3f} %\n", 100.0 * d.delta_p_rms, 100.0 * d.delta_p_rms_stderr);
+    out += fmt::format("Same top p: {:6.3f} ± {:5.3f} %\n", 100.0 * d.top1_agreement, 100.0 * d.top1_agreement_stderr);
+  }
   return out;
 }
 

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "quantppl/distribution_metrics.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/perplexity.h"
 #include "quantppl/variant_spec.h"
@@ -73,6 +74,11 @@ struct VariantResult {
   double top1_agreement = 0;
   double delta_nll_mean = 0;
   double delta_nll_ci95 = 0;  // half-width of the 95% interval of delta_nll_mean
+  // Every statistic of the comparison with fp32 (distribution_metrics.h:
+  // percentiles, standard errors, Δp, ppl_ratio and its interval, NLL
+  // correlation); the six fields above are copies of its values, kept for
+  // existing callers.
+  DistributionStats distribution;
   double seconds = 0;  // this variant's own work: choosing and applying parameters, forward passes, metrics
 };
 

@@ -1,18 +1,47 @@
 // How far a quantized model's predictive distributions move from the fp32
-// model's, token by token, on the same windows (llama.cpp's KL-divergence and
-// "same top token" statistics, plus a paired NLL difference).
+// model's, token by token, on the same windows: the statistics llama.cpp's
+// `llama-perplexity --kl-divergence` reports, computed in one process from
+// both models' logits batch by batch (no logits file).
 //
 // For each predicted position t (a real label position), with P = softmax of
-// the fp32 logits and Q = softmax of the variant's logits over the vocabulary:
+// the fp32 logits and Q = softmax of the variant's logits over the vocabulary,
+// and nll_t = -log prob of the label (float32, SoftmaxRowStats::label_nll):
 //
 //   (1) KL_t      = sum_v P_v (log P_v - log Q_v)           (nats, >= 0 up to rounding)
 //   (2) agree_t   = [argmax P == argmax Q]
-//   (3) d_t       = nll_t(variant) - nll_t(fp32)             (nll_t = -log prob of the label)
+//   (3) d_t       = nll_t(variant) - nll_t(fp32)
+//   (4) dp_t      = exp(-nll_t(variant)) - exp(-nll_t(fp32)) (Δp: change of the label's probability)
 //
-//   kl_mean = mean_t KL_t; kl_p99, kl_max = the 99th percentile (numpy's linear
-//   method) and maximum of KL_t; top1_agreement = mean_t agree_t in [0, 1];
-//   delta_nll_mean = mean_t d_t; delta_nll_ci95 = 1.96 * sd(d) / sqrt(N), the
-//   half-width of the normal 95% confidence interval of the mean.
+// Over the N positions (every sum in double, in position order):
+//   mean(x) = (1/N) sum_t x_t;  sd(x) = the sample standard deviation (N - 1);
+//   stderr(x) = sd(x) / sqrt(N)   (tokens treated as independent, as llama.cpp does)
+//   kl_mean, kl_mean_stderr          = mean and stderr of (1)
+//   kl_min, kl_p001 ... kl_p999, kl_max = min, numpy.percentile(KL, P) with numpy's
+//                                      default 'linear' method (percentile.h) for
+//                                      P = 0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, max
+//   top1_agreement = mean(2);  top1_agreement_stderr = sqrt(a (1 - a) / N)  (binomial)
+//   delta_nll_mean = mean(3);  delta_nll_stderr = stderr(3);  delta_nll_ci95 = 1.96 * delta_nll_stderr
+//   ppl_ratio = exp(delta_nll_mean) (= ppl_variant / ppl_fp32 on the same tokens),
+//     its 95% interval [exp(delta_nll_mean - delta_nll_ci95), exp(delta_nll_mean + delta_nll_ci95)]
+//   delta_p_mean, delta_p_mean_stderr, delta_p min/percentiles/max = the same for (4);
+//   delta_p_rms = sqrt(mean(dp^2)), delta_p_rms_stderr = stderr(dp^2) / (2 delta_p_rms)
+//     (llama.cpp's delta-method error; 0 when every dp_t is 0)
+//   nll_correlation = Pearson correlation of nll_t(fp32) and nll_t(variant)
+//     (llama.cpp's "Cor(ln(PPL(Q)), ln(PPL(base)))")
+// Means, standard errors and the correlation come from running sums
+// (sum x, sum x^2, sum x*y): O(1) memory. The percentiles need the values:
+// the comparison keeps KL_t and dp_t as float32 (8 bytes a token, never
+// logits) unless it is built with PerTokenValues::kSumsOnly, for callers that
+// hold many comparisons at once; then the percentiles are absent (nullopt)
+// and everything else is the same.
+//
+// Small N: with N = 0 every statistic is NaN. With N = 1 the sample standard
+// deviation does not exist, so every *_stderr, delta_nll_ci95, the ppl_ratio
+// interval and nll_correlation are NaN (JSON null); top1_agreement_stderr
+// follows its binomial formula (0 at N = 1). The correlation is NaN too when
+// either NLL series is constant. Non-finite values: a position whose logits
+// hold NaN or Inf on either side has NaN KL, NLL, d and dp; the sums, the
+// minimum, maximum and every percentile are then NaN (as numpy's).
 //
 // Why paired: both models score the same tokens, so token difficulty cancels
 // in d_t and its spread is far smaller than that of either model's nll_t; the
@@ -22,12 +51,13 @@
 // Computed without log_softmax tensors: per position, two read passes over
 // the fp32 row and two over the variant's (src/softmax_row_kernel.h), with
 //   (1) = C / S_p - lse_p + lse_q,  C = sum_v exp(p_v - max p) (p_v - q_v),
-// terms in float and every sum in double. Only the per-token KL values are
-// kept (4 bytes a token, for the percentile); logits are never stored beyond
+// terms in float and every sum in double. Logits are never stored beyond
 // the batch being compared, and no temporary as large as the logits is made.
 #pragma once
 
 #include <cstdint>
+#include <limits>
+#include <optional>
 #include <vector>
 
 #include <torch/types.h>
@@ -53,8 +83,54 @@ struct ReferenceBatch {
 ReferenceBatch make_reference_batch(const torch::Tensor& logits, const torch::Tensor& labels,
                                     const torch::Tensor& label_mask);
 
+// The spread of one per-token quantity, (1) or (4). Percentiles are nullopt
+// when the per-token values were not kept (PerTokenValues::kSumsOnly).
+struct TokenValueStats {
+  static constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+  double mean = kNaN;
+  double mean_stderr = kNaN;
+  double min = kNaN;
+  double max = kNaN;
+  std::optional<double> p001, p01, p05, p10, p25, median, p75, p90, p95, p99, p999;
+};
+
+// Every statistic of one comparison (see the definitions above).
+struct DistributionStats {
+  static constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+  int64_t tokens = 0;
+  TokenValueStats kl;       // (1), nats
+  TokenValueStats delta_p;  // (4), probability in [-1, 1]
+  double delta_p_rms = kNaN;
+  double delta_p_rms_stderr = kNaN;
+  double top1_agreement = kNaN;
+  double top1_agreement_stderr = kNaN;
+  double delta_nll_mean = kNaN;
+  double delta_nll_stderr = kNaN;
+  double delta_nll_ci95 = kNaN;  // half-width of the 95% interval of delta_nll_mean
+  double ppl_ratio = kNaN;
+  double ppl_ratio_ci95_low = kNaN;
+  double ppl_ratio_ci95_high = kNaN;
+  double nll_correlation = kNaN;
+  // Both models' mean NLL and its stderr (perplexity = exp(mean)), for
+  // llama.cpp's "Mean PPL(Q)" / "Mean PPL(base)" lines.
+  double nll_mean = kNaN;
+  double nll_mean_stderr = kNaN;
+  double reference_nll_mean = kNaN;
+  double reference_nll_mean_stderr = kNaN;
+};
+
+// The percentiles a TokenValueStats reports, in its field order.
+inline constexpr double kReportedPercentiles[] = {0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9};
+
+// kKeep: keep KL_t and dp_t (8 bytes a token) for the percentiles.
+// kSumsOnly: running sums, minimum and maximum only (O(1) memory).
+enum class PerTokenValues { kKeep, kSumsOnly };
+
 class DistributionComparison {
  public:
+  DistributionComparison() = default;  // kKeep
+  explicit DistributionComparison(PerTokenValues per_token) : keep_values_(per_token == PerTokenValues::kKeep) {}
+
   // Adds the variant's logits for the batch `reference` describes. A position
   // whose logits hold NaN or Inf adds NaN to the NLL and KL sums.
   void add(const ReferenceBatch& reference, const torch::Tensor& logits);
@@ -63,25 +139,45 @@ class DistributionComparison {
   // the logits again.
   void add_reference(const ReferenceBatch& reference);
 
+  // Every statistic; percentiles cost O(N) each (selection, not a sort).
+  DistributionStats summarize() const;
+
   int64_t tokens() const { return tokens_; }
   double nll_sum() const { return nll_sum_; }
   double nll_sq_sum() const { return nll_sq_sum_; }
   double kl_mean() const;
-  double kl_p99() const;
+  double kl_p99() const;  // NaN under kSumsOnly
   double kl_max() const;
   double top1_agreement() const;
   double delta_nll_mean() const;
   double delta_nll_ci95() const;
 
  private:
+  // One position: its (1), its agreement (2), both NLLs, as add() computed them.
+  void accumulate(double kl, bool agree, float nll, float reference_nll);
+
+  bool keep_values_ = true;
   int64_t tokens_ = 0;
-  double nll_sum_ = 0;
+  double nll_sum_ = 0;      // variant's nll_t
   double nll_sq_sum_ = 0;
+  double ref_nll_sum_ = 0;  // fp32's nll_t
+  double ref_nll_sq_sum_ = 0;
+  double nll_cross_sum_ = 0;  // sum_t nll_t(fp32) nll_t(variant)
   double kl_sum_ = 0;
+  double kl_sq_sum_ = 0;
   int64_t agree_ = 0;
   double delta_sum_ = 0;
   double delta_sq_sum_ = 0;
-  std::vector<float> kl_values_;
+  double dp_sum_ = 0;
+  double dp_sq_sum_ = 0;
+  double dp_4_sum_ = 0;  // sum_t dp_t^4, for delta_p_rms_stderr
+  // Of the float32-rounded values, so that they bound the percentiles; NaN once any value is.
+  float kl_min_ = std::numeric_limits<float>::infinity();
+  float kl_max_ = -std::numeric_limits<float>::infinity();
+  float dp_min_ = std::numeric_limits<float>::infinity();
+  float dp_max_ = -std::numeric_limits<float>::infinity();
+  std::vector<float> kl_values_;  // kKeep only
+  std::vector<float> dp_values_;
 };
 
 }  // namespace quantppl

@@ -52,6 +52,7 @@ struct CompareCommand {
   bool force = false;
   bool quiet = false;
   bool verbose = false;
+  bool stats = false;  // --stats: llama.cpp's statistics blocks after the table
 };
 CLI::App* setup_compare(CLI::App& app, CompareCommand& c);
 int run_compare_command(const CompareCommand& c, bool variants_given);

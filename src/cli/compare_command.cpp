@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "progress.h"
 #include "quantppl/compare.h"
+#include "quantppl/error.h"
 #include "quantppl/output_file.h"
 #include "quantppl/regression_check.h"
 #include "quantppl/report.h"
@@ -44,6 +45,10 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
       ->check(integer_at_least(1))
       ->capture_default_str();
   cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
+  cmd->add_flag("--stats", c.stats,
+                "After the table, per variant, the statistics llama.cpp's llama-perplexity --kl-divergence prints: "
+                "PPL ratio and NLL correlation, KL divergence and delta-p percentiles, same-top-token share, each "
+                "with its standard error (JSON and CSV always carry them)");
   cmd->add_option("--output,-o", c.output, "Write the result here (atomically) instead of standard output");
   cmd->add_flag("--force", c.force, "Replace an existing --output file");
   cmd->add_option("--check", c.check,
@@ -57,6 +62,16 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
                   "(memory when it fits in available RAM with 1 GiB to spare)")
       ->check(CLI::IsMember({"auto", "memory", "file"}))
       ->capture_default_str();
+  cmd->footer(
+      "Per variant, against fp32 on the same tokens (JSON/CSV fields; README 'quantppl compare'):\n"
+      "  ppl, ppl_stderr, delta_ppl_pct; kl_mean, kl_mean_stderr, kl_min, kl_p001 ... kl_p999, kl_max\n"
+      "  (KL(P_fp32 || P_variant), numpy-linear percentiles 0.1,1,5,10,25,50,75,90,95,99,99.9 %);\n"
+      "  top1_agreement(_stderr); delta_nll_mean, delta_nll_ci95; ppl_ratio, ppl_ratio_ci95_low/high;\n"
+      "  nll_correlation; delta_p_mean(_stderr), delta_p_rms(_stderr), delta_p_min, delta_p_p001 ... delta_p_max\n"
+      "  (delta p = p_variant(label) - p_fp32(label)). A standard error with N = 1 is null.\n"
+      "Example: quantppl compare --variants absmax:8,zeropoint:4:group64 --stats\n"
+      "  ... Mean PPL(Q)/PPL(base): 1.001598 +- 0.000755  95% CI [1.000120, 1.003079]\n"
+      "      Mean KLD: 0.001244 +- 0.000022   99.0% KLD: 0.005487   Same top p: 96.404 +- 0.283 % (absmax:8)");
   cmd->add_flag("--quiet,-q", c.quiet, "No progress bar");
   cmd->add_flag("--verbose", c.verbose,
                 "Print the runtime choices (threads, BLAS, wait policy, kernels, weight backup) and timings on stderr");
@@ -64,6 +79,10 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
 }
 
 int run_compare_command(const CompareCommand& c, bool variants_given) {
+  if (c.stats && c.format != "table") {
+    throw UsageError("--stats: only with --format table, got --format " + c.format +
+                     " (JSON and CSV always carry every statistic)");
+  }
   if (!c.output.empty()) check_output_path(c.output, c.force);
   ExpectedRun expected;
   std::string variant_specs = c.variants;
@@ -109,6 +128,7 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
     rendered = format_csv(report);
   } else {
     rendered = format_table(report);
+    if (c.stats) rendered += format_stats(report);
   }
   emit_output(rendered, c.output, c.force);
 

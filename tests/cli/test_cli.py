@@ -14,8 +14,13 @@ import pytest
 from .conftest import (DEFAULT_MODEL, EXIT_DATA, EXIT_IO, EXIT_REGRESSION, EXIT_USAGE, FIXTURES, TINY,
                        assert_clean_error, compare_json, load_json, run)
 
-PER_VARIANT_FIELDS = ["variant", "spec", "ppl", "ppl_stderr", "nll", "tokens", "delta_ppl_pct", "kl_mean", "kl_p99", "kl_max",
-                      "top1_agreement", "delta_nll_mean", "delta_nll_ci95", "weight_mse", "weight_sqnr_db",
+_PERCENTILES = ["p001", "p01", "p05", "p10", "p25", "median", "p75", "p90", "p95", "p99", "p999"]
+PER_VARIANT_FIELDS = ["variant", "spec", "ppl", "ppl_stderr", "nll", "tokens", "delta_ppl_pct", "kl_mean", "kl_mean_stderr",
+                      "kl_min", *("kl_" + p for p in _PERCENTILES), "kl_max",
+                      "top1_agreement", "top1_agreement_stderr", "delta_nll_mean", "delta_nll_ci95", "ppl_ratio",
+                      "ppl_ratio_ci95_low", "ppl_ratio_ci95_high", "nll_correlation", "delta_p_mean",
+                      "delta_p_mean_stderr", "delta_p_rms", "delta_p_rms_stderr", "delta_p_min",
+                      *("delta_p_" + p for p in _PERCENTILES), "delta_p_max", "weight_mse", "weight_sqnr_db",
                       "packed_bytes", "fp32_bytes", "compression_ratio", "seconds"]
 SETTINGS_FIELDS = ["model", "text", "mode", "max_length", "layers_quantized", "model_sha256", "text_sha256",
                    "text_tokens", "libtorch_version", "threads"]
