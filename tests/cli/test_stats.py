@@ -15,10 +15,8 @@ import sys
 
 import pytest
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .conftest import REPO, TINY, run
+
 REFERENCE = os.path.join(REPO, "tests", "reference", "distribution_metrics.py")
 TEXT = os.path.join(REPO, "data", "default_eval.txt")
 PYTHON = sys.executable  # the interpreter running pytest (CTest: Debian's, with torch, numpy, sentencepiece)
@@ -39,10 +37,6 @@ REQUIRED = ["kl_mean", "kl_mean_stderr", "kl_min", "kl_p01", "kl_p05", "kl_p10",
 # Python and C++ quantize the same weights with formulas that may round a rare tie differently,
 # and sum in different orders (compare_test.cpp allows 1e-4 on perplexity).
 REL_TOL, ABS_TOL = 1e-4, 1e-7
-
-
-def run(*args):
-    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=600)
 
 
 def compare(fmt, *args):

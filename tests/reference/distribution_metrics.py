@@ -100,7 +100,7 @@ def from_raw_files(d):
 def from_model(model_path, windows_path, variant):
     import torch
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    # Run as a script (tests call it by path), so its own folder is first on sys.path.
     from quantized_perplexity import quantizer
 
     extra = {"quantppl.json": ""}
