@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO, TINY, run
+from .conftest import FIXTURES, REPO, TINY, run
 
 REFERENCE = os.path.join(REPO, "tests", "reference", "distribution_metrics.py")
 TEXT = os.path.join(REPO, "data", "default_eval.txt")
