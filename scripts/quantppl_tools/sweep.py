@@ -34,7 +34,8 @@ only: to skip a group size that does not divide some layer's input dimension ins
 its whole batch.
 
 Exit codes: 0 done; 2 usage error (bad flag, grid or variant spec); 4 missing binary or unwritable
-DIR; 130 interrupted (rerun to resume); a failing `quantppl` call passes its own code through.
+DIR; 130 interrupted (rerun to resume); a failing `quantppl` call passes its own code through (with
+--scheduler: after the other batches; 1 when a worker was lost beyond --retries).
 """
 
 import argparse
