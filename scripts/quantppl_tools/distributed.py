@@ -23,8 +23,11 @@ the rows are the local sweep's (sweep.py); what changes is where a batch runs:
   scheduler counts a lost worker against its own `distributed.scheduler.allowed-failures` before
   the client sees anything; `local:N` sets it to 0 so that --retries is the only count.
 
-Every row carries its provenance: model_sha256, text_sha256, quantppl_version (from the CLI's
-JSON of that batch), host (the worker's host name) and status.
+Every row carries its provenance: model_sha256, text_sha256, quantppl_version, threads (from the
+CLI's JSON of that batch), host (the worker's host name) and status. The thread count is part of
+it because it changes the order of floating-point sums, so the last digits of a number: rows are
+identical to a local sweep's when both run with the same --threads (pass --threads to the sweep
+to pin it on a cluster whose machines differ).
 """
 
 import argparse
@@ -45,7 +48,8 @@ from .sweep_results import (BASE_COLUMNS, EXIT_IO, SweepError, atomic_write, col
 
 RESOURCE = "quantppl"          # the worker resource a batch needs one unit of
 NOT_RETRIED = (2, 3)           # quantppl UsageError, DataError: deterministic, would fail again
-PROVENANCE_COLUMNS = ["status", "error", "attempts", "host", "model_sha256", "text_sha256", "quantppl_version"]
+PROVENANCE_COLUMNS = ["status", "error", "attempts", "host", "threads", "model_sha256", "text_sha256",
+                      "quantppl_version"]
 SHIPPED_FLAGS = ("--model", "--text", "--tokenizer")
 
 
@@ -159,7 +163,7 @@ def rows_of_report(batch, report, canonical, fp32_row, extra_order, host):
         if fp32_row and isinstance(row.get("ppl"), (int, float)) and row.get("delta_ppl_pct") is None:
             row["delta_ppl_pct"] = 100.0 * (row["ppl"] / fp32_row["ppl"] - 1.0)
         row["effective_bits_per_weight"] = effective_bits(r)
-        row.update(status="ok", host=host, model_sha256=report.get("model_sha256"),
+        row.update(status="ok", host=host, threads=report.get("threads"), model_sha256=report.get("model_sha256"),
                    text_sha256=report.get("text_sha256"), quantppl_version=report.get("quantppl_version"))
         rows.append(row)
     return rows

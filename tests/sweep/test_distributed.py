@@ -42,7 +42,7 @@ SWEEP = os.path.join(REPO, "scripts", "sweep.py")
 VARIANTS = "absmax:4:tensor:minmax,absmax:8:channel:minmax,zeropoint:4:group64:minmax,zeropoint:3:channel:mse"
 GRID = ["--variants", VARIANTS, "--batch-variants", "1"]
 # columns that may differ between two runs of the same variant: timing, and where/how it ran
-RUN_COLUMNS = {"seconds", "host", "attempts", "status", "error"}
+RUN_COLUMNS = {"seconds", "host", "attempts", "status", "error", "threads"}
 STARTUP_TIMEOUT = 120
 SWEEP_TIMEOUT = 900
 
@@ -211,7 +211,7 @@ def test_a_worker_killed_mid_sweep_changes_nothing_but_the_attempt_count(tmp_pat
             assert r["host"] == socket.gethostname()
             assert r["model_sha256"] == sha256(DEFAULT_MODEL)
             assert r["text_sha256"] == sha256(text_file)
-            assert r["quantppl_version"]
+            assert r["quantppl_version"] and r["threads"] == "1"  # the workers' --nthreads
         run = json.loads((out / "run.json").read_text())
         assert run["model"] == DEFAULT_MODEL and run["text"] == text_file  # the client's paths, not a worker's cache
         assert len(list((out / "raw").glob("batch-*.json"))) == len(rows)
@@ -290,6 +290,24 @@ def test_shipped_inputs_are_checked_by_size_and_sha256(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written for refused bytes
     path = distributed_task.materialize(data, "m.pt", len(data), digest, str(tmp_path))
     assert path == str(tmp_path / digest / "m.pt") and open(path, "rb").read() == data
+
+
+class FakeClient:
+    def __init__(self, workers):
+        self.workers = workers
+
+    def scheduler_info(self):
+        return {"workers": self.workers}
+
+
+def test_a_cluster_without_the_quantppl_resource_is_refused_and_an_empty_one_waited_for():
+    from quantppl_tools import distributed as dist
+    from quantppl_tools.sweep_results import SweepError
+    with pytest.raises(SweepError, match="--resources quantppl=1"):
+        dist.check_workers(FakeClient({"tcp://127.0.0.1:1": {"nthreads": 4, "resources": {}}}))
+    assert dist.check_workers(FakeClient({})) == (0, 0)
+    assert dist.check_workers(FakeClient({"a": {"nthreads": 4, "resources": {"quantppl": 1}},
+                                          "b": {"nthreads": 8, "resources": {}}})) == (1, 4)
 
 
 def test_scheduler_flag_errors_are_one_line_usage_errors(tmp_path):
