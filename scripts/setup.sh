@@ -25,6 +25,8 @@ packages=(
   # Python side: the exporter, the parity and reference tests, the sweep plots
   python3 python3-torch python3-numpy python3-sentencepiece python3-venv python3-pytest
   python3-matplotlib
+  # distributed sweeps (scripts/sweep.py --scheduler, docs/sweep.md): Dask's scheduler and workers
+  python3-distributed
   # fuzzing (scripts/fuzz.sh): clang with libFuzzer and the sanitizer runtimes
   clang-14 libclang-rt-14-dev
 )

@@ -20,6 +20,9 @@ Outputs in DIR: results.csv (one row per variant, sweep_results.py), run.json (s
 run), raw/ (the JSON of every compare call), PNG plots (sweep_plots.py), and with --report
 report.html + report.md (report.py).
 
+With --scheduler (tcp://host:8786, or local:N) the batches run as tasks on a Dask cluster instead,
+results streaming back into the same results.csv; that path is distributed.py.
+
 Effective bits per weight (column effective_bits_per_weight): the storage a variant needs per
 quantized weight, codes plus quantization parameters, as the CLI counts it for a .qpack file
 (packed_size_bytes, docs/qpack-format.md): the CLI's bits_per_weight when it reports one, else
@@ -31,13 +34,13 @@ only: to skip a group size that does not divide some layer's input dimension ins
 its whole batch.
 
 Exit codes: 0 done; 2 usage error (bad flag, grid or variant spec); 4 missing binary or unwritable
-DIR; 130 interrupted (rerun to resume); a failing `quantppl` call passes its own code through.
+DIR; 130 interrupted (rerun to resume); a failing `quantppl` call passes its own code through (with
+--scheduler: after the other batches; 1 when a worker was lost beyond --retries).
 """
 
 import argparse
 import datetime
 import json
-import math
 import os
 import re
 import shlex
@@ -46,8 +49,10 @@ import subprocess
 import sys
 import time
 
-from . import report
+from . import distributed, report
 from .paths import REPO
+from .sweep_grid import (PINNED_SETTINGS, build_grid, canonical_name, cli_args, effective_bits, fmt_duration,
+                         group_size, linear_shapes, progress_line)
 from .sweep_plots import plot_all
 from .sweep_results import (BASE_COLUMNS, EXIT_INTERRUPTED, EXIT_IO, EXIT_USAGE, SweepError, atomic_write,
                             columns_for, log, read_results, variant_columns, write_csv)
@@ -57,100 +62,6 @@ DEFAULT_BIN = os.environ.get("QUANTPPL_BIN") or os.path.join(REPO, "build", "qua
 DEFAULT_GRANULARITIES = "tensor,channel,group32,group64,group128"
 DEFAULT_RANGES = "minmax,p99.9,p99.99,mse"
 
-# Settings recorded in run.json; a resumed sweep must match them.
-PINNED_SETTINGS = ["model_sha256", "text_sha256", "mode", "max_length", "include", "exclude"]
-
-
-# ---------------------------------------------------------------------------------------------
-# The grid: spec strings for the CLI (which validates them)
-
-
-def parse_list(flag, text):
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise SweepError(f"{flag}: empty list")
-    return items
-
-
-def parse_bits(text):
-    bits = []
-    for item in parse_list("--bits", text):
-        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", item)
-        if not m:
-            raise SweepError(f"--bits: expected numbers or ranges like 2-8 or 2,4,8, got '{item}'")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if lo > hi:
-            raise SweepError(f"--bits: empty range '{item}'")
-        bits.extend(b for b in range(lo, hi + 1) if b not in bits)
-    return bits
-
-
-def build_grid(args):
-    """The specs of the sweep, fp32 first, without duplicates, as the CLI will be given them."""
-    if args.variants:
-        specs = parse_list("--variants", args.variants)
-    else:
-        schemes = parse_list("--schemes", args.schemes)
-        bits = parse_bits(args.bits)
-        grans = parse_list("--granularities", args.granularities)
-        ranges = parse_list("--ranges", args.ranges)
-        specs = [f"{s}:{b}:{g}:{r}" for s in schemes for g in grans for r in ranges for b in bits]
-    grid = ["fp32"]
-    for spec in specs:
-        if spec not in grid:
-            grid.append(spec)
-    return grid
-
-
-def group_size(spec):
-    """N of a groupN field of a spec, or None: only to skip a size that cannot apply."""
-    m = re.search(r":group([0-9]+)(?::|$)", spec)
-    return int(m.group(1)) if m else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Layer shapes (for the group-size check) and storage per weight
-
-
-def linear_shapes(model_path, include, exclude):
-    """[(name, out_features, in_features)] of the Linear layers quantppl would quantize, or None
-    (with a message) when torch cannot read the model."""
-    try:
-        import torch  # noqa: deferred: only for the shapes
-    except ImportError:
-        log("sweep: note: torch is not importable; group sizes are checked by the CLI")
-        return None
-    try:
-        module = torch.jit.load(model_path, map_location="cpu")
-    except Exception as e:  # a model the CLI can read but torch here cannot: not fatal
-        log(f"sweep: note: cannot read layer shapes from {model_path} ({str(e).splitlines()[0]}); "
-            "group sizes are checked by the CLI")
-        return None
-    shapes, seen = [], set()
-    for name, sub in module.named_modules():
-        if getattr(sub, "original_name", "") != "Linear":
-            continue
-        if include and not re.search(include, name):
-            continue
-        if exclude and re.search(exclude, name):
-            continue
-        w = sub.weight
-        if w.data_ptr() in seen:  # an aliased (tied) weight is quantized once
-            continue
-        seen.add(w.data_ptr())
-        shapes.append((name, int(w.shape[0]), int(w.shape[1])))
-    return shapes
-
-
-def effective_bits(result):
-    """Bits per quantized weight of one result of the CLI's JSON: its bits_per_weight, else
-    32 * packed_bytes / fp32_bytes (formula in the module doc); None when it reports neither."""
-    if isinstance(result.get("bits_per_weight"), (int, float)):
-        return float(result["bits_per_weight"])
-    packed, fp32 = result.get("packed_bytes"), result.get("fp32_bytes")
-    if isinstance(packed, int) and isinstance(fp32, int) and fp32 > 0:
-        return 32.0 * packed / fp32
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,18 +72,6 @@ def check_binary(binary):
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
         raise SweepError(f"quantppl binary not found or not executable: {binary} "
                          "(build it, or pass --bin / set QUANTPPL_BIN)", EXIT_IO)
-
-
-def cli_args(args):
-    """The flags passed to every quantppl call besides --variants."""
-    out = []
-    for flag, value in (("--model", args.model), ("--tokenizer", args.tokenizer), ("--text", args.text),
-                        ("--mode", args.mode), ("--max-length", args.max_length),
-                        ("--batch-size", args.batch_size), ("--threads", args.threads),
-                        ("--include", args.include), ("--exclude", args.exclude)):
-        if value is not None:
-            out += [flag, str(value)]
-    return out
 
 
 def run_cli(binary, argv):
@@ -202,29 +101,6 @@ def has_subcommand(binary, name):
     listed = re.search(r"^Subcommands:\s*$(.*)", top.stdout, re.M | re.S)
     return (sub.returncode == 0 and listed is not None
             and re.search(rf"^\s+{re.escape(name)}\s", listed.group(1), re.M) is not None)
-
-
-def fmt_duration(seconds):
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def progress_line(index, total, row, eta):
-    delta = row.get("delta_ppl_pct")
-    delta_text = f" ({delta:+.1f}%)" if isinstance(delta, (int, float)) and math.isfinite(delta) else ""
-    ppl = row.get("ppl")
-    ppl_text = f"{ppl:.4g}" if isinstance(ppl, (int, float)) else "?"
-    eta_text = f"  ETA {fmt_duration(eta)}" if eta is not None else ""
-    return f"[{index}/{total}] {row['variant']}  ppl {ppl_text}{delta_text}{eta_text}"
-
-
-def canonical_name(result):
-    """The canonical spec of one result of the CLI's JSON (`spec`; `variant` from a CLI too old
-    to report it, which then labels the row as the spec was written)."""
-    return result.get("spec") or result.get("variant")
 
 
 def run_sweep(args):
@@ -425,7 +301,9 @@ def parse_args(argv):
     c.add_argument("--threads", type=int)
     c.add_argument("--include", metavar="REGEX")
     c.add_argument("--exclude", metavar="REGEX")
+    distributed.add_arguments(p)
     args = p.parse_args(argv)
+    distributed.check_arguments(p, args)
     if args.fresh and args.resume:
         p.error("--fresh and --resume contradict each other")
     if args.batch_variants < 1:
@@ -446,7 +324,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        rows, run_info = run_sweep(args)
+        rows, run_info = distributed.run_distributed_sweep(args) if args.scheduler else run_sweep(args)
         sensitivity = run_sensitivity(args, run_info) if args.sensitivity else None
         if sensitivity is None and os.path.exists(os.path.join(args.out, "sensitivity.json")):
             with open(os.path.join(args.out, "sensitivity.json"), encoding="utf-8") as f:
