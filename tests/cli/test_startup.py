@@ -1,0 +1,60 @@
+"""Start-up of the quantppl binary: OpenMP's wait policy is passive from libgomp's own
+initialisation on, without re-executing the process (src/openmp_wait_policy.h), a user's own
+setting wins, and the rest of the environment reaches the libraries and main() intact.
+
+libgomp prints the settings it initialised with when OMP_DISPLAY_ENV is set, once per process
+start: what it prints is the policy actually in effect (not what quantppl reports), and the
+number of blocks counts the starts (a re-execution would print two).
+"""
+
+import json
+import os
+import subprocess
+
+BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
+FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
+TINY = os.path.join(FIXTURES, "tiny.pt")
+BEGIN = "OPENMP DISPLAY ENVIRONMENT BEGIN"
+
+
+def run(args, **env_extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+    env.update(env_extra)
+    env["OMP_DISPLAY_ENV"] = "TRUE"
+    return subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_libgomp_starts_passive_without_a_reexec():
+    r = run(["--version"])
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count(BEGIN) == 1, r.stderr
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in r.stderr, r.stderr
+    assert r.stdout.startswith("quantppl ")
+
+
+def test_a_users_wait_policy_wins():
+    for policy in ("ACTIVE", "passive"):
+        r = run(["--version"], OMP_WAIT_POLICY=policy)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.count(BEGIN) == 1, r.stderr
+        assert "OMP_WAIT_POLICY = '%s'" % policy.upper() in r.stderr, r.stderr
+
+
+def test_the_rest_of_the_environment_reaches_the_libraries_and_main():
+    # OMP_NUM_THREADS is read by libgomp's constructor, from the environment quantppl extended;
+    # TMPDIR is read in main(), long after (--backup file creates its file there).
+    r = run(["--version"], OMP_NUM_THREADS="3")
+    assert "OMP_NUM_THREADS = '3'" in r.stderr, r.stderr
+    r = run(["compare", "--model", TINY, "--variants", "fp32,absmax:8", "--backup", "file", "--format", "json",
+             "--quiet", "--verbose"], TMPDIR="/nonexistent-quantppl-startup-dir")
+    assert r.returncode == 4, r.stderr
+    assert "/nonexistent-quantppl-startup-dir" in r.stderr, r.stderr
+
+
+def test_verbose_reports_the_policy_and_the_backup_maps_the_model_file():
+    r = run(["compare", "--model", TINY, "--variants", "fp32,absmax:8", "--format", "json", "--quiet", "--verbose"])
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count(BEGIN) == 1, r.stderr
+    assert "quantppl: OMP_WAIT_POLICY: PASSIVE" in r.stderr, r.stderr
+    assert "quantppl: weight backup: model" in r.stderr, r.stderr
+    assert json.loads(r.stdout)["backup"] == "model"
