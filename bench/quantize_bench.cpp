@@ -15,8 +15,8 @@
 //   BM_LoadContractModel                      load_model_file: jit::load + metadata + tokenizer + layers
 //
 // T is set with configure_runtime (LibTorch and OpenBLAS threads). OpenMP's
-// wait policy is made passive before the libraries start, as the CLI does
-// (src/openmp_wait_policy.h).
+// wait policy is made passive before the libraries initialise, as the CLI
+// does (src/openmp_wait_policy.h).
 #include <benchmark/benchmark.h>
 #include <torch/script.h>
 #include <torch/torch.h>
