@@ -35,8 +35,8 @@
 #       T5ForConditionalGeneration loaded from a Hugging Face checkpoint of the same weights,
 #       the tutorial's absmax/zeropoint functions on every Linear weight, exp(loss) per 512-token
 #       window) against `quantppl compare --variants fp32,absmax:8,zeropoint:8`, at 2 threads,
-#       on a ~1,000-token and a ~7,000-token text cut from data/default_eval.txt; max(--reps, 5)
-#       repetitions (--quick: 1), interleaved, after one untimed run of each; the report shows
+#       on a ~1,000-token and a ~7,000-token text cut from data/default_eval.txt; --reps
+#       repetitions (default 5; --quick: 1), interleaved, after one untimed run of each; the report shows
 #       the ratio of the medians. The venv is ${QUANTPPL_VENV:-build/venv}; the checkpoint is
 #       cached beside the model.
 #
@@ -65,7 +65,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
     --xl) XL=1 ;;
-    --reps) REPS=${2:?--reps needs a number}; shift ;;
+    --reps) REPS=${2:?--reps needs a number}; REPS_GIVEN=$REPS; shift ;;
     --out) OUT=${2:?--out needs a directory}; shift ;;
     --tutorial-only) TUTORIAL_ONLY=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -150,7 +150,8 @@ tutorial_section() {  # section (f), called at the end (or alone with --tutorial
     log "(f) skipped: $venv_py with transformers and sentencepiece not found (scripts/setup_python_env.sh)"
     return
   fi
-  ((QUICK)) && reps=1 || reps=$((REPS > 5 ? REPS : 5))
+  reps=${REPS_GIVEN:-5}
+  ((QUICK)) && reps=1
   # ~1,000 and ~7,000 tokens: whole lines of the default text (1,026 and 6,916 tokens with the
   # default tokenizer; the exact counts are in the compare outputs).
   head -c 4900 "$REPO/data/default_eval.txt" | sed '$d' > "$RUN/text_1k.txt"

@@ -10,7 +10,10 @@ for passive. (Its line OMP_WAIT_POLICY = 'PASSIVE' is printed for an unset varia
 
 import json
 import os
+import shutil
 import subprocess
+
+import pytest
 
 BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
 FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
@@ -18,19 +21,44 @@ TINY = os.path.join(FIXTURES, "tiny.pt")
 BEGIN = "OPENMP DISPLAY ENVIRONMENT BEGIN"
 
 
-def run(args, **env_extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+def run(args, underscore=True, **env_extra):
+    """Runs quantppl with OMP_DISPLAY_ENV=VERBOSE; `underscore`: with the shell's "_" variable
+    (bash exports it to every command), whose slot carries the policy while the libraries start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_") and k != "_"}
+    if underscore:
+        env["_"] = BIN
     env.update(env_extra)
     env["OMP_DISPLAY_ENV"] = "VERBOSE"
     return subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=600)
 
 
+def execve_count(underscore):
+    """How many times the program is executed (strace), or None without strace."""
+    if not shutil.which("strace"):
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_") and k != "_"}
+    if underscore:
+        env["_"] = BIN
+    r = subprocess.run(["strace", "-f", "-e", "trace=execve", BIN, "--version"], env=env, capture_output=True,
+                       text=True, timeout=600)
+    return sum(1 for line in r.stderr.splitlines() if "execve(" in line and "= 0" in line)
+
+
 def test_libgomp_starts_passive_and_is_initialised_once():
-    r = run(["--version"])
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.count(BEGIN) == 1, r.stderr
-    assert "GOMP_SPINCOUNT = '0'" in r.stderr, r.stderr
-    assert r.stdout.startswith("quantppl ")
+    for underscore in (True, False):
+        r = run(["--version"], underscore=underscore)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.count(BEGIN) == 1, r.stderr
+        assert "GOMP_SPINCOUNT = '0'" in r.stderr, r.stderr
+        assert r.stdout.startswith("quantppl ")
+
+
+def test_no_reexecution_when_the_shell_variable_lends_its_slot():
+    with_slot, without = execve_count(True), execve_count(False)
+    if with_slot is None:
+        pytest.skip("strace is not installed")
+    assert with_slot == 1
+    assert without == 2  # re-executed from .preinit_array, before any library initialised
 
 
 def test_a_users_wait_policy_wins():
