@@ -116,6 +116,7 @@ def run(checkpoint, text_path, threads, max_length):
     from transformers import T5ForConditionalGeneration, T5Tokenizer
 
     torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()  # a deprecation notice per forward call otherwise
     started = time.perf_counter()
     tokenizer = T5Tokenizer.from_pretrained(checkpoint)
     model = T5ForConditionalGeneration.from_pretrained(checkpoint)
