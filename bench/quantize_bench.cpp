@@ -15,7 +15,8 @@
 //   BM_LoadContractModel                      load_model_file: jit::load + metadata + tokenizer + layers
 //
 // T is set with configure_runtime (LibTorch and OpenBLAS threads). OpenMP's
-// wait policy is made passive by re-executing once, as the CLI does.
+// wait policy is made passive before the libraries initialise, as the CLI
+// does (src/openmp_wait_policy.h).
 #include <benchmark/benchmark.h>
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -34,6 +35,7 @@
 #include "quantppl/quantize.h"
 #include "quantppl/runtime.h"
 #include "quantppl/variant_spec.h"
+#include "../src/openmp_wait_policy.h"
 
 namespace {
 
@@ -179,9 +181,7 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr && ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
-    ::execv("/proc/self/exe", argv);
-  }
+  quantppl::startup::apply_openmp_wait_policy(argv);
   register_all();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

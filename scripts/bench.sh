@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Performance benchmark of quantppl (issue 8): every target measured in one go, one table.
 #
-# usage: scripts/bench.sh [--quick] [--xl] [--reps N] [--out DIR]
+# usage: scripts/bench.sh [--quick] [--xl] [--reps N] [--out DIR] [--tutorial-only]
 #
 #   --quick   smoke run: the default text once (9 windows of 512), 1 repetition, short
 #             micro-benchmarks
@@ -9,6 +9,7 @@
 #             compare on it with a short text and --variants fp32,absmax:8
 #   --reps N  repetitions of the throughput runs (default 3; --quick: 1); each side keeps its best
 #   --out DIR where to write the results (default $CACHE/runs/<date-time>)
+#   --tutorial-only  only section (f), the whole-process comparison with the seed tutorial
 #
 # Models are built by scripts/make_bench_models.py into
 # ${QUANTPPL_BENCH_CACHE:-$HOME/.cache/quantppl/bench} (never into the repository) and rebuilt
@@ -29,9 +30,21 @@
 #       on the 4x text, at B=8 and with --backup file on the default text, and of
 #       `quantppl --version` (LibTorch's static footprint).
 #   (e) --xl: the T5-XL-shaped model (see above); passes --backup file if compare lists it.
+#   (f) whole processes, wall time (issue 13, item 6): the seed tutorial's pipeline in Python
+#       (scripts/quantppl_tools/tutorial_baseline.py in the venv: transformers'
+#       T5ForConditionalGeneration loaded from a Hugging Face checkpoint of the same weights,
+#       the tutorial's absmax/zeropoint functions on every Linear weight, exp(loss) per 512-token
+#       window) against `quantppl compare --variants fp32,absmax:8,zeropoint:8`, at 2 threads,
+#       on a ~1,000-token and a ~7,000-token text cut from data/default_eval.txt; --reps
+#       repetitions (default 5; --quick: 1), interleaved, after one untimed run of each; the report shows
+#       the ratio of the medians. The venv is ${QUANTPPL_VENV:-build/venv}; the checkpoint is
+#       cached beside the model.
 #
 # Environment: quantppl sets OMP_WAIT_POLICY=PASSIVE itself; python_baseline.py sets
 # OMP_WAIT_POLICY=PASSIVE, OPENBLAS_NUM_THREADS=T and the glibc malloc tunables itself;
+# the tutorial pipeline (f) gets OMP_WAIT_POLICY=PASSIVE and OPENBLAS_NUM_THREADS=T from here
+# (what quantppl sets for itself: same threads on both sides)
+# tutorial does not tune its allocator);
 # quantppl_bench gets OMP_WAIT_POLICY=PASSIVE from here unless it is set already.
 # OPENBLAS_CORETYPE is left as it is (see ../shared/notes/performance-measurements.md).
 set -euo pipefail
@@ -45,14 +58,16 @@ QUICK=0
 XL=0
 REPS=
 OUT=
+TUTORIAL_ONLY=0
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
     --xl) XL=1 ;;
-    --reps) REPS=${2:?--reps needs a number}; shift ;;
+    --reps) REPS=${2:?--reps needs a number}; REPS_GIVEN=$REPS; shift ;;
     --out) OUT=${2:?--out needs a directory}; shift ;;
+    --tutorial-only) TUTORIAL_ONLY=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench.sh: error: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -126,9 +141,75 @@ run_to() {
   fi
 }
 
+# ---------------------------------------------------------------------------------------------
+# (f) whole processes: the seed tutorial's pipeline vs compare (issue 13, item 6)
+# ---------------------------------------------------------------------------------------------
+PY_MALLOC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184
+tutorial_section() {  # section (f), called at the end (or alone with --tutorial-only)
+  local venv_py=${QUANTPPL_VENV:-$REPO/build/venv}/bin/python T=2 reps hf stamp r tag
+  if [[ ! -x $venv_py ]] || ! "$venv_py" -c 'import transformers, sentencepiece' 2> /dev/null; then
+    log "(f) skipped: $venv_py with transformers and sentencepiece not found (scripts/setup_python_env.sh)"
+    return
+  fi
+  reps=${REPS_GIVEN:-5}
+  ((QUICK)) && reps=1
+  # ~1,000 and ~7,000 tokens: whole lines of the default text (1,026 and 6,916 tokens with the
+  # default tokenizer; the exact counts are in the compare outputs).
+  head -c 4900 "$REPO/data/default_eval.txt" | sed '$d' > "$RUN/text_1k.txt"
+  { cat "$REPO/data/default_eval.txt"; head -c 11700 "$REPO/data/default_eval.txt" | sed '$d'; } > "$RUN/text_7k.txt"
+  # The Hugging Face checkpoint of $FLAN's weights (checked bit-equal, and the tokenizer's ids
+  # checked equal to quantppl's on both texts), rebuilt when the model or the script changes.
+  hf=$FLAN.hf
+  stamp=$(cat "$FLAN.stamp" "$REPO/scripts/quantppl_tools/tutorial_baseline.py" "$RUN/text_1k.txt" "$RUN/text_7k.txt" |
+    sha256sum | cut -c1-16)
+  if [[ -f $hf/stamp && $(cat "$hf/stamp") == "$stamp" ]]; then
+    log "(f) checkpoint: cached $hf"
+  else
+    log "(f) checkpoint: writing $hf"
+    rm -rf "$hf"
+    if ! PYTHONPATH=$REPO/scripts "$venv_py" -m quantppl_tools.tutorial_baseline checkpoint "$FLAN" "$hf" \
+        --check-text "$RUN/text_1k.txt" --check-text "$RUN/text_7k.txt" > /dev/null 2> "$RUN/tutorial_checkpoint.err"; then
+      FAILED=$((FAILED + 1))
+      log "FAILED: the tutorial checkpoint -- see $RUN/tutorial_checkpoint.err"
+      return
+    fi
+    rm -f "$RUN/tutorial_checkpoint.err"
+    echo "$stamp" > "$hf/stamp"
+  fi
+  tutorial() {  # OUT TEXT
+    OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=$T GLIBC_TUNABLES=$PY_MALLOC_TUNABLES PYTHONPATH=$REPO/scripts \
+      "$venv_py" -m quantppl_tools.tutorial_baseline run "$hf" "$2" --threads $T
+  }
+  startup() {  # OUT TEXT
+    "$QUANTPPL" compare -m "$FLAN" -t "$2" --variants fp32,absmax:8,zeropoint:8 --threads $T --format json -q
+  }
+  timed() {  # OUT CMD...: run_to, and OUT's wall seconds (the whole process) in OUT.seconds
+    local out=$1 t0 t1; shift
+    t0=$(date +%s%N)
+    run_to "$out.json" "$@"
+    t1=$(date +%s%N)
+    [[ -f $out.json ]] && awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", (b - a) / 1e9 }' > "$out.seconds"
+  }
+  log "(f) untimed first runs (page cache, Python byte code)"
+  run_to "$RUN/tutorial_warmup.json" tutorial - "$RUN/text_1k.txt"
+  run_to "$RUN/startup_warmup.json" startup - "$RUN/text_1k.txt"
+  for ((r = 1; r <= reps; r++)); do
+    for tag in 1k 7k; do
+      log "(f) rep $r/$reps: text $tag: tutorial pipeline, then quantppl compare ($T threads)"
+      timed "$RUN/tutorial_$tag.r$r" tutorial - "$RUN/text_$tag.txt"
+      timed "$RUN/startup_$tag.r$r" startup - "$RUN/text_$tag.txt"
+    done
+  done
+}
 $PY "$REPO/scripts/bench_report.py" --machine-json "$RUN/machine.json" --binary "$QUANTPPL"
 cat /proc/loadavg > "$RUN/loadavg.before"
 log "run directory $RUN (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+if ((TUTORIAL_ONLY)); then
+  tutorial_section
+  cat /proc/loadavg > "$RUN/loadavg.after"
+  $PY "$REPO/scripts/bench_report.py" "$RUN" --json "$RUN/report.json" | tee "$RUN/report.txt"
+  exit $((FAILED ? 1 : 0))
+fi
 
 # ---------------------------------------------------------------------------------------------
 # (a) micro-benchmarks
@@ -228,6 +309,8 @@ if ((XL)); then
     awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }' > "$RUN/xl.seconds"
   fi
 fi
+
+tutorial_section
 
 sgemm end
 cat /proc/loadavg > "$RUN/loadavg.after"

@@ -70,7 +70,7 @@ std::vector<LinearLayer> find_linear_layers(const torch::jit::Module& module, co
       throw DataError(describe(path) + ": Linear layer '" + name + "' has a " + dtype_string(weight) + " weight of shape " +
                       shape_string(weight) + ", expected a float32 matrix [out_features, in_features]");
     }
-    layers.push_back({name, std::move(weight)});
+    layers.push_back({name, std::move(weight), path});
   }
   if (layers.empty()) {
     throw DataError(describe(path) + " has no torch.nn.Linear layer (nothing to quantize)");

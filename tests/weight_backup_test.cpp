@@ -1,5 +1,6 @@
-// WeightBackup's two storages: the file-backed one (for models larger than
-// RAM allows) must behave exactly like the in-memory one, leave no file
+// WeightBackup's storages: the file-backed one (for models larger than RAM
+// allows) and the model-file one (views of the archive the weights were
+// loaded from) must behave exactly like the in-memory one, leave no file
 // behind, and give the originals back bit for bit.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -12,6 +13,7 @@
 #include "quantppl/error.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/variant_spec.h"
+#include "quantppl/weight_backup.h"
 
 namespace quantppl {
 namespace {
@@ -80,10 +82,70 @@ TEST(WeightBackupTest, FileStorageMatchesMemoryStorageBitForBit) {
   }
 }
 
-TEST(WeightBackupTest, AutoPicksMemoryForASmallModel) {
+TEST(WeightBackupTest, AutoMapsTheModelFileAndRestoresBitForBit) {
   ContractModel model = ContractModel::load(fixture("tiny.pt"));
+  ContractModel memory_model = ContractModel::load(fixture("tiny.pt"));
+  std::vector<torch::Tensor> before;
+  for (const LinearLayer& l : model.linear_layers()) before.push_back(l.weight.clone());
+
   WeightBackup backup(model.linear_layers(), BackupStorage::kAuto);
+  WeightBackup memory_backup(memory_model.linear_layers(), BackupStorage::kMemory);
+  ASSERT_EQ(backup.storage(), BackupStorage::kModel);
+  EXPECT_FALSE(backup.pages_dropped()) << "a tiny backup fits in memory";
+  ASSERT_EQ(backup.layers().size(), before.size());
+  for (size_t i = 0; i < before.size(); ++i) {
+    // The views point into the mapped archive, not at the live weights, and hold what LibTorch loaded.
+    EXPECT_NE(backup.original(i).data_ptr(), backup.layers()[i].weight.data_ptr());
+    EXPECT_TRUE(torch::equal(backup.original(i), before[i])) << backup.layers()[i].name;
+  }
+  for (const char* spec : {"absmax:8", "zeropoint:3:group32:mse", "absmax:4:channel:p99"}) {
+    const QuantConfig config = parse_variant(spec).config;
+    apply_variant_params(backup, config, choose_variant_params(backup, config));
+    apply_variant_params(memory_backup, config, choose_variant_params(memory_backup, config));
+    for (size_t i = 0; i < before.size(); ++i) {
+      EXPECT_TRUE(torch::equal(model.linear_layers()[i].weight, memory_model.linear_layers()[i].weight)) << spec;
+      EXPECT_FALSE(torch::equal(model.linear_layers()[i].weight, before[i])) << spec;
+    }
+    backup.restore();
+    for (size_t i = 0; i < before.size(); ++i) {
+      EXPECT_TRUE(torch::equal(model.linear_layers()[i].weight, before[i])) << spec;
+    }
+  }
+}
+
+TEST(WeightBackupTest, ModelStorageIsOnlyUsedWhenTheFileHoldsTheLoadedBytes) {
+  // A weight edited after loading no longer matches the archive: the backup must copy it instead.
+  ContractModel model = ContractModel::load(fixture("tiny.pt"));
+  std::vector<LinearLayer> layers = model.linear_layers();
+  {
+    torch::NoGradGuard no_grad;
+    layers.back().weight.view(-1)[5].add_(1.0f);
+  }
+  const torch::Tensor edited = layers.back().weight.clone();
+  for (const BackupStorage storage : {BackupStorage::kAuto, BackupStorage::kModel}) {
+    WeightBackup backup(layers, storage);
+    EXPECT_EQ(backup.storage(), BackupStorage::kMemory) << to_string(storage);
+    EXPECT_TRUE(torch::equal(backup.original(layers.size() - 1), edited));
+  }
+}
+
+TEST(WeightBackupTest, LayersWithoutASourceFileAreCopied) {
+  ContractModel model = ContractModel::load(fixture("tiny.pt"));
+  std::vector<LinearLayer> layers = model.linear_layers();
+  for (LinearLayer& l : layers) l.source_path.clear();
+  WeightBackup backup(layers, BackupStorage::kAuto);
   EXPECT_EQ(backup.storage(), BackupStorage::kMemory);
+  // A file that is not a TorchScript archive: also copied.
+  for (LinearLayer& l : layers) l.source_path = fixture("not_torchscript.pt");
+  WeightBackup other(layers, BackupStorage::kAuto);
+  EXPECT_EQ(other.storage(), BackupStorage::kMemory);
+}
+
+TEST(WeightBackupTest, ExplicitMemoryAndFileAreHonoured) {
+  ContractModel model = ContractModel::load(fixture("tiny.pt"));
+  EXPECT_EQ(WeightBackup(model.linear_layers(), BackupStorage::kMemory).storage(), BackupStorage::kMemory);
+  TempDirEnv tmp;
+  EXPECT_EQ(WeightBackup(model.linear_layers(), BackupStorage::kFile).storage(), BackupStorage::kFile);
 }
 
 TEST(WeightBackupTest, UnwritableTempDirIsAnIoErrorNamingTheRemedy) {
@@ -110,7 +172,9 @@ TEST(WeightBackupTest, ParsesStorageNames) {
   EXPECT_EQ(parse_backup_storage("memory"), BackupStorage::kMemory);
   EXPECT_EQ(parse_backup_storage("auto"), BackupStorage::kAuto);
   EXPECT_THROW(parse_backup_storage("disk"), UsageError);
+  EXPECT_EQ(parse_backup_storage("model"), BackupStorage::kModel);
   EXPECT_EQ(to_string(BackupStorage::kFile), "file");
+  EXPECT_EQ(to_string(BackupStorage::kModel), "model");
 }
 
 }  // namespace

@@ -29,6 +29,7 @@ namespace quantppl {
 struct LinearLayer {
   std::string name;      // module path, as Hugging Face names it: "decoder.block.3.layer.2.DenseReluDense.wo"
   torch::Tensor weight;  // [out_features, in_features] float32, ALIASING the module's parameter
+  std::string source_path;  // the model file it was loaded from, if any (weight_backup.h's kModel storage)
 };
 
 class ContractModel {

@@ -1,10 +1,9 @@
-// Fake-quantizing a model's Linear weights in place, and putting them back.
+// Fake-quantizing a model's Linear weights in place (the originals come back
+// from a WeightBackup: weight_backup.h).
 //
 // A variant replaces every selected weight W by fake_quantize(W) (quantize.h)
-// in place, under no-grad, so the scripted module runs unchanged. Between
-// variants the originals come back bit-for-bit from a backup that is
-// allocated once (one copy of the selected weights), not per variant.
-// Each variant quantizes the *original* weights: restore() runs first.
+// in place, under no-grad, so the scripted module runs unchanged. Each
+// variant quantizes the *original* weights, read from the backup.
 #pragma once
 
 #include <string>
@@ -15,6 +14,7 @@
 #include "quantppl/contract_model.h"
 #include "quantppl/error_metrics.h"
 #include "quantppl/quantize.h"
+#include "quantppl/weight_backup.h"  // WeightBackup and BackupStorage lived here before
 
 namespace quantppl {
 
@@ -25,50 +25,6 @@ namespace quantppl {
 // flag) or when nothing is selected.
 std::vector<LinearLayer> select_layers(const std::vector<LinearLayer>& layers, const std::string& include,
                                        const std::string& exclude);
-
-// Where WeightBackup keeps the originals.
-//   kMemory: one contiguous tensor per layer in RAM (fastest; the default
-//            when it fits).
-//   kFile:   one temporary file (created in $TMPDIR, default /tmp, and
-//            unlinked at once, so nothing is left behind even on a crash),
-//            mapped read-only. A layer's pages are read in when it is used
-//            and dropped from the process's resident set afterwards
-//            (release()), so the backup costs page cache, which the kernel
-//            can reclaim, not RSS. This is what lets a T5-XL-sized model
-//            (11 GB of Linear weights) be evaluated in 24 GB.
-//   kAuto:   kMemory if the backup plus 1 GiB of headroom fits in
-//            MemAvailable (/proc/meminfo), else kFile.
-enum class BackupStorage { kAuto, kMemory, kFile };
-std::string to_string(BackupStorage storage);           // "auto", "memory", "file"
-BackupStorage parse_backup_storage(const std::string& name);  // UsageError naming --backup
-
-// One copy of every selected weight, made once.
-class WeightBackup {
- public:
-  explicit WeightBackup(std::vector<LinearLayer> layers, BackupStorage storage = BackupStorage::kMemory);
-  ~WeightBackup();
-  WeightBackup(const WeightBackup&) = delete;
-  WeightBackup& operator=(const WeightBackup&) = delete;
-  // Copies the originals back into the live weights (bit-for-bit).
-  void restore();
-  const std::vector<LinearLayer>& layers() const { return layers_; }
-  // The original of layer i (in kFile storage a read-only view of the
-  // mapping: do not write to it).
-  const torch::Tensor& original(size_t i) const { return originals_[i]; }
-  // Done with original(i) for now: in kFile storage, drop its pages from the
-  // resident set (they are re-read on the next use); in kMemory, nothing.
-  void release(size_t i) const;
-  int64_t parameter_count() const;
-  BackupStorage storage() const { return storage_; }  // kMemory or kFile, never kAuto
-
- private:
-  std::vector<LinearLayer> layers_;
-  std::vector<torch::Tensor> originals_;
-  BackupStorage storage_;
-  void* mapping_ = nullptr;  // kFile: the whole file, PROT_READ
-  size_t mapping_bytes_ = 0;
-  std::vector<size_t> offsets_;  // kFile: byte offset of each layer (page aligned)
-};
 
 struct LayerQuantization {
   std::string name;

@@ -9,8 +9,10 @@
 //   (openblas_set_num_threads, found with dlsym, when the BLAS is OpenBLAS).
 // * OpenMP workers busy-wait between parallel regions and starve OpenBLAS's
 //   threads: 2 threads were slower than 1 until OMP_WAIT_POLICY=PASSIVE.
-//   libgomp reads that once at load time, so the CLI sets it by re-executing
-//   itself (src/cli/main.cpp); this file only reports it.
+//   libgomp reads that once at load time, before main(), so the CLI
+//   re-executes itself with it set from an ELF .preinit_array function,
+//   before any library's constructor (src/openmp_wait_policy.h); this file
+//   only reports it.
 // * glibc returns large freed blocks to the kernel (munmap, trim), and every
 //   page touched again costs a page fault (~11.5 us per 4 KiB page here):
 //   the forward pass allocates the same activation sizes every batch, so

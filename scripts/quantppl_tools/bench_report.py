@@ -15,6 +15,9 @@ missing is shown as "not measured"):
                            x1 with --backup file (x1file); .kb = peak RSS (KiB)
   static.kb                peak RSS of `quantppl --version` (LibTorch's static footprint)
   xl.json/.kb/.seconds     compare on the T5-XL-shaped model; xl_build.kb/.seconds the model build
+  tutorial_{1k,7k}.rN.json/.seconds   the seed tutorial's pipeline (quantppl_tools.tutorial_baseline run)
+  startup_{1k,7k}.rN.json/.seconds    quantppl compare --variants fp32,absmax:8,zeropoint:8, same text and
+                           threads; .seconds = wall time of the whole process
 
 Targets and how each ratio is formed:
   1 fake-quant     real time of BM_FakeQuantize/<variant>/threads:T over BM_CopyLinearWeights/threads:T;
@@ -38,6 +41,10 @@ Targets and how each ratio is formed:
                    the 1x text, <= 1.05 (independent of text length);
                    T5-XL: peak RSS <= 24 GB.
   6 startup        BM_LoadContractModel over BM_JitLoad, <= 1.2.
+  6 vs tutorial    (issue 13) median wall seconds of the tutorial pipeline's whole process over
+                   quantppl compare's, same model, text and threads: >= 1.15 on the ~1,000-token text,
+                   >= 1.0 on the ~7,000-token text. The detail shows both medians and how far the
+                   fp32 perplexities of the two sides differ (same weights and token ids: ~1e-5).
 """
 
 import argparse
@@ -62,6 +69,7 @@ RSS_FACTOR = 1.25
 RSS_LENGTH_LIMIT = 1.05
 XL_RSS_LIMIT_BYTES = 24 * 1024 ** 3
 STARTUP_LIMIT = 1.2
+TUTORIAL_LIMITS = {"1k": 1.15, "7k": 1.0}
 
 _UNIT = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 _THREADS = re.compile(r"^threads:(\d+)$")
@@ -413,6 +421,41 @@ def startup_rows(gb):
                 "%.0f ms vs %.0f ms" % (1e3 * ours[0], 1e3 * jit[0]))]
 
 
+def read_seconds(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def tutorial_rows(run_dir):
+    """Whole-process wall time of the seed tutorial's pipeline over quantppl compare's (medians)."""
+    rows = []
+    for tag, limit in sorted(TUTORIAL_LIMITS.items()):
+        sides = {}
+        for side in ("tutorial", "startup"):
+            runs = sorted(glob.glob(os.path.join(run_dir, "%s_%s.r*.json" % (side, tag))))
+            sides[side] = [(p, read_seconds(p[:-len(".json")] + ".seconds")) for p in runs]
+            sides[side] = [(p, s) for p, s in sides[side] if s is not None]
+        config = "text %s, fp32+absmax:8+zeropoint:8" % tag
+        if not sides["tutorial"] or not sides["startup"]:
+            rows.append(Row("6 tutorial / quantppl", config, None, limit, ">=", "not run"))
+            continue
+        base = _median([s for _, s in sides["tutorial"]])
+        ours = _median([s for _, s in sides["startup"]])
+        tut, cmp = read_json(sides["tutorial"][0][0]), read_json(sides["startup"][0][0])
+        ppl_ours = {r["variant"]: r["ppl"] for r in cmp.get("results", [])}
+        ppl_tut = tut.get("perplexity", {})
+        diffs = ["%s %.1e" % (v, abs(ppl_tut[v] / ppl_ours[v] - 1)) for v in ("fp32", "absmax:8", "zeropoint:8")
+                 if v in ppl_tut and v in ppl_ours]
+        note = "%.2f s vs %.2f s (medians of %d/%d), %d tokens, %s thr; ppl rel. diff %s" % (
+            base, ours, len(sides["tutorial"]), len(sides["startup"]), cmp.get("text_tokens", 0),
+            cmp.get("threads", "?"), ", ".join(diffs) or "?")
+        rows.append(Row("6 tutorial / quantppl", config, base / ours, limit, ">=", note))
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # Machine
 # ---------------------------------------------------------------------------------------------
@@ -466,6 +509,7 @@ def collect(run_dir):
     rows += variants_rows(run_dir)
     rows += memory_rows(run_dir)
     rows += startup_rows(gb)
+    rows += tutorial_rows(run_dir)
     return rows
 
 

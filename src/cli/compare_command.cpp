@@ -59,7 +59,8 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
   cmd->add_option("--backup", c.backup,
                   "Where the original weights are kept between variants: memory, file (an unlinked temporary "
                   "file in $TMPDIR, paged in per layer: for models larger than half the RAM), or auto "
-                  "(memory when it fits in available RAM with 1 GiB to spare)")
+                  "(no copy when the model file holds the loaded weights unchanged: they are read from it; "
+                  "else memory when it fits in available RAM with 1 GiB to spare, else file)")
       ->check(CLI::IsMember({"auto", "memory", "file"}))
       ->capture_default_str();
   cmd->footer(

@@ -23,6 +23,7 @@
 #include "commands.h"
 #include "quantppl/error.h"
 #include "quantppl/output_file.h"
+#include "../openmp_wait_policy.h"
 
 namespace quantppl::cli {
 
@@ -94,23 +95,11 @@ int run(int argc, char** argv) {
 }  // namespace
 }  // namespace quantppl::cli
 
-// LibTorch's OpenMP workers busy-wait ("active" policy) between parallel
-// regions, fighting OpenBLAS's own threads for the cores: measured here on
-// 2 cores, a compare at --threads 2 took 32 s with the default policy and 2 s
-// with OMP_WAIT_POLICY=PASSIVE (1 thread: 3 s). libgomp reads the variable
-// once, when it is loaded — before main() — so the only way for the tool to
-// own it is to set it and re-execute itself, once. A user's own setting wins.
-static void make_openmp_wait_passively(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  if (::setenv("OMP_WAIT_POLICY", "PASSIVE", /*overwrite=*/1) != 0) return;
-  ::execv("/proc/self/exe", argv);
-  // execv only returns on failure: carry on with the active policy.
-}
-
 int main(int argc, char** argv) {
   using namespace quantppl;
-  make_openmp_wait_passively(argv);
-  // After the re-exec: a handler installed before it would not survive execv.
+  // OMP_WAIT_POLICY=PASSIVE unless the user set it (src/openmp_wait_policy.h). Before the
+  // handlers: its fallback re-executes the process, and handlers would not survive execv.
+  startup::apply_openmp_wait_policy(argv);
   install_interrupt_handlers();
   try {
     return cli::run(argc, argv);
