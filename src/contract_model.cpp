@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <mutex>
+#include <unordered_map>
 #include <regex>
 #include <sstream>
 #include <unordered_set>
@@ -105,9 +107,21 @@ bool all_finite(const torch::Tensor& weight) {
 
 // LibTorch reads the archive through this, from the descriptor that was verified (not by
 // opening the path again, which could by then name another file). It owns a dup() of it.
+//
+// It also records where each stored record went: LibTorch (PyTorchStreamReader::getRecord)
+// allocates a buffer of the record's size and has miniz read a stored member straight into it,
+// and that buffer becomes the storage of the tensors that use the record. The storage's byte
+// size, though, is taken from the pickle (numel x itemsize), not from the record: a record
+// shorter than its pickle entry gives a storage that claims more bytes than its buffer has.
+// Knowing which buffer received which record, storage_record() gives the true size.
 class VerifiedFileAdapter : public caffe2::serialize::ReadAdapterInterface {
  public:
-  explicit VerifiedFileAdapter(const RegularFile& file) : fd_(::dup(file.fd())), size_(file.size()) {}
+  VerifiedFileAdapter(const RegularFile& file, const VerifiedArchive& archive)
+      : fd_(::dup(file.fd())), size_(file.size()) {
+    for (const ArchiveMember& m : archive.members) {
+      if (m.method == 0 && m.bytes > 0) records_.emplace(static_cast<uint64_t>(m.data_offset), &m);
+    }
+  }
   ~VerifiedFileAdapter() override {
     if (fd_ >= 0) ::close(fd_);
   }
@@ -120,18 +134,33 @@ class VerifiedFileAdapter : public caffe2::serialize::ReadAdapterInterface {
       if (got <= 0) break;  // miniz turns a short read into an error
       done += static_cast<size_t>(got);
     }
+    const auto it = records_.find(pos);
+    if (it != records_.end() && static_cast<int64_t>(n) == it->second->bytes) {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      received_[buf] = it->second;
+    }
     return done;
+  }
+  // The stored record read into the buffer at `data`, or nullptr.
+  const ArchiveMember* storage_record(const void* data) const {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = received_.find(data);
+    return it == received_.end() ? nullptr : it->second;
   }
 
  private:
   int fd_;
   int64_t size_;
+  std::unordered_map<uint64_t, const ArchiveMember*> records_;  // by data offset
+  mutable std::mutex mutex_;
+  mutable std::unordered_map<const void*, const ArchiveMember*> received_;
 };
 
 // The elements a strided tensor can touch, from its storage offset to its farthest element, must
 // lie inside its storage: LibTorch's unpickler sets sizes and strides without comparing them with
 // the storage record it read, so a short record (or a crafted view) would be read past its end.
-void check_tensor_bounds(const torch::Tensor& t, const std::string& name, const std::string& path) {
+void check_tensor_bounds(const torch::Tensor& t, const std::string& name, const std::string& path,
+                         const VerifiedFileAdapter& reader) {
   if (!t.defined()) return;
   if (t.layout() != c10::kStrided) {
     throw DataError(fmt::format("{}: tensor '{}' has layout {}, expected a dense (strided) tensor", describe(path), name,
@@ -139,6 +168,21 @@ void check_tensor_bounds(const torch::Tensor& t, const std::string& name, const 
   }
   if (!t.device().is_cpu()) {
     throw DataError(fmt::format("{}: tensor '{}' is on device {}, expected cpu", describe(path), name, t.device().str()));
+  }
+  // The storage against the record it was read from.
+  const int64_t claimed = static_cast<int64_t>(t.storage().nbytes());
+  if (claimed > 0) {
+    const ArchiveMember* record = reader.storage_record(t.storage().data());
+    if (record == nullptr) {
+      throw DataError(fmt::format("{}: the storage of tensor '{}' is not an uncompressed record of the archive (re-save "
+                                  "the model with torch.jit.save)",
+                                  describe(path), name));
+    }
+    if (claimed > record->bytes) {
+      throw DataError(fmt::format("{}: tensor '{}' has a storage of {} bytes but its storage record '{}' has only {}: "
+                                  "the archive is corrupt",
+                                  describe(path), name, claimed, record->name, record->bytes));
+    }
   }
   if (t.numel() == 0) return;
   int64_t last = t.storage_offset();
@@ -162,13 +206,13 @@ void check_tensor_bounds(const torch::Tensor& t, const std::string& name, const 
 
 // Every tensor reachable from the module (parameters, buffers, any attribute, in lists, tuples,
 // dicts and objects) and every tensor constant in its code.
-void check_all_tensors(const torch::jit::Module& module, const std::string& path) {
+void check_all_tensors(const torch::jit::Module& module, const std::string& path, const VerifiedFileAdapter& reader) {
   std::unordered_set<const void*> seen;
   std::function<void(const c10::IValue&, const std::string&, int)> walk = [&](const c10::IValue& v,
                                                                               const std::string& name, int depth) {
     if (depth > 1000) throw DataError(describe(path) + ": attribute '" + name.substr(0, 200) + "...' nested too deeply");
     if (v.isTensor()) {
-      check_tensor_bounds(v.toTensor(), name, path);
+      check_tensor_bounds(v.toTensor(), name, path, reader);
     } else if (v.isObject()) {
       const auto object = v.toObject();
       if (!seen.insert(object.get()).second) return;
@@ -197,7 +241,7 @@ void check_all_tensors(const torch::jit::Module& module, const std::string& path
     for (const torch::jit::Node* node : block->nodes()) {
       if (node->kind() == c10::prim::Constant && node->output()->type()->kind() == c10::TypeKind::TensorType) {
         if (const auto value = torch::jit::toIValue(node->output())) {
-          check_tensor_bounds(value->toTensor(), "constant in " + function, path);
+          check_tensor_bounds(value->toTensor(), "constant in " + function, path, reader);
         }
       }
       for (const torch::jit::Block* sub : node->blocks()) constants(sub, function);
@@ -231,8 +275,9 @@ ContractModel ContractModel::load(const std::string& path, const std::string& to
 
   torch::jit::ExtraFilesMap extra{{kMetadataFile, kAbsent}, {kTokenizerFile, kAbsent}};
   torch::jit::Module module;
+  const auto reader = std::make_shared<VerifiedFileAdapter>(file, archive);
   try {
-    module = torch::jit::load(std::make_shared<VerifiedFileAdapter>(file), c10::nullopt, extra);
+    module = torch::jit::load(reader, c10::nullopt, extra);
   } catch (const c10::Error& e) {
     throw DataError(describe(path) + " is not a valid TorchScript archive (" + one_line(e) + ")");
   } catch (const std::bad_alloc&) {
@@ -243,7 +288,7 @@ ContractModel ContractModel::load(const std::string& path, const std::string& to
     throw DataError(describe(path) + ": its TorchScript code does not load (" + (what.empty() ? "no message" : what) +
                     ")");
   }
-  check_all_tensors(module, path);
+  check_all_tensors(module, path, *reader);
   module.eval();
 
   if (extra[kMetadataFile] == kAbsent) {
