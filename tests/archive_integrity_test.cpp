@@ -297,5 +297,28 @@ TEST(ArchiveIntegrityTest, StructuralLiesAreRejected) {
   EXPECT_THAT(error_of(far), HasSubstr("central directory"));
 }
 
+// A storage record rewritten shorter with a valid CRC-32 (by Python's zipfile): the zip is sound,
+// so only the load-time check of storages against the records LibTorch read can catch it.
+TEST(ArchiveIntegrityTest, ShortStorageRecordWithAValidCrcFailsToLoad) {
+  const std::string out = ::testing::TempDir() + "archive_integrity_short.pt";
+  testing::run_command(testing::python() + " -c " +
+                       testing::shell_quote("import sys, zipfile\n"
+                                            "src, dst = sys.argv[1], sys.argv[2]\n"
+                                            "z = zipfile.ZipFile(src)\n"
+                                            "with zipfile.ZipFile(dst, 'w') as w:\n"
+                                            "    for n in z.namelist():\n"
+                                            "        b = z.read(n)\n"
+                                            "        w.writestr(zipfile.ZipInfo(n), b[:len(b) // 2] if n.endswith('/data/0') else b)\n") +
+                       " " + testing::shell_quote(fixture("tiny.pt")) + " " + testing::shell_quote(out));
+  EXPECT_NO_THROW(verify_archive_bytes(read_file(out), "m"));  // a well-formed zip
+  try {
+    ContractModel::load(out);
+    FAIL() << "no DataError";
+  } catch (const DataError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("but its storage record 'tiny/data/0' has only"));
+  }
+  std::remove(out.c_str());
+}
+
 }  // namespace
 }  // namespace quantppl
