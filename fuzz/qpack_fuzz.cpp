@@ -3,23 +3,35 @@
 // Contract: it returns a PackedModel whose every section lies inside the bytes and whose layer
 // list is non-empty with unique names, or throws quantppl::Error. Anything else (a crash, a
 // sanitizer report, an exception of another type, an allocation beyond -rss_limit_mb) is a bug.
-// The seed corpus (fuzz/corpus/qpack_fuzz/) holds a real, small .qpack to mutate.
+// The seed corpus (fuzz/corpus/qpack_fuzz/) holds real, small .qpack files to mutate. A mutation
+// of the JSON header would almost always stop at the header's SHA-256, so the target writes the
+// digest of whatever header the input has into the preamble first: the JSON and layout checks
+// behind it get fuzzed too (the digest check itself is covered by PackedCorruptionTest).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 #include <string>
 
 #include "quantppl/error.h"
 #include "quantppl/packed_model.h"
+#include "quantppl/sha256.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  std::string bytes(reinterpret_cast<const char*>(data), size);
+  if (bytes.size() >= static_cast<size_t>(quantppl::kQpackPreambleBytes)) {
+    uint64_t header_len = 0;
+    std::memcpy(&header_len, bytes.data() + 16, sizeof header_len);
+    if (header_len <= bytes.size() - quantppl::kQpackPreambleBytes) {
+      bytes.replace(24, 64, quantppl::sha256(std::string_view(bytes).substr(quantppl::kQpackPreambleBytes, header_len)));
+    }
+  }
   try {
-    const quantppl::PackedModel m =
-        quantppl::parse_packed_model(std::string(reinterpret_cast<const char*>(data), size), "fuzz.qpack");
-    const auto inside = [&](int64_t offset, int64_t bytes) {
-      return offset >= m.payload_offset && bytes >= 0 && offset <= static_cast<int64_t>(size) &&
-             bytes <= static_cast<int64_t>(size) - offset;
+    const quantppl::PackedModel m = quantppl::parse_packed_model(bytes, "fuzz.qpack");
+    const auto inside = [&](int64_t offset, int64_t n) {
+      return offset >= m.payload_offset && n >= 0 && offset <= static_cast<int64_t>(size) &&
+             n <= static_cast<int64_t>(size) - offset;
     };
     std::set<std::string> names;
     if (m.layers.empty()) std::abort();

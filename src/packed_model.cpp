@@ -11,6 +11,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -659,13 +660,22 @@ ContractModel load_referenced(const PackedModel& m, const std::string& tokenizer
                                   m.path, source, file.size(), m.source_bytes));
     }
   }
-  // ContractModel::load verifies the archive and hashes it in the same pass.
-  ContractModel model = ContractModel::load(source, tokenizer_override);
-  if (model.file_sha256() != m.source_sha256) {
-    throw DataError(fmt::format("packed model '{}': source model '{}' has sha256 {}, expected {} (it changed since packing)",
-                                m.path, source, model.file_sha256(), m.source_sha256));
+  const auto changed = [&](const std::string& digest) {
+    return DataError(fmt::format("packed model '{}': source model '{}' has sha256 {}, expected {} (it changed since packing)",
+                                 m.path, source, digest, m.source_sha256));
+  };
+  // ContractModel::load verifies the archive and hashes it in the same pass. If it rejects the
+  // file, a changed file is the likelier story, and the more useful message: hash it to tell.
+  std::optional<ContractModel> model;
+  try {
+    model.emplace(ContractModel::load(source, tokenizer_override));
+  } catch (const DataError& e) {
+    const std::string digest = sha256_file(source);
+    if (digest != m.source_sha256) throw changed(digest);
+    throw DataError(fmt::format("packed model '{}': source model: {}", m.path, e.what()));
   }
-  return model;
+  if (model->file_sha256() != m.source_sha256) throw changed(model->file_sha256());
+  return std::move(*model);
 }
 
 }  // namespace
