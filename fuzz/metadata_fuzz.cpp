@@ -1,7 +1,7 @@
 // libFuzzer target: the quantppl.json reader on arbitrary bytes (scripts/fuzz.sh).
 //
 // Contract: parse_model_metadata returns metadata satisfying the invariants
-// model_metadata.h promises (ids in [0, vocab_size), sizes > 0), or throws
+// model_metadata.h promises (ids in [0, vocab_size), sizes in [1, the plausible maximum]), or throws
 // quantppl::Error (DataError). metadata_with_variant likewise. Anything else
 // (a nlohmann::json exception escaping, a crash, a sanitizer report) is a bug.
 #include <cstddef>
@@ -17,6 +17,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const quantppl::ModelMetadata m = quantppl::parse_model_metadata(text, "model 'fuzz.pt': quantppl.json");
     const bool ok = m.format_version == 1 && m.architecture == "t5" && m.vocab_size > 0 && m.max_length > 0 &&
+                    m.vocab_size <= quantppl::kMaxVocabSize && m.max_length <= quantppl::kMaxSequenceLength &&
                     m.pad_token_id >= 0 && m.pad_token_id < m.vocab_size && m.eos_token_id >= 0 &&
                     m.eos_token_id < m.vocab_size && m.decoder_start_token_id >= 0 &&
                     m.decoder_start_token_id < m.vocab_size;

@@ -3,7 +3,7 @@
 # runs each for SECONDS (default 60) from its seed corpus in fuzz/corpus/<target>/.
 # Exits non-zero if any target crashes; the reproducer is left in build-fuzz/artifacts/.
 # Part of the CI run: scripts/test.sh runs `scripts/fuzz.sh 60` (~30 s to build from scratch on
-# 2 cores, then 3 x 60 s). Its own build on purpose, not shared with scripts/sanitize.sh: libFuzzer
+# 2 cores, then 5 x 60 s). Its own build on purpose, not shared with scripts/sanitize.sh: libFuzzer
 # needs clang and coverage instrumentation of the code under test, the sanitized suite is a g++
 # build of everything; sharing would save only these ~30 s.
 #
@@ -22,7 +22,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${QUANTPPL_FUZZ_DIR:-$repo_root/build-fuzz}"
 seconds="${1:-60}"
 cxx="${CXX_FUZZ:-clang++-14}"
-targets=(${QUANTPPL_FUZZ_TARGETS:-variant_spec_fuzz metadata_fuzz quantize_fuzz})
+targets=(${QUANTPPL_FUZZ_TARGETS:-variant_spec_fuzz metadata_fuzz quantize_fuzz archive_fuzz qpack_fuzz})
 jobs="$(nproc)"
 
 command -v "$cxx" >/dev/null || { echo "fuzz: $cxx not found (apt-get install clang-14 libclang-rt-14-dev)" >&2; exit 2; }
@@ -31,8 +31,13 @@ mkdir -p "$out/obj" "$out/artifacts"
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 cxxflags=(-std=c++17 -O1 -g $sanitize -D_GLIBCXX_USE_CXX11_ABI=1 -DFMT_SHARED
           -I"$repo_root/include" -isystem /usr/include/torch/csrc/api/include)
-libs=(-ltorch -ltorch_cpu -lc10 -lfmt -lpthread -ldl)
-library_sources=(error percentile quantize variant_spec model_metadata)
+libs=(-ltorch -ltorch_cpu -lc10 -lfmt -lcrypto -lz -lpthread -ldl)
+library_sources=(error percentile quantize variant_spec model_metadata regular_file json_input sha256 archive_integrity)
+# qpack_fuzz reaches the .qpack reader through packed_model.cpp, whose loading half needs most of the
+# library (ContractModel, the quantizer, output files). Those parts are not what it fuzzes, so they
+# come uninstrumented from the regular build's static library, after the instrumented objects
+# (the linker then takes from it only what they do not define). scripts/test.sh builds it first.
+regular_lib="${QUANTPPL_BUILD_DIR:-$repo_root/build}/libquantppl.a"
 # quantize.cpp's fused loops (issue 8), once they are in the tree; CMakeLists.txt compiles them with
 # -ffp-contract=off (no fused multiply-add may change a rounding), and so does this script.
 [ -f "$repo_root/src/fake_quantize_kernel.cpp" ] && library_sources+=(fake_quantize_kernel)
@@ -54,6 +59,10 @@ for s in "${library_sources[@]}"; do
   pids+=($!)
   if [ ${#pids[@]} -ge "$jobs" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
 done
+if [[ " ${targets[*]} " == *" qpack_fuzz "* ]]; then
+  compile "$repo_root/src/packed_model.cpp" "$out/obj/packed_model.o" -fsanitize=fuzzer-no-link &
+  pids+=($!)
+fi
 for t in "${targets[@]}"; do
   compile "$repo_root/fuzz/$t.cpp" "$out/obj/$t.o" -fsanitize=fuzzer-no-link &
   pids+=($!)
@@ -63,7 +72,12 @@ for p in "${pids[@]}"; do wait "$p"; done
 objs=()
 for s in "${library_sources[@]}"; do objs+=("$out/obj/$s.o"); done
 for t in "${targets[@]}"; do
-  "$cxx" $sanitize -fsanitize=fuzzer "$out/obj/$t.o" "${objs[@]}" "${libs[@]}" -o "$out/$t"
+  rest=()
+  if [ "$t" = qpack_fuzz ]; then
+    [ -f "$regular_lib" ] || { echo "fuzz: qpack_fuzz needs $regular_lib (ninja -C build quantppl)" >&2; exit 2; }
+    rest=("$out/obj/packed_model.o" "$regular_lib")
+  fi
+  "$cxx" $sanitize -fsanitize=fuzzer "$out/obj/$t.o" "${objs[@]}" "${rest[@]}" "${libs[@]}" -o "$out/$t"
 done
 echo "fuzz: built ${targets[*]} in $out"
 [ "$seconds" -gt 0 ] || exit 0

@@ -22,6 +22,8 @@ packages=(
   # C++ dependencies
   libtorch-dev libopenblas0-pthread libsentencepiece-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libfmt-dev
+  # SHA-256 (OpenSSL libcrypto) and the archive CRC-32 / bounded inflate (zlib)
+  libssl-dev zlib1g-dev
   # Python side: the exporter, the parity and reference tests, the sweep plots
   python3 python3-torch python3-numpy python3-sentencepiece python3-venv python3-pytest
   python3-matplotlib

@@ -73,7 +73,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
   report.exclude = options.exclude;
   report.layers_quantized = static_cast<int64_t>(backup.layers().size());
   report.parameters_quantized = backup.parameter_count();
-  report.model_sha256 = sha256_file(report.model_path);
+  report.model_sha256 = model.file_sha256();  // hashed while its integrity was verified
   report.text_sha256 = text.sha256;
   report.text_tokens = static_cast<int64_t>(text.token_ids.size());
   report.windows = static_cast<int64_t>(text.windows.size());

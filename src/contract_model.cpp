@@ -8,11 +8,23 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <mutex>
+#include <unordered_map>
 #include <regex>
+#include <sstream>
+#include <unordered_set>
 
+#include <caffe2/serialize/read_adapter_interface.h>
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/constants.h>
 #include <torch/script.h>
 
+#include <fmt/format.h>
+
+#include "quantppl/archive_integrity.h"
 #include "quantppl/error.h"
+#include "quantppl/regular_file.h"
 #include "quantppl/output_file.h"
 
 namespace quantppl {
@@ -55,6 +67,12 @@ std::string shape_string(const torch::Tensor& t) {
 
 std::string dtype_string(const torch::Tensor& t) { return std::string(c10::toString(t.scalar_type())); }
 
+std::string layout_string(const torch::Tensor& t) {
+  std::ostringstream out;
+  out << t.layout();
+  return out.str();
+}
+
 // Linear layers with only the cheap checks (dtype, rank); load() adds the finiteness check.
 std::vector<LinearLayer> find_linear_layers(const torch::jit::Module& module, const std::string& path) {
   std::vector<LinearLayer> layers;
@@ -87,6 +105,154 @@ bool all_finite(const torch::Tensor& weight) {
   return torch::isfinite(weight).all().item<bool>();
 }
 
+// LibTorch reads the archive through this, from the descriptor that was verified (not by
+// opening the path again, which could by then name another file). It owns a dup() of it.
+//
+// It also records where each stored record went: LibTorch (PyTorchStreamReader::getRecord)
+// allocates a buffer of the record's size and has miniz read a stored member straight into it,
+// and that buffer becomes the storage of the tensors that use the record. The storage's byte
+// size, though, is taken from the pickle (numel x itemsize), not from the record: a record
+// shorter than its pickle entry gives a storage that claims more bytes than its buffer has.
+// Knowing which buffer received which record, storage_record() gives the true size.
+class VerifiedFileAdapter : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  VerifiedFileAdapter(const RegularFile& file, const VerifiedArchive& archive)
+      : fd_(::dup(file.fd())), size_(file.size()) {
+    for (const ArchiveMember& m : archive.members) {
+      if (m.method == 0 && m.bytes > 0) records_.emplace(static_cast<uint64_t>(m.data_offset), &m);
+    }
+  }
+  ~VerifiedFileAdapter() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  size_t size() const override { return static_cast<size_t>(size_); }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* /*what*/) const override {
+    size_t done = 0;
+    while (done < n) {
+      const ssize_t got = ::pread(fd_, static_cast<char*>(buf) + done, n - done, static_cast<off_t>(pos + done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) break;  // miniz turns a short read into an error
+      done += static_cast<size_t>(got);
+    }
+    const auto it = records_.find(pos);
+    if (it != records_.end() && static_cast<int64_t>(n) == it->second->bytes) {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      received_[buf] = it->second;
+    }
+    return done;
+  }
+  // The stored record read into the buffer at `data`, or nullptr.
+  const ArchiveMember* storage_record(const void* data) const {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = received_.find(data);
+    return it == received_.end() ? nullptr : it->second;
+  }
+
+ private:
+  int fd_;
+  int64_t size_;
+  std::unordered_map<uint64_t, const ArchiveMember*> records_;  // by data offset
+  mutable std::mutex mutex_;
+  mutable std::unordered_map<const void*, const ArchiveMember*> received_;
+};
+
+// The elements a strided tensor can touch, from its storage offset to its farthest element, must
+// lie inside its storage: LibTorch's unpickler sets sizes and strides without comparing them with
+// the storage record it read, so a short record (or a crafted view) would be read past its end.
+void check_tensor_bounds(const torch::Tensor& t, const std::string& name, const std::string& path,
+                         const VerifiedFileAdapter& reader) {
+  if (!t.defined()) return;
+  if (t.layout() != c10::kStrided) {
+    throw DataError(fmt::format("{}: tensor '{}' has layout {}, expected a dense (strided) tensor", describe(path), name,
+                                layout_string(t)));
+  }
+  if (!t.device().is_cpu()) {
+    throw DataError(fmt::format("{}: tensor '{}' is on device {}, expected cpu", describe(path), name, t.device().str()));
+  }
+  // The storage against the record it was read from.
+  const int64_t claimed = static_cast<int64_t>(t.storage().nbytes());
+  if (claimed > 0) {
+    const ArchiveMember* record = reader.storage_record(t.storage().data());
+    if (record == nullptr) {
+      throw DataError(fmt::format("{}: the storage of tensor '{}' is not an uncompressed record of the archive (re-save "
+                                  "the model with torch.jit.save)",
+                                  describe(path), name));
+    }
+    if (claimed > record->bytes) {
+      throw DataError(fmt::format("{}: tensor '{}' has a storage of {} bytes but its storage record '{}' has only {}: "
+                                  "the archive is corrupt",
+                                  describe(path), name, claimed, record->name, record->bytes));
+    }
+  }
+  if (t.numel() == 0) return;
+  int64_t last = t.storage_offset();
+  bool overflow = last < 0;
+  for (int64_t d = 0; d < t.dim() && !overflow; ++d) {
+    int64_t step = 0;
+    overflow = t.size(d) <= 0 || t.stride(d) < 0 || __builtin_mul_overflow(t.size(d) - 1, t.stride(d), &step) ||
+               __builtin_add_overflow(last, step, &last);
+  }
+  int64_t needed = 0;
+  overflow = overflow || __builtin_add_overflow(last, 1, &last) ||
+             __builtin_mul_overflow(last, static_cast<int64_t>(t.element_size()), &needed);
+  const int64_t available = static_cast<int64_t>(t.storage().nbytes());
+  if (overflow || needed > available) {
+    throw DataError(fmt::format("{}: tensor '{}' ({} {}, storage offset {}) needs {} bytes of its storage record, which "
+                                "has {}: the archive is corrupt",
+                                describe(path), name, dtype_string(t), shape_string(t), t.storage_offset(),
+                                overflow ? std::string("more than 2^63") : std::to_string(needed), available));
+  }
+}
+
+// Every tensor reachable from the module (parameters, buffers, any attribute, in lists, tuples,
+// dicts and objects) and every tensor constant in its code.
+void check_all_tensors(const torch::jit::Module& module, const std::string& path, const VerifiedFileAdapter& reader) {
+  std::unordered_set<const void*> seen;
+  std::function<void(const c10::IValue&, const std::string&, int)> walk = [&](const c10::IValue& v,
+                                                                              const std::string& name, int depth) {
+    if (depth > 1000) throw DataError(describe(path) + ": attribute '" + name.substr(0, 200) + "...' nested too deeply");
+    if (v.isTensor()) {
+      check_tensor_bounds(v.toTensor(), name, path, reader);
+    } else if (v.isObject()) {
+      const auto object = v.toObject();
+      if (!seen.insert(object.get()).second) return;
+      const auto type = object->type();
+      for (size_t i = 0; i < object->slots().size(); ++i) {
+        const std::string attribute = i < type->numAttributes() ? type->getAttributeName(i) : std::to_string(i);
+        walk(object->getSlot(i), name.empty() ? attribute : name + "." + attribute, depth + 1);
+      }
+    } else if (v.isList()) {
+      const auto list = v.toListRef();
+      for (size_t i = 0; i < list.size(); ++i) walk(list[i], name + "[" + std::to_string(i) + "]", depth + 1);
+    } else if (v.isTuple()) {
+      const auto& elements = v.toTupleRef().elements();
+      for (size_t i = 0; i < elements.size(); ++i) walk(elements[i], name + "[" + std::to_string(i) + "]", depth + 1);
+    } else if (v.isGenericDict()) {
+      for (const auto& item : v.toGenericDict()) {
+        walk(item.key(), name + "{key}", depth + 1);
+        walk(item.value(), name + "{value}", depth + 1);
+      }
+    }
+  };
+  walk(module._ivalue(), "", 0);
+
+  std::function<void(const torch::jit::Block*, const std::string&)> constants = [&](const torch::jit::Block* block,
+                                                                                   const std::string& function) {
+    for (const torch::jit::Node* node : block->nodes()) {
+      if (node->kind() == c10::prim::Constant && node->output()->type()->kind() == c10::TypeKind::TensorType) {
+        if (const auto value = torch::jit::toIValue(node->output())) {
+          check_tensor_bounds(value->toTensor(), "constant in " + function, path, reader);
+        }
+      }
+      for (const torch::jit::Block* sub : node->blocks()) constants(sub, function);
+    }
+  };
+  for (const torch::jit::Function* function : module.type()->compilation_unit()->get_functions()) {
+    if (!function->isGraphFunction()) continue;
+    constants(torch::jit::toGraphFunction(*function).graph()->block(), function->qualname().qualifiedName());
+  }
+}
+
 }  // namespace
 
 std::string demangle_torchscript_type(const std::string& qualified_name) {
@@ -98,25 +264,31 @@ ContractModel::ContractModel(std::string path, torch::jit::Module module, ModelM
     : path_(std::move(path)), module_(std::move(module)), metadata_(std::move(metadata)), tokenizer_(std::move(tokenizer)) {}
 
 ContractModel ContractModel::load(const std::string& path, const std::string& tokenizer_override) {
-  struct stat st {};
   if (path.empty()) throw IoError("model path is empty");
-  if (::stat(path.c_str(), &st) != 0) {
-    throw IoError("cannot open " + describe(path) + ": " + std::strerror(errno));
-  }
-  if (S_ISDIR(st.st_mode)) {
-    throw IoError(describe(path) + " is a directory, expected a TorchScript model file");
-  }
-  if (st.st_size == 0) {
+  const RegularFile file(path, "model", kMaxModelFileBytes);
+  if (file.size() == 0) {
     throw DataError(describe(path) + " is empty (0 bytes), expected a TorchScript archive");
   }
+  // Every member's CRC-32 and size before LibTorch reads a byte (archive_integrity.h); the same
+  // pass gives the file's SHA-256.
+  const VerifiedArchive archive = verify_archive(file);
 
   torch::jit::ExtraFilesMap extra{{kMetadataFile, kAbsent}, {kTokenizerFile, kAbsent}};
   torch::jit::Module module;
+  const auto reader = std::make_shared<VerifiedFileAdapter>(file, archive);
   try {
-    module = torch::jit::load(path, c10::nullopt, extra);
+    module = torch::jit::load(reader, c10::nullopt, extra);
   } catch (const c10::Error& e) {
-    throw DataError(describe(path) + " is not a TorchScript archive (" + one_line(e) + ")");
+    throw DataError(describe(path) + " is not a valid TorchScript archive (" + one_line(e) + ")");
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {
+    // torch::jit::ErrorReport and friends: TorchScript code that does not compile.
+    const std::string what = one_line(std::string(e.what()));
+    throw DataError(describe(path) + ": its TorchScript code does not load (" + (what.empty() ? "no message" : what) +
+                    ")");
   }
+  check_all_tensors(module, path, *reader);
   module.eval();
 
   if (extra[kMetadataFile] == kAbsent) {
@@ -140,7 +312,9 @@ ContractModel ContractModel::load(const std::string& path, const std::string& to
       throw DataError(describe(path) + ": Linear layer '" + layer.name + "' has NaN or Inf weights");
     }
   }
-  return ContractModel(path, std::move(module), std::move(metadata), std::move(tokenizer));
+  ContractModel model(path, std::move(module), std::move(metadata), std::move(tokenizer));
+  model.file_sha256_ = archive.sha256;
+  return model;
 }
 
 std::vector<LinearLayer> ContractModel::linear_layers() { return find_linear_layers(module_, path_); }
@@ -168,8 +342,11 @@ torch::Tensor ContractModel::forward(const torch::Tensor& input_ids, const torch
     output = module_.forward({input_ids, attention_mask, decoder_input_ids});
   } catch (const c10::Error& e) {
     throw DataError(describe(path_) + ": forward failed: " + one_line(e));
-  } catch (const std::runtime_error& e) {  // torch::jit::JITException: an exception raised in TorchScript code
-    throw DataError(describe(path_) + ": forward failed: " + one_line(std::string(e.what())));
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {  // torch::jit::JITException: an exception raised in TorchScript code
+    const std::string what = one_line(std::string(e.what()));
+    throw DataError(describe(path_) + ": forward failed: " + (what.empty() ? "no message" : what));
   }
   const int64_t batch = decoder_input_ids.size(0);
   const int64_t length = decoder_input_ids.size(1);
@@ -179,7 +356,11 @@ torch::Tensor ContractModel::forward(const torch::Tensor& input_ids, const torch
     throw DataError(describe(path_) + ": forward returned a " + output.tagKind() + ", " + expected);
   }
   torch::Tensor logits = output.toTensor();
-  if (logits.scalar_type() != torch::kFloat32 || logits.dim() != 3 || logits.size(0) != batch ||
+  if (logits.defined() && (logits.layout() != c10::kStrided || !logits.device().is_cpu())) {
+    throw DataError(describe(path_) + ": forward returned a " + c10::toString(logits.layout()) + " tensor on " +
+                    logits.device().str() + ", " + expected + " dense on cpu");
+  }
+  if (!logits.defined() || logits.scalar_type() != torch::kFloat32 || logits.dim() != 3 || logits.size(0) != batch ||
       logits.size(1) != length || logits.size(2) != metadata_.vocab_size) {
     throw DataError(describe(path_) + ": forward returned " + dtype_string(logits) + " " + shape_string(logits) + ", " +
                     expected);

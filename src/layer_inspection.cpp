@@ -160,7 +160,7 @@ InspectionReport run_inspect(const InspectOptions& options, const InspectProgres
   report.model_path = options.model_path.empty() ? default_model_path() : options.model_path;
   ContractModel model = load_model_file(report.model_path, options.tokenizer_path);
   const std::vector<LinearLayer> layers = select_layers(model.linear_layers(), options.include, options.exclude);
-  report.model_sha256 = sha256_file(report.model_path);
+  report.model_sha256 = model.file_sha256();  // hashed while its integrity was verified
   report.variant = options.variant.name;
   report.is_fp32 = options.variant.is_fp32;
   report.include = options.include;

@@ -1,64 +1,44 @@
 #include "quantppl/model_metadata.h"
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "quantppl/error.h"
+#include "quantppl/json_input.h"
 
 namespace quantppl {
 namespace {
 
 using nlohmann::json;
 
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
-
 json parse_object(const std::string& json_text, const std::string& source_name) {
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::exception& e) {
-    // parse_error, and out_of_range for a number beyond double's range ("1e999", found by
-    // fuzz/metadata_fuzz.cpp). nlohmann's message starts "[json.exception.parse_error.101] ...".
-    std::string what = e.what();
-    if (const auto p = what.find("] "); p != std::string::npos) what = what.substr(p + 2);
-    throw DataError(source_name + ": not valid JSON: " + first_line(what));
-  }
-  if (!j.is_object()) {
-    throw DataError(source_name + ": expected a JSON object, got a JSON " + std::string(j.type_name()));
-  }
+  json j = parse_json(json_text, source_name);
+  JsonReader(source_name).require_object(j, "");
   return j;
 }
 
-const json& field(const json& j, const char* name, const std::string& source_name) {
-  const auto it = j.find(name);
-  if (it == j.end()) throw DataError(source_name + ": missing field '" + name + "'");
-  return *it;
-}
-
-std::string shown(const json& v) {
-  std::string s = v.dump();
-  if (s.size() > 60) s = s.substr(0, 57) + "...";
-  return s;
-}
-
-int64_t integer_field(const json& j, const char* name, const std::string& source_name) {
-  const json& v = field(j, name, source_name);
-  if (!v.is_number_integer()) {
-    throw DataError(source_name + ": field '" + name + "' must be an integer, got " + shown(v));
-  }
-  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
-    throw DataError(source_name + ": field '" + name + "' is out of range, got " + shown(v));
-  }
-  return v.get<int64_t>();
+// A positive integer no larger than the plausible maximum `hi`: metadata beyond it is corrupt or
+// hostile, and would size allocations (a window of max_length tokens, logits of vocab_size).
+int64_t positive_field(const JsonReader& r, const json& j, const char* name, int64_t hi) {
+  const int64_t n = r.integer(j, name);
+  if (n <= 0) r.fail(name, fmt::format("must be a positive integer, got {}", n));
+  if (n > hi) r.fail(name, fmt::format("is {}, more than the plausible maximum {} (a corrupt quantppl.json?)", n, hi));
+  return n;
 }
 
 }  // namespace
 
 ModelMetadata parse_model_metadata(const std::string& json_text, const std::string& source_name) {
+  if (static_cast<int64_t>(json_text.size()) > kMaxMetadataBytes) {
+    throw DataError(fmt::format("{}: {} bytes, more than the {}-byte limit for quantppl.json", source_name,
+                                json_text.size(), kMaxMetadataBytes));
+  }
   const json j = parse_object(json_text, source_name);
+  const JsonReader r(source_name);
   ModelMetadata m;
   m.json_text = json_text;
 
-  m.format_version = integer_field(j, "format_version", source_name);
+  m.format_version = r.integer(j, "format_version");
   bool supported = false;
   std::string versions;
   for (const int64_t v : kSupportedFormatVersions) {
@@ -70,50 +50,26 @@ ModelMetadata parse_model_metadata(const std::string& json_text, const std::stri
                     " is not supported (this quantppl reads version " + versions + ")");
   }
 
-  const json& arch = field(j, "architecture", source_name);
-  if (!arch.is_string()) {
-    throw DataError(source_name + ": field 'architecture' must be a string, got " + shown(arch));
-  }
-  m.architecture = arch.get<std::string>();
+  m.architecture = r.string(j, "architecture");
   if (m.architecture != "t5") {
     throw DataError(source_name + ": architecture '" + m.architecture + "' is not supported (expected \"t5\")");
   }
 
-  m.vocab_size = integer_field(j, "vocab_size", source_name);
-  if (m.vocab_size <= 0) {
-    throw DataError(source_name + ": field 'vocab_size' must be a positive integer, got " +
-                    std::to_string(m.vocab_size));
-  }
+  m.vocab_size = positive_field(r, j, "vocab_size", kMaxVocabSize);
   const auto token_id = [&](const char* name) {
-    const int64_t id = integer_field(j, name, source_name);
+    const int64_t id = r.integer(j, name);
     if (id < 0 || id >= m.vocab_size) {
-      throw DataError(source_name + ": field '" + name + "' must be in [0, vocab_size = " +
-                      std::to_string(m.vocab_size) + "), got " + std::to_string(id));
+      r.fail(name, fmt::format("must be in [0, vocab_size = {}), got {}", m.vocab_size, id));
     }
     return id;
   };
   m.pad_token_id = token_id("pad_token_id");
   m.eos_token_id = token_id("eos_token_id");
   m.decoder_start_token_id = token_id("decoder_start_token_id");
+  m.max_length = positive_field(r, j, "max_length", kMaxSequenceLength);
 
-  m.max_length = integer_field(j, "max_length", source_name);
-  if (m.max_length <= 0) {
-    throw DataError(source_name + ": field 'max_length' must be a positive integer, got " +
-                    std::to_string(m.max_length));
-  }
-
-  const json& source = field(j, "source", source_name);
-  if (!source.is_object()) {
-    throw DataError(source_name + ": field 'source' must be an object, got " + shown(source));
-  }
-  m.source = source.dump();
-
-  if (const auto it = j.find("variant"); it != j.end()) {
-    if (!it->is_string()) {
-      throw DataError(source_name + ": field 'variant' must be a string, got " + shown(*it));
-    }
-    m.variant = it->get<std::string>();
-  }
+  m.source = r.object(j, "source").dump();
+  if (r.has(j, "variant")) m.variant = r.string(j, "variant");
   return m;
 }
 

@@ -11,12 +11,16 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
+#include <set>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "quantppl/error.h"
+#include "quantppl/regular_file.h"
+#include "quantppl/json_input.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/output_file.h"
 #include "quantppl/sha256.h"
@@ -33,18 +37,6 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 int64_t align_up(int64_t n) { return (n + kQpackAlignment - 1) / kQpackAlignment * kQpackAlignment; }
 
 int64_t code_bytes(int64_t numel, int bits) { return (numel * bits + 7) / 8; }
-
-std::string read_whole_file(const std::string& path, const std::string& what) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw IoError(fmt::format("cannot open {} '{}': {}", what, path, std::strerror(errno)));
-  if (S_ISDIR(st.st_mode)) throw IoError(fmt::format("{} '{}' is a directory, expected a file", what, path));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(fmt::format("cannot open {} '{}': {}", what, path, std::strerror(errno)));
-  std::string bytes(static_cast<size_t>(st.st_size), '\0');
-  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  if (static_cast<size_t>(in.gcount()) != bytes.size()) throw IoError(fmt::format("cannot read {} '{}'", what, path));
-  return bytes;
-}
 
 template <typename T>
 void put(std::string& out, T value) {
@@ -91,50 +83,6 @@ bool zero_points_fit_int16(const torch::Tensor& zero_point) {
   const double hi = zero_point.max().item<double>();
   return lo >= std::numeric_limits<int16_t>::min() && hi <= std::numeric_limits<int16_t>::max();
 }
-
-// ---- reading the JSON header with errors that name the field ----
-class HeaderReader {
- public:
-  explicit HeaderReader(std::string path) : path_(std::move(path)) {}
-
-  [[noreturn]] void fail(const std::string& field, const std::string& what) const {
-    throw DataError(fmt::format("packed model '{}': header field '{}' {}", path_, field, what));
-  }
-  const json& member(const json& obj, const std::string& key, const std::string& field) const {
-    if (!obj.is_object()) fail(field, "is not a JSON object");
-    const auto it = obj.find(key);
-    if (it == obj.end()) fail(field.empty() ? key : field + "." + key, "is missing");
-    return *it;
-  }
-  int64_t integer(const json& obj, const std::string& key, const std::string& field, int64_t lo, int64_t hi) const {
-    const json& v = member(obj, key, field);
-    const std::string name = field.empty() ? key : field + "." + key;
-    if (!v.is_number_integer()) fail(name, "must be an integer, got " + v.dump());
-    const int64_t n = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
-                          ? INT64_MAX
-                          : v.get<int64_t>();
-    if (n < lo || n > hi) fail(name, fmt::format("must be in [{}, {}], got {}", lo, hi, v.dump()));
-    return n;
-  }
-  std::string string(const json& obj, const std::string& key, const std::string& field) const {
-    const json& v = member(obj, key, field);
-    if (!v.is_string()) fail(field.empty() ? key : field + "." + key, "must be a string, got " + v.dump());
-    return v.get<std::string>();
-  }
-  bool boolean(const json& obj, const std::string& key, const std::string& field) const {
-    const json& v = member(obj, key, field);
-    if (!v.is_boolean()) fail(field.empty() ? key : field + "." + key, "must be true or false, got " + v.dump());
-    return v.get<bool>();
-  }
-  double number(const json& obj, const std::string& key, const std::string& field) const {
-    const json& v = member(obj, key, field);
-    if (!v.is_number()) fail(field.empty() ? key : field + "." + key, "must be a number, got " + v.dump());
-    return v.get<double>();
-  }
-
- private:
-  std::string path_;
-};
 
 ordered_json section_json(int64_t offset, int64_t bytes) {
   ordered_json j;
@@ -250,10 +198,16 @@ int64_t qpack_file_bytes(int64_t header_json_bytes, const std::vector<int64_t>& 
 // ---------------------------------------------------------------------------
 
 bool is_packed_model_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[sizeof kQpackMagic];
-  if (!in || !in.read(magic, sizeof magic)) return false;
-  return std::memcmp(magic, kQpackMagic, sizeof magic) == 0;
+  try {
+    // RegularFile: a FIFO must not block here (it is rejected when loaded as a model).
+    const RegularFile file(path, "model", INT64_MAX);
+    char magic[sizeof kQpackMagic];
+    if (file.size() < static_cast<int64_t>(sizeof magic)) return false;
+    file.read_at(0, magic, sizeof magic);
+    return std::memcmp(magic, kQpackMagic, sizeof magic) == 0;
+  } catch (const Error&) {
+    return false;
+  }
 }
 
 PackedModelSummary write_packed_model(const std::string& model_path, const Variant& variant,
@@ -271,7 +225,7 @@ PackedModelSummary write_packed_model(const std::string& model_path, const Varia
 
   ContractModel model = ContractModel::load(model_path);
   const std::vector<LinearLayer> layers = select_layers(model.linear_layers(), include, exclude);
-  const std::string source = read_whole_file(model_path, "model");
+  const std::string source = read_regular_file(model_path, "model", kMaxModelFileBytes);
 
   // Sections, in file order, with offsets relative to the payload start.
   std::string payload;
@@ -371,9 +325,13 @@ PackedModelSummary write_packed_model(const std::string& model_path, const Varia
 // ---------------------------------------------------------------------------
 
 PackedModel read_packed_model(const std::string& path) {
+  return parse_packed_model(read_regular_file(path, "packed model", kMaxModelFileBytes), path);
+}
+
+PackedModel parse_packed_model(std::string bytes, const std::string& path) {
   PackedModel m;
   m.path = path;
-  m.bytes = read_whole_file(path, "packed model");
+  m.bytes = std::move(bytes);
   const std::string& b = m.bytes;
   const int64_t size = static_cast<int64_t>(b.size());
   const auto fail = [&path](const std::string& what) -> void {
@@ -396,6 +354,10 @@ PackedModel read_packed_model(const std::string& path) {
     fail(fmt::format("truncated: the header length is {} bytes but the file has only {} after the preamble",
                      header_len, size - kQpackPreambleBytes));
   }
+  if (header_len > static_cast<uint64_t>(kMaxQpackHeaderBytes)) {
+    fail(fmt::format("the header length is {} bytes, more than the {} limit", header_len,
+                     format_bytes(kMaxQpackHeaderBytes)));
+  }
   m.header_bytes = static_cast<int64_t>(header_len);
   const std::string header_text = b.substr(kQpackPreambleBytes, header_len);
   if (sha256(header_text) != b.substr(24, 64)) {
@@ -409,13 +371,9 @@ PackedModel read_packed_model(const std::string& path) {
     if (b[static_cast<size_t>(i)] != '\0') fail(fmt::format("header padding byte {} is not zero", i));
   }
 
-  json header;
-  try {
-    header = json::parse(header_text);
-  } catch (const json::exception& e) {
-    fail(std::string("the JSON header does not parse: ") + e.what());
-  }
-  const HeaderReader r(path);
+  const JsonReader r(fmt::format("packed model '{}': header", path));
+  const json header = parse_json(header_text, r.source());
+  r.require_object(header, "");
   r.integer(header, "format_version", "", kQpackFormatVersion, kQpackFormatVersion);
 
   // The quantization config, checked against the canonical spec.
@@ -517,8 +475,11 @@ PackedModel read_packed_model(const std::string& path) {
     return m.payload_offset + offset;
   };
 
-  const json& layers = r.member(header, "layers", "");
-  if (!layers.is_array()) r.fail("layers", "must be an array");
+  // A header that names a variant stores at least one layer, each once: an empty or duplicated
+  // list is a corrupt file, not an fp32 model (and a duplicate would be dequantized twice).
+  const json& layers = r.array(header, "layers", "");
+  if (layers.empty()) r.fail("layers", fmt::format("is empty, but the header names the variant \"{}\"", m.variant.name));
+  std::set<std::string> layer_names;
   std::vector<int32_t> scratch;
   for (size_t i = 0; i < layers.size(); ++i) {
     const std::string field = fmt::format("layers[{}]", i);
@@ -526,17 +487,21 @@ PackedModel read_packed_model(const std::string& path) {
     PackedLayer layer;
     layer.name = r.string(entry, "name", field);
     if (layer.name.empty()) r.fail(field + ".name", "is empty");
-    const json& shape = r.member(entry, "shape", field);
-    if (!shape.is_array() || shape.size() != 2 || !shape[0].is_number_integer() || !shape[1].is_number_integer() ||
-        shape[0].get<int64_t>() <= 0 || shape[1].get<int64_t>() <= 0 || shape[0].get<int64_t>() > (int64_t{1} << 31) ||
-        shape[1].get<int64_t>() > (int64_t{1} << 31)) {
-      r.fail(field + ".shape", "must be [out_features, in_features] with positive integers, got " + shape.dump());
-    }
-    layer.out_features = shape[0].get<int64_t>();
-    layer.in_features = shape[1].get<int64_t>();
+    if (!layer_names.insert(layer.name).second) r.fail(field + ".name", "\"" + layer.name + "\" appears twice in layers");
+    const json& shape = r.array(entry, "shape", field);
+    if (shape.size() != 2) r.fail(field + ".shape", "must be [out_features, in_features], got " + JsonReader::shown(shape));
+    layer.out_features = r.integer_value(shape[0], field + ".shape[0]", 1, int64_t{1} << 31);
+    layer.in_features = r.integer_value(shape[1], field + ".shape[1]", 1, int64_t{1} << 31);
+    // Both factors are at most 2^31, so the product does not overflow; a layer needs at least one
+    // bit a weight, so one that needs more bits than the payload has is corrupt, and rejecting it
+    // here keeps every later size (codes, blocks, the unpacked int32 copy) small.
     const int64_t numel = layer.out_features * layer.in_features;
+    if (numel / 8 > m.payload_bytes) {
+      r.fail(field + ".shape", fmt::format("{} has {} weights, more than the payload's {} bytes can hold",
+                                           JsonReader::shown(shape), numel, m.payload_bytes));
+    }
     if (r.integer(entry, "numel", field, 0, INT64_MAX) != numel) {
-      r.fail(field + ".numel", fmt::format("must be {} for shape {}", numel, shape.dump()));
+      r.fail(field + ".numel", fmt::format("must be {} for shape {}", numel, JsonReader::shown(shape)));
     }
     if (config.granularity == Granularity::kPerGroup && layer.in_features % config.group_size != 0) {
       r.fail(field + ".shape", fmt::format("in_features {} is not a multiple of group_size {}", layer.in_features,
@@ -545,7 +510,7 @@ PackedModel read_packed_model(const std::string& path) {
     layer.num_blocks = blocks_of(layer.out_features, layer.in_features, config);
     if (r.integer(entry, "num_blocks", field, 0, INT64_MAX) != layer.num_blocks) {
       r.fail(field + ".num_blocks", fmt::format("must be {} for shape {} and granularity {}", layer.num_blocks,
-                                                shape.dump(), granularity));
+                                                JsonReader::shown(shape), granularity));
     }
     const json& codes = r.member(entry, "codes", field);
     if (r.integer(codes, "bits", field + ".codes", 0, 64) != config.bits) {
@@ -588,7 +553,7 @@ PackedModel read_packed_model(const std::string& path) {
   const json& source = r.member(header, "source_model", "");
   m.source_path = r.string(source, "path", "source_model");
   m.source_sha256 = r.string(source, "sha256", "source_model");
-  m.source_bytes = r.integer(source, "bytes", "source_model", 0, INT64_MAX);
+  m.source_bytes = r.integer(source, "bytes", "source_model", 0, kMaxModelFileBytes);
   m.embedded = r.boolean(source, "embedded", "source_model");
   if (m.embedded) {
     m.embedded_offset = section(r.member(source, "section", "source_model"), "source_model.section", m.source_bytes);
@@ -599,6 +564,7 @@ PackedModel read_packed_model(const std::string& path) {
   if (section_end != m.payload_bytes) {
     fail(fmt::format("payload_bytes is {} but its sections end at {}", m.payload_bytes, section_end));
   }
+  m.file_sha256 = sha256(b);
   return m;
 }
 
@@ -686,12 +652,30 @@ ContractModel load_referenced(const PackedModel& m, const std::string& tokenizer
     throw IoError(fmt::format("packed model '{}': its source model '{}' (not embedded) cannot be found", m.path,
                               m.source_path));
   }
-  const std::string digest = sha256_file(source);
-  if (digest != m.source_sha256) {
-    throw DataError(fmt::format("packed model '{}': source model '{}' has sha256 {}, expected {} (it changed since packing)",
-                                m.path, source, digest, m.source_sha256));
+  // The kind and size first: a FIFO or a device (/dev/zero) must fail here, at once, not hash forever.
+  {
+    const RegularFile file(source, fmt::format("packed model '{}': source model", m.path), kMaxModelFileBytes);
+    if (file.size() != m.source_bytes) {
+      throw DataError(fmt::format("packed model '{}': source model '{}' is {} bytes, expected {} (it changed since packing)",
+                                  m.path, source, file.size(), m.source_bytes));
+    }
   }
-  return ContractModel::load(source, tokenizer_override);
+  const auto changed = [&](const std::string& digest) {
+    return DataError(fmt::format("packed model '{}': source model '{}' has sha256 {}, expected {} (it changed since packing)",
+                                 m.path, source, digest, m.source_sha256));
+  };
+  // ContractModel::load verifies the archive and hashes it in the same pass. If it rejects the
+  // file, a changed file is the likelier story, and the more useful message: hash it to tell.
+  std::optional<ContractModel> model;
+  try {
+    model.emplace(ContractModel::load(source, tokenizer_override));
+  } catch (const DataError& e) {
+    const std::string digest = sha256_file(source);
+    if (digest != m.source_sha256) throw changed(digest);
+    throw DataError(fmt::format("packed model '{}': source model: {}", m.path, e.what()));
+  }
+  if (model->file_sha256() != m.source_sha256) throw changed(model->file_sha256());
+  return std::move(*model);
 }
 
 }  // namespace
@@ -717,6 +701,7 @@ ContractModel load_packed_model(const std::string& path, const std::string& toke
     }
     weight.copy_(dequantize(m.quantized(i)));
   }
+  model.file_sha256_ = m.file_sha256;
   return model;
 }
 

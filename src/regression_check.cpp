@@ -1,63 +1,40 @@
 #include "quantppl/regression_check.h"
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "quantppl/error.h"
+#include "quantppl/regular_file.h"
+#include "quantppl/json_input.h"
 
 namespace quantppl {
 
 ExpectedRun read_expected_run(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(fmt::format("--check: cannot read '{}'", path));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(buffer.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw DataError(fmt::format("--check: '{}' is not valid JSON ({})", path, e.what()));
-  }
-  if (!j.is_object()) throw DataError(fmt::format("--check: '{}' must hold a JSON object", path));
-  double default_tolerance = kDefaultTolerancePct;
-  if (j.contains("tolerance_pct")) {
-    if (!j["tolerance_pct"].is_number() || j["tolerance_pct"].get<double>() < 0) {
-      throw DataError(fmt::format("--check: '{}': tolerance_pct must be a non-negative number", path));
-    }
-    default_tolerance = j["tolerance_pct"].get<double>();
-  }
-  const char* list_key = j.contains("variants") ? "variants" : "results";
-  if (!j.contains(list_key) || !j[list_key].is_array() || j[list_key].empty()) {
-    throw DataError(fmt::format("--check: '{}' needs a non-empty array \"variants\" of {{variant, ppl}}", path));
-  }
-  std::vector<ExpectedPerplexity> expected;
-  for (const auto& item : j[list_key]) {
-    if (!item.is_object() || !item.contains("variant") || !item["variant"].is_string() || !item.contains("ppl") ||
-        !item["ppl"].is_number() || !(item["ppl"].get<double>() > 0)) {
-      throw DataError(fmt::format("--check: '{}': every entry needs \"variant\" (string) and \"ppl\" (> 0), got {}",
-                                  path, item.dump()));
-    }
-    double tolerance = default_tolerance;
-    if (item.contains("tolerance_pct")) {
-      if (!item["tolerance_pct"].is_number() || item["tolerance_pct"].get<double>() < 0) {
-        throw DataError(fmt::format("--check: '{}': tolerance_pct of {} must be a non-negative number", path,
-                                    item["variant"].get<std::string>()));
-      }
-      tolerance = item["tolerance_pct"].get<double>();
-    }
-    expected.push_back({item["variant"].get<std::string>(), item["ppl"].get<double>(), tolerance});
-  }
+  const nlohmann::json j = read_json_file(path, "--check file", kMaxJsonFileBytes);
+  const JsonReader r(fmt::format("--check file '{}'", path));
+  r.require_object(j, "");
+  const double default_tolerance =
+      r.has(j, "tolerance_pct") ? r.number(j, "tolerance_pct", "", 0.0) : kDefaultTolerancePct;
+  // A `quantppl compare --format json` output lists its variants as "results".
+  const char* list_key = r.has(j, "variants") || !r.has(j, "results") ? "variants" : "results";
+  const nlohmann::json& list = r.array(j, list_key);
+  if (list.empty()) r.fail(list_key, "must be a non-empty array of {variant, ppl}");
   ExpectedRun run;
-  run.variants = std::move(expected);
-  for (const char* key : {"model_sha256", "text_sha256"}) {
-    if (!j.contains(key)) continue;
-    if (!j[key].is_string()) throw DataError(fmt::format("--check: '{}': {} must be a string", path, key));
-    (std::string(key) == "model_sha256" ? run.model_sha256 : run.text_sha256) = j[key].get<std::string>();
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string field = fmt::format("{}[{}]", list_key, i);
+    const nlohmann::json& item = list[i];
+    r.require_object(item, field);
+    ExpectedPerplexity e;
+    e.variant = r.string(item, "variant", field);
+    e.ppl = r.number(item, "ppl", field, 0.0);
+    if (!(e.ppl > 0)) r.fail(field + ".ppl", "must be > 0, got 0");
+    e.tolerance_pct = r.has(item, "tolerance_pct") ? r.number(item, "tolerance_pct", field, 0.0) : default_tolerance;
+    run.variants.push_back(std::move(e));
   }
+  if (r.has(j, "model_sha256")) run.model_sha256 = r.string(j, "model_sha256");
+  if (r.has(j, "text_sha256")) run.text_sha256 = r.string(j, "text_sha256");
   return run;
 }
 

@@ -219,7 +219,7 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
   measured.text_path = report.text_path;
   measured.max_length = report.max_length;
   report = std::move(measured);
-  report.model_sha256 = sha256_file(report.model_path);
+  report.model_sha256 = model.file_sha256();  // hashed while its integrity was verified
   report.text_sha256 = text.sha256;
   report.text_tokens = static_cast<int64_t>(text.token_ids.size());
   report.windows = static_cast<int64_t>(text.windows.size());

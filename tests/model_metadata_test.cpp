@@ -93,6 +93,22 @@ TEST(ModelMetadataTest, OutOfRangeValues) {
   EXPECT_THAT(error_with("max_length", json::parse("18446744073709551615")), HasSubstr("out of range"));
 }
 
+// Issue 20: metadata that would size gigabyte allocations is implausible, hence corrupt.
+TEST(ModelMetadataTest, ImplausibleSizesAreDataErrors) {
+  EXPECT_THAT(error_with("max_length", int64_t{1000000000000}),
+              HasSubstr("field 'max_length' is 1000000000000, more than the plausible maximum 65536"));
+  EXPECT_THAT(error_with("vocab_size", kMaxVocabSize + 1), HasSubstr("field 'vocab_size' is 4194305, more than the plausible maximum"));
+  json j = valid();
+  j["max_length"] = kMaxSequenceLength;
+  j["vocab_size"] = kMaxVocabSize;
+  EXPECT_EQ(parse_model_metadata(j.dump(), "m").max_length, kMaxSequenceLength);
+  // Nesting beyond kMaxJsonDepth anywhere, even in a field nobody reads, and an oversized text.
+  std::string deep = "{\"config\": ";
+  for (int i = 0; i < 1000; ++i) deep += "[";
+  EXPECT_THAT(error_for(deep), HasSubstr("nested deeper than 64 levels"));
+  EXPECT_THAT(error_for(std::string(kMaxMetadataBytes + 1, ' ')), HasSubstr("limit for quantppl.json"));
+}
+
 TEST(ModelMetadataTest, UnsupportedVersionAndArchitecture) {
   EXPECT_THAT(error_with("format_version", 2),
               HasSubstr("format_version 2 is not supported (this quantppl reads version 1)"));

@@ -331,7 +331,7 @@ TEST_F(PackedCorruptionTest, InconsistentHeaderFieldsAreNamed) {
   EXPECT_NE(rewrite([](auto& h) { h["layers"][0]["shape"][1] = 48; }).find("layers[0]"), std::string::npos);
   {
     const std::string e = rewrite([](auto& h) { h["bits"] = 3; });
-    EXPECT_NE(e.find("header field 'qmin'"), std::string::npos) << e;
+    EXPECT_NE(e.find("header: field 'qmin'"), std::string::npos) << e;
   }
   EXPECT_NE(rewrite([](auto& h) { h["layers"][0]["scales"]["offset"] = 65; }).find("layers[0].scales.offset"),
             std::string::npos);
@@ -339,7 +339,42 @@ TEST_F(PackedCorruptionTest, InconsistentHeaderFieldsAreNamed) {
             std::string::npos);
   EXPECT_NE(rewrite([](auto& h) { h["payload_sha256"] = std::string(64, '0'); }).find("payload_sha256"),
             std::string::npos);
-  EXPECT_NE(rewrite([](auto& h) { h.erase("scheme"); }).find("'scheme' is missing"), std::string::npos);
+  EXPECT_NE(rewrite([](auto& h) { h.erase("scheme"); }).find("missing field 'scheme'"), std::string::npos);
+  // Issue 20: a layer list that is empty or names a layer twice is corrupt, not an fp32 model; a
+  // shape whose product overflows or cannot fit the payload; a header nested too deeply.
+  {
+    const std::string e = rewrite([](auto& h) { h["layers"] = nlohmann::json::array(); });
+    EXPECT_NE(e.find("header: field 'layers' is empty"), std::string::npos) << e;
+  }
+  {
+    const std::string e = rewrite([](auto& h) { h["layers"][1]["name"] = h["layers"][0]["name"]; });
+    EXPECT_NE(e.find("field 'layers[1].name'"), std::string::npos) << e;
+    EXPECT_NE(e.find("appears twice"), std::string::npos) << e;
+  }
+  for (const int64_t dim : {int64_t{1} << 31, int64_t{1} << 20}) {
+    // "format" (not read) makes room for the longer numbers: the header must not grow.
+    const std::string e = rewrite([dim](auto& h) {
+      h["format"] = "";
+      h["layers"][0]["shape"] = {dim, dim};
+    });
+    EXPECT_NE(e.find("field 'layers[0].shape'"), std::string::npos) << e;
+    EXPECT_NE(e.find("more than the payload"), std::string::npos) << e;
+  }
+  {
+    const std::string e = rewrite([](auto& h) {
+      h["format"] = "";
+      h["layers"][0]["shape"] = {int64_t{1} << 40, 1};
+    });
+    EXPECT_NE(e.find("field 'layers[0].shape[0]' must be in [1, 2147483648]"), std::string::npos) << e;
+  }
+  {
+    const std::string e = rewrite([](auto& h) {
+      nlohmann::json deep = 1;
+      for (int i = 0; i < 100; ++i) deep = nlohmann::json::array({deep});
+      h["layers"] = deep;
+    });
+    EXPECT_NE(e.find("header: not valid JSON: arrays/objects nested deeper than 64 levels"), std::string::npos) << e;
+  }
 }
 
 TEST_F(PackedCorruptionTest, SectionBytesAreChecked) {

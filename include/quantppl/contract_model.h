@@ -9,6 +9,13 @@
 // finite float32 matrix. The module is put in eval() mode. LibTorch's
 // c10::Error never escapes: it becomes a one-line DataError or IoError.
 //
+// Before LibTorch reads the file: it must be a regular file of at most
+// kMaxModelFileBytes (regular_file.h) and a sound zip archive whose every
+// member has its CRC-32 (archive_integrity.h). After torch::jit::load and
+// before any tensor data is read: every tensor in the module (and every tensor
+// constant in its code) is a dense cpu tensor that lies inside its storage
+// record.
+//
 // Linear layers are the submodules whose type, with TorchScript's
 // "___torch_mangle_N." name parts removed, is __torch__.torch.nn.modules.linear.Linear
 // (about half of them are mangled in a scripted module). Checking "has a 2-D
@@ -36,8 +43,10 @@ class ContractModel {
  public:
   // `tokenizer_override`: a sentencepiece .model file used instead of the
   // archive's tokenizer.model (the archive must still contain one).
-  // Errors: IoError for a missing path or a directory; DataError for an empty
-  // file, a file that is not a TorchScript archive, a missing or invalid
+  // Errors: IoError for a missing path, a directory or another non-regular
+  // file; DataError for an empty or oversized file, a file that is not a
+  // TorchScript archive, a corrupt archive (CRC-32, sizes, a short storage
+  // record), TorchScript code that does not load, a missing or invalid
   // extra file, a tokenizer larger than vocab_size, no Linear layer, a Linear
   // weight that is not a finite float32 matrix.
   static ContractModel load(const std::string& path, const std::string& tokenizer_override = "");
@@ -45,6 +54,9 @@ class ContractModel {
   const ModelMetadata& metadata() const { return metadata_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
   const std::string& path() const { return path_; }
+  // SHA-256 of the file the model was loaded from (the .qpack for a packed model), computed
+  // in the same pass that verified the archive's integrity (archive_integrity.h).
+  const std::string& file_sha256() const { return file_sha256_; }
   torch::jit::Module& module() { return module_; }
 
   // Every Linear layer in module-definition order (named_modules order). The
@@ -70,7 +82,11 @@ class ContractModel {
  private:
   ContractModel(std::string path, torch::jit::Module module, ModelMetadata metadata, Tokenizer tokenizer);
 
+  // load_packed_model reports the .qpack's digest, not the embedded model's.
+  friend ContractModel load_packed_model(const std::string& path, const std::string& tokenizer_override);
+
   std::string path_;
+  std::string file_sha256_;
   torch::jit::Module module_;
   ModelMetadata metadata_;
   Tokenizer tokenizer_;

@@ -2,8 +2,12 @@
 //
 // A reader accepts exactly format_version 1 and architecture "t5", and checks
 // every field it uses: integers where integers are required (1.0 and true
-// are not integers), ids in [0, vocab_size), vocab_size and max_length > 0,
+// are not integers), ids in [0, vocab_size), vocab_size in [1, kMaxVocabSize]
+// and max_length in [1, kMaxSequenceLength] (larger values are implausible:
+// corrupt or hostile metadata that would size gigabyte allocations),
 // `source` an object. Unknown extra fields are kept (they survive a rewrite).
+// The text is at most kMaxMetadataBytes and nests at most kMaxJsonDepth deep
+// (json_input.h).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +18,13 @@ namespace quantppl {
 
 // The format versions this reader understands.
 inline const std::vector<int64_t> kSupportedFormatVersions = {1};
+
+// Plausibility limits (docs/reliability.md). The largest real vocabularies are ~256k (mT5: 250 112);
+// T5 was trained with 512 tokens and relative positions, and longer windows only cost memory.
+constexpr int64_t kMaxVocabSize = int64_t{1} << 22;       // 4 194 304
+constexpr int64_t kMaxSequenceLength = int64_t{1} << 16;  // 65 536
+// A real quantppl.json is under 2 KB.
+constexpr int64_t kMaxMetadataBytes = int64_t{1} << 20;
 
 struct ModelMetadata {
   int64_t format_version = 0;

@@ -72,6 +72,8 @@ inline constexpr char kQpackMagic[8] = {'Q', 'P', 'P', 'L', 'P', 'A', 'C', 'K'};
 constexpr uint32_t kQpackFormatVersion = 1;
 constexpr int64_t kQpackAlignment = 64;
 constexpr int64_t kQpackPreambleBytes = 88;  // magic, version, reserved, H, header SHA-256 (hex)
+// Largest JSON header read (flan-t5-small's 190 layers take ~60 KB).
+constexpr int64_t kMaxQpackHeaderBytes = int64_t{16} << 20;
 
 // Packs unsigned codes (each in [0, 2^bits - 1]) into ceil(n * bits / 8)
 // bytes in the bit order above. UsageError for bits outside [1, 8] or a
@@ -109,6 +111,7 @@ struct PackedModel {
   int64_t payload_offset = 0; // P
   int64_t payload_bytes = 0;
   std::string bytes;  // the whole file
+  std::string file_sha256;  // of `bytes`
 
   // The layer's codes (int32 [out, in], in [qmin, qmax]) and parameters
   // ([num_blocks, 1] float32), ready for dequantize().
@@ -139,12 +142,20 @@ PackedModelSummary write_packed_model(const std::string& model_path, const Varia
 // the field for bad magic, an unknown version, a truncated file, a header
 // that does not parse or is inconsistent (shape, numel, num_blocks, bytes vs
 // bits and granularity, offsets out of the file or overlapping), a checksum
-// mismatch, or a code outside [qmin, qmax]. IoError if it cannot be read.
+// mismatch, a code outside [qmin, qmax], an empty layer list or a layer named
+// twice, a shape whose weights could not fit the payload, a header longer than
+// kMaxQpackHeaderBytes or nested deeper than kMaxJsonDepth (json_input.h).
+// IoError if it cannot be read or is not a regular file; DataError if it is
+// larger than kMaxModelFileBytes (regular_file.h).
 PackedModel read_packed_model(const std::string& path);
+// The same checks on a file's bytes already in memory (tests, fuzz/qpack_fuzz.cpp); `path` names
+// it in messages.
+PackedModel parse_packed_model(std::string bytes, const std::string& path);
 
 // The contract model the .qpack embeds or references (a referenced path
-// that is relative is tried as given, then beside the .qpack; its SHA-256
-// must match: DataError otherwise), with every stored layer's weight
+// that is relative is tried as given, then beside the .qpack; it must be a
+// regular file (IoError otherwise: a FIFO or /dev/zero fails at once) of the
+// recorded size and SHA-256: DataError otherwise), with every stored layer's weight
 // overwritten by its dequantized value. DataError if a stored layer is not a
 // Linear layer of that model or has another shape.
 ContractModel load_packed_model(const std::string& path, const std::string& tokenizer_override = "");
