@@ -80,24 +80,9 @@ void write_all(int fd, const char* data, size_t bytes, size_t offset) {
 
 }  // namespace
 
-std::string to_string(BackupStorage storage) {
-  switch (storage) {
-    case BackupStorage::kAuto:
-      return "auto";
-    case BackupStorage::kMemory:
-      return "memory";
-    case BackupStorage::kFile:
-      return "file";
-  }
-  return "?";
-}
+std::string to_string(BackupStorage storage) { return std::string(kBackupStorageNames.name(storage)); }
 
-BackupStorage parse_backup_storage(const std::string& name) {
-  if (name == "auto") return BackupStorage::kAuto;
-  if (name == "memory") return BackupStorage::kMemory;
-  if (name == "file") return BackupStorage::kFile;
-  throw UsageError(fmt::format("--backup '{}': expected auto, memory or file", name));
-}
+BackupStorage parse_backup_storage(const std::string& name) { return kBackupStorageNames.parse(name, "--backup"); }
 
 std::vector<LinearLayer> select_layers(const std::vector<LinearLayer>& layers, const std::string& include,
                                        const std::string& exclude) {

@@ -13,6 +13,7 @@
 #include <torch/types.h>
 
 #include "quantppl/contract_model.h"
+#include "quantppl/enum_table.h"
 #include "quantppl/error_metrics.h"
 #include "quantppl/quantize.h"
 
@@ -39,7 +40,12 @@ std::vector<LinearLayer> select_layers(const std::vector<LinearLayer>& layers, c
 //   kAuto:   kMemory if the backup plus 1 GiB of headroom fits in
 //            MemAvailable (/proc/meminfo), else kFile.
 enum class BackupStorage { kAuto, kMemory, kFile };
-std::string to_string(BackupStorage storage);           // "auto", "memory", "file"
+inline constexpr EnumTable<BackupStorage, 3> kBackupStorageNames{"weight backup", {{
+    {BackupStorage::kAuto, "auto", "memory when it fits in available RAM with 1 GiB to spare, else file"},
+    {BackupStorage::kMemory, "memory", "one copy of the weights in RAM"},
+    {BackupStorage::kFile, "file", "an unlinked temporary file in $TMPDIR, paged in per layer (models over half the RAM)"},
+}}};
+std::string to_string(BackupStorage storage);                 // kBackupStorageNames
 BackupStorage parse_backup_storage(const std::string& name);  // UsageError naming --backup
 
 // One copy of every selected weight, made once.
