@@ -57,7 +57,7 @@ CLI::Option* add_enum_option(CLI::App* cmd, const std::string& names, E& value, 
                              const std::string& help) {
   return cmd->add_option(names, value, help + ". " + table.described())
       ->type_name("NAME")
-      ->check(choice_of(table))
+      ->transform(choice_of(table))
       ->default_str(std::string(table.name(value)));
 }
 
