@@ -20,23 +20,13 @@
 
 namespace quantppl {
 
-const char* const kDefaultVariants = "fp32,absmax:8,zeropoint:8";
-
 namespace {
-
-std::string home() {
-  const char* env = std::getenv("QUANTPPL_HOME");
-  return env != nullptr && *env != '\0' ? std::string(env) : std::string(QUANTPPL_SOURCE_DIR);
-}
 
 std::string libtorch_version() {
   return fmt::format("{}.{}.{}", TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH);
 }
 
 }  // namespace
-
-std::string default_model_path() { return home() + "/models/default.pt"; }
-std::string default_text_path() { return home() + "/data/default_eval.txt"; }
 
 CompareReport run_compare(const CompareOptions& options, const CompareProgress& progress) {
   if (options.variants.empty()) throw UsageError("--variants: nothing to evaluate");

@@ -50,24 +50,6 @@ T get(const std::string& bytes, size_t offset) {
   return value;
 }
 
-std::string granularity_name(Granularity g) {
-  switch (g) {
-    case Granularity::kPerTensor: return "tensor";
-    case Granularity::kPerChannel: return "channel";
-    case Granularity::kPerGroup: return "group";
-  }
-  return "?";
-}
-
-std::string range_name(RangeMethod r) {
-  switch (r) {
-    case RangeMethod::kMinMax: return "minmax";
-    case RangeMethod::kPercentile: return "percentile";
-    case RangeMethod::kMse: return "mse";
-  }
-  return "?";
-}
-
 int64_t blocks_of(int64_t out, int64_t in, const QuantConfig& config) {
   switch (config.granularity) {
     case Granularity::kPerTensor: return 1;
@@ -284,14 +266,15 @@ PackedModelSummary write_packed_model(const std::string& model_path, const Varia
   header["format"] = "quantppl packed model (docs/qpack-format.md)";
   header["format_version"] = kQpackFormatVersion;
   header["variant"] = canonical_spec(variant);
-  header["scheme"] = to_string(config.scheme);
+  header["scheme"] = std::string(kSchemeNames.name(config.scheme));
   header["bits"] = config.bits;
-  header["granularity"] = granularity_name(config.granularity);
+  header["granularity"] = std::string(kGranularityNames.name(config.granularity));
   header["group_size"] = config.granularity == Granularity::kPerGroup ? config.group_size : 0;
-  header["range"] = range_name(config.range);
+  header["range"] = std::string(kRangeMethodNames.name(config.range));
   header["percentile"] = config.percentile;
-  header["scale_form"] = config.scale_form == ScaleForm::kStep ? "step" : "inverse_step";
-  header["zero_point_codes"] = config.zero_point_codes == ZeroPointCodes::kUnsigned ? "unsigned" : "signed";
+  // The ARITH field of the spec is stored as its two parts.
+  header["scale_form"] = std::string(kScaleFormNames.name(config.scale_form));
+  header["zero_point_codes"] = std::string(kZeroPointCodesNames.name(config.zero_point_codes));
   header["qmin"] = range.qmin;
   header["qmax"] = range.qmax;
   header["include"] = include;
@@ -378,54 +361,28 @@ PackedModel parse_packed_model(std::string bytes, const std::string& path) {
 
   // The quantization config, checked against the canonical spec.
   QuantConfig& config = m.variant.config;
-  const std::string scheme = r.string(header, "scheme", "");
-  if (scheme == "absmax") {
-    config.scheme = Scheme::kAbsmax;
-  } else if (scheme == "zeropoint") {
-    config.scheme = Scheme::kZeroPoint;
-  } else {
-    r.fail("scheme", "must be \"absmax\" or \"zeropoint\", got \"" + scheme + "\"");
-  }
+  const auto enum_field = [&](const auto& table, const char* key) {
+    const std::string name = r.string(header, key, "");
+    const auto value = table.find(name);
+    if (!value) r.fail(key, fmt::format("must be {}, got \"{}\"", table.choices_in_words(), name));
+    return *value;
+  };
+  config.scheme = enum_field(kSchemeNames, "scheme");
   config.bits = static_cast<int>(r.integer(header, "bits", "", kMinBits, kMaxBits));
-  const std::string granularity = r.string(header, "granularity", "");
+  config.granularity = enum_field(kGranularityNames, "granularity");
   const int64_t group_size = r.integer(header, "group_size", "", 0, INT64_MAX);
-  if (granularity == "tensor") {
-    config.granularity = Granularity::kPerTensor;
-  } else if (granularity == "channel") {
-    config.granularity = Granularity::kPerChannel;
-  } else if (granularity == "group") {
-    config.granularity = Granularity::kPerGroup;
+  if (config.granularity == Granularity::kPerGroup) {
     if (group_size <= 0) r.fail("group_size", "must be > 0 for granularity \"group\"");
     config.group_size = group_size;
-  } else {
-    r.fail("granularity", "must be \"tensor\", \"channel\" or \"group\", got \"" + granularity + "\"");
   }
-  const std::string range = r.string(header, "range", "");
-  if (range == "minmax") {
-    config.range = RangeMethod::kMinMax;
-  } else if (range == "percentile") {
-    config.range = RangeMethod::kPercentile;
-  } else if (range == "mse") {
-    config.range = RangeMethod::kMse;
-  } else {
-    r.fail("range", "must be \"minmax\", \"percentile\" or \"mse\", got \"" + range + "\"");
-  }
+  config.range = enum_field(kRangeMethodNames, "range");
   config.percentile = r.number(header, "percentile", "");
-  const std::string scale_form = r.string(header, "scale_form", "");
-  if (scale_form == "step") {
-    config.scale_form = ScaleForm::kStep;
-  } else if (scale_form == "inverse_step") {
-    config.scale_form = ScaleForm::kInverseStep;
-  } else {
-    r.fail("scale_form", "must be \"step\" or \"inverse_step\", got \"" + scale_form + "\"");
-  }
-  const std::string zp_codes = r.string(header, "zero_point_codes", "");
-  if (zp_codes == "unsigned") {
-    config.zero_point_codes = ZeroPointCodes::kUnsigned;
-  } else if (zp_codes == "signed") {
-    config.zero_point_codes = ZeroPointCodes::kSigned;
-  } else {
-    r.fail("zero_point_codes", "must be \"unsigned\" or \"signed\", got \"" + zp_codes + "\"");
+  config.scale_form = enum_field(kScaleFormNames, "scale_form");
+  config.zero_point_codes = enum_field(kZeroPointCodesNames, "zero_point_codes");
+  if (!arithmetic_of(config)) {
+    r.fail("scale_form", fmt::format("\"{}\" with zero_point_codes \"{}\" is not an arithmetic quantppl writes",
+                                     kScaleFormNames.name(config.scale_form),
+                                     kZeroPointCodesNames.name(config.zero_point_codes)));
   }
   try {
     validate(config);
@@ -439,7 +396,11 @@ PackedModel parse_packed_model(std::string bytes, const std::string& path) {
   }
   m.variant.name = canonical_spec(m.variant);
   const std::string spec = r.string(header, "variant", "");
-  if (spec != m.variant.name) {
+  // Writers before the ARITH field spelled a tutorial-arithmetic variant
+  // without it; its scale_form and zero_point_codes fields were always stored.
+  Variant without_arithmetic = m.variant;
+  set_arithmetic(without_arithmetic.config, Arithmetic::kNumpy);
+  if (spec != m.variant.name && spec != canonical_spec(without_arithmetic)) {
     r.fail("variant", fmt::format("is \"{}\" but the config fields say \"{}\"", spec, m.variant.name));
   }
   m.include = r.string(header, "include", "");
@@ -510,7 +471,7 @@ PackedModel parse_packed_model(std::string bytes, const std::string& path) {
     layer.num_blocks = blocks_of(layer.out_features, layer.in_features, config);
     if (r.integer(entry, "num_blocks", field, 0, INT64_MAX) != layer.num_blocks) {
       r.fail(field + ".num_blocks", fmt::format("must be {} for shape {} and granularity {}", layer.num_blocks,
-                                                JsonReader::shown(shape), granularity));
+                                                JsonReader::shown(shape), kGranularityNames.name(config.granularity)));
     }
     const json& codes = r.member(entry, "codes", field);
     if (r.integer(codes, "bits", field + ".codes", 0, 64) != config.bits) {

@@ -25,15 +25,9 @@ struct Example {
 
 }  // namespace
 
-std::string to_string(PerplexityMode mode) {
-  return mode == PerplexityMode::kPrefix ? "prefix" : "reconstruct";
-}
+std::string to_string(PerplexityMode mode) { return std::string(kPerplexityModeNames.name(mode)); }
 
-PerplexityMode parse_perplexity_mode(const std::string& name) {
-  if (name == "reconstruct") return PerplexityMode::kReconstruct;
-  if (name == "prefix") return PerplexityMode::kPrefix;
-  throw UsageError("perplexity mode must be 'reconstruct' or 'prefix', got '" + name + "'");
-}
+PerplexityMode parse_perplexity_mode(const std::string& name) { return kPerplexityModeNames.parse(name, "--mode"); }
 
 double PerplexityResult::ppl() const {
   if (tokens <= 0) return std::numeric_limits<double>::quiet_NaN();

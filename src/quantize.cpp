@@ -196,7 +196,7 @@ QParams params_from_range(const ClipRange& range, const QuantConfig& config) {
       scale = torch::where(hi == 0, torch::ones_like(scale), scale);
       scale = torch::where(scale == 0, torch::full_like(scale, tiny), scale);
     } else {
-      scale = qmax / hi;  // the tutorial's 127 / max|x|
+      scale = torch::reciprocal(hi) * qmax;  // the tutorial's 127 / max|x|, as Python evaluates it (quantize.h)
       scale = torch::where(hi == 0, torch::ones_like(scale), scale);
       scale = torch::clamp_max(scale, huge);
     }
@@ -225,7 +225,7 @@ QParams params_from_range(const ClipRange& range, const QuantConfig& config) {
     const torch::Tensor zero = -torch::round(lo / scale) + qmin;  // (5), (6)
     return {scale, zero};
   }
-  torch::Tensor scale = levels / width;  // the tutorial's 255 / (max - min)
+  torch::Tensor scale = torch::reciprocal(width) * levels;  // the tutorial's 255 / (max - min), as Python evaluates it
   scale = torch::where(torch::isinf(width), (levels / 2) / (hi_z / 2 - lo / 2), scale);
   scale = torch::where(width == 0, constant_scale, scale);
   scale = torch::clamp_max(scale, huge);
@@ -565,13 +565,27 @@ QuantConfig numpy_seed_config(Scheme scheme, int bits) {
   return config;
 }
 
-QuantConfig torch_tutorial_config(Scheme scheme) {
+QuantConfig torch_tutorial_config(Scheme scheme, int bits) {
   QuantConfig config;
   config.scheme = scheme;
-  config.bits = 8;
-  config.scale_form = ScaleForm::kInverseStep;
-  config.zero_point_codes = ZeroPointCodes::kSigned;
+  config.bits = bits;
+  set_arithmetic(config, Arithmetic::kTutorial);
   return config;
+}
+
+void set_arithmetic(QuantConfig& config, Arithmetic arithmetic) {
+  const bool tutorial = arithmetic == Arithmetic::kTutorial;
+  config.scale_form = tutorial ? ScaleForm::kInverseStep : ScaleForm::kStep;
+  config.zero_point_codes = tutorial ? ZeroPointCodes::kSigned : ZeroPointCodes::kUnsigned;
+}
+
+std::optional<Arithmetic> arithmetic_of(const QuantConfig& config) {
+  const Arithmetic by_scale = config.scale_form == ScaleForm::kStep ? Arithmetic::kNumpy : Arithmetic::kTutorial;
+  if (config.scheme == Scheme::kAbsmax) return by_scale;
+  const Arithmetic by_codes =
+      config.zero_point_codes == ZeroPointCodes::kUnsigned ? Arithmetic::kNumpy : Arithmetic::kTutorial;
+  if (by_scale != by_codes) return std::nullopt;
+  return by_scale;
 }
 
 void validate(const QuantConfig& config) {
@@ -698,32 +712,16 @@ torch::Tensor fake_quantize_reference(const torch::Tensor& x, const QuantConfig&
   return copy;
 }
 
-std::string to_string(Scheme scheme) {
-  return scheme == Scheme::kAbsmax ? "absmax" : "zeropoint";
-}
+std::string to_string(Scheme scheme) { return std::string(kSchemeNames.name(scheme)); }
 
 std::string to_string(Granularity granularity, int64_t group_size) {
-  switch (granularity) {
-    case Granularity::kPerTensor:
-      return "tensor";
-    case Granularity::kPerChannel:
-      return "channel";
-    case Granularity::kPerGroup:
-      return fmt::format("group{}", group_size);
-  }
-  return "?";
+  const std::string name(kGranularityNames.name(granularity));
+  return granularity == Granularity::kPerGroup ? name + std::to_string(group_size) : name;
 }
 
 std::string to_string(RangeMethod range, double percentile) {
-  switch (range) {
-    case RangeMethod::kMinMax:
-      return "minmax";
-    case RangeMethod::kPercentile:
-      return fmt::format("p{}", percentile);
-    case RangeMethod::kMse:
-      return "mse";
-  }
-  return "?";
+  if (range == RangeMethod::kPercentile) return fmt::format("{}{}", kPercentileSpecPrefix, percentile);
+  return std::string(kRangeMethodNames.name(range));
 }
 
 }  // namespace quantppl

@@ -1,7 +1,7 @@
 #include "quantppl/quantize_model.h"
 
-#include "quantppl/compare.h"
 #include "quantppl/contract_model.h"
+#include "quantppl/default_paths.h"
 #include "quantppl/error.h"
 #include "quantppl/model_metadata.h"
 #include "quantppl/model_quantizer.h"

@@ -14,8 +14,8 @@
 #include "json_rows.h"
 #include <torch/torch.h>
 
-#include "quantppl/compare.h"
 #include "quantppl/contract_model.h"
+#include "quantppl/default_paths.h"
 #include "quantppl/error.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/packed_model.h"

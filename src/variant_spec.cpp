@@ -11,10 +11,35 @@
 
 namespace quantppl {
 
-const char* const kVariantGrammar =
-    "fp32 | SCHEME:BITS[:GRANULARITY[:RANGE]] with SCHEME absmax|zeropoint, BITS 2..8, "
-    "GRANULARITY tensor|channel|groupN, RANGE minmax|pP|mse "
-    "(e.g. absmax:8, zeropoint:4:group64, absmax:4:channel:mse, zeropoint:8:tensor:p99.9)";
+namespace {
+
+// "a|b|c" from a table, with `spell` writing each entry as a spec does.
+template <typename Table, typename Spell>
+std::string spec_choices(const Table& table, Spell spell) {
+  std::string out;
+  for (const auto& entry : table.entries) out += (out.empty() ? "" : "|") + spell(entry);
+  return out;
+}
+
+std::string make_grammar() {
+  const auto plain = [](const auto& e) { return std::string(e.name); };
+  const std::string granularities = spec_choices(kGranularityNames, [](const auto& e) {
+    return std::string(e.name) + (e.value == Granularity::kPerGroup ? "N" : "");
+  });
+  const std::string ranges = spec_choices(kRangeMethodNames, [](const auto& e) {
+    return e.value == RangeMethod::kPercentile ? std::string(kPercentileSpecPrefix) + "P" : std::string(e.name);
+  });
+  return fmt::format(
+      "fp32 | SCHEME:BITS[:GRANULARITY[:RANGE[:ARITH]]] with SCHEME {}, BITS {}..{}, GRANULARITY {}, RANGE {}, "
+      "ARITH {} (default: the first of each; e.g. absmax:8, zeropoint:4:group64, absmax:4:channel:mse, "
+      "zeropoint:8:tensor:p99.9, zeropoint:8:tensor:minmax:tutorial)",
+      spec_choices(kSchemeNames, plain), kMinBits, kMaxBits, granularities, ranges,
+      spec_choices(kArithmeticNames, plain));
+}
+
+}  // namespace
+
+const std::string kVariantGrammar = make_grammar();
 
 namespace {
 
@@ -66,16 +91,15 @@ Variant parse_variant(const std::string& raw_spec) {
     return variant;
   }
   const std::vector<std::string> parts = split(spec, ':');
-  if (parts.size() < 2 || parts.size() > 4) fail(spec, fmt::format("expected 2 to 4 ':'-separated fields, got {}", parts.size()));
+  if (parts.size() < 2 || parts.size() > 5) fail(spec, fmt::format("expected 2 to 5 ':'-separated fields, got {}", parts.size()));
 
   QuantConfig& config = variant.config;
-  if (parts[0] == "absmax") {
-    config.scheme = Scheme::kAbsmax;
-  } else if (parts[0] == "zeropoint") {
-    config.scheme = Scheme::kZeroPoint;
-  } else {
-    fail(spec, fmt::format("unknown scheme '{}'", parts[0]));
-  }
+  const auto field = [&](const auto& table, const std::string& name) {
+    const auto value = table.find(name);
+    if (!value) fail(spec, fmt::format("unknown {} '{}' (expected {})", table.what, name, table.choices_in_words()));
+    return *value;
+  };
+  config.scheme = field(kSchemeNames, parts[0]);
 
   if (!all_digits(parts[1]) || parts[1].size() > 2) fail(spec, fmt::format("bits must be an integer in [2, 8], got '{}'", parts[1]));
   config.bits = std::stoi(parts[1]);
@@ -83,39 +107,39 @@ Variant parse_variant(const std::string& raw_spec) {
 
   if (parts.size() >= 3) {
     const std::string& g = parts[2];
-    if (g == "tensor") {
-      config.granularity = Granularity::kPerTensor;
-    } else if (g == "channel") {
-      config.granularity = Granularity::kPerChannel;
-    } else if (g.rfind("group", 0) == 0) {
-      const std::string n = g.substr(5);
+    const std::string group(kGranularityNames.name(Granularity::kPerGroup));
+    if (g.size() > group.size() && g.compare(0, group.size(), group) == 0) {
+      const std::string n = g.substr(group.size());
       if (!all_digits(n) || n.size() > 9 || std::stoll(n) == 0) {
         fail(spec, fmt::format("group size must be a positive integer (e.g. group64), got '{}'", g));
       }
       config.granularity = Granularity::kPerGroup;
       config.group_size = std::stoll(n);
+    } else if (g == group) {
+      fail(spec, fmt::format("group size must be a positive integer (e.g. group64), got '{}'", g));
     } else {
-      fail(spec, fmt::format("unknown granularity '{}'", g));
+      config.granularity = field(kGranularityNames, g);
     }
   }
 
-  if (parts.size() == 4) {
+  if (parts.size() >= 4) {
     const std::string& r = parts[3];
-    if (r == "minmax") {
-      config.range = RangeMethod::kMinMax;
-    } else if (r == "mse") {
-      config.range = RangeMethod::kMse;
-    } else if (r.size() > 1 && r[0] == 'p') {
+    const std::string prefix(kPercentileSpecPrefix);
+    if (r.size() > prefix.size() && r.compare(0, prefix.size(), prefix) == 0 && !kRangeMethodNames.find(r)) {
       double p = 0;
-      if (!parse_decimal(r.substr(1), &p) || !(p > 0.0 && p <= 100.0)) {
+      if (!parse_decimal(r.substr(prefix.size()), &p) || !(p > 0.0 && p <= 100.0)) {
         fail(spec, fmt::format("percentile must be a number in (0, 100] (e.g. p99.9), got '{}'", r));
       }
       config.range = RangeMethod::kPercentile;
       config.percentile = p;
+    } else if (r == kRangeMethodNames.name(RangeMethod::kPercentile)) {
+      fail(spec, fmt::format("a percentile range is written p followed by P in (0, 100] (e.g. p99.9), got '{}'", r));
     } else {
-      fail(spec, fmt::format("unknown range '{}'", r));
+      config.range = field(kRangeMethodNames, r);
     }
   }
+
+  if (parts.size() == 5) set_arithmetic(config, field(kArithmeticNames, parts[4]));
   validate(config);
   return variant;
 }
@@ -133,8 +157,16 @@ std::vector<Variant> parse_variant_list(const std::string& specs) {
 std::string canonical_spec(const Variant& variant) {
   if (variant.is_fp32) return "fp32";
   const QuantConfig& c = variant.config;
-  return fmt::format("{}:{}:{}:{}", to_string(c.scheme), c.bits, to_string(c.granularity, c.group_size),
-                     to_string(c.range, c.percentile));
+  const std::optional<Arithmetic> arithmetic = arithmetic_of(c);
+  if (!arithmetic) {
+    throw UsageError(fmt::format("variant '{}': scale form {} with {} zero-point codes has no spec spelling "
+                                 "(ARITH {})", variant.name, kScaleFormNames.name(c.scale_form),
+                                 kZeroPointCodesNames.name(c.zero_point_codes), kArithmeticNames.described()));
+  }
+  std::string spec = fmt::format("{}:{}:{}:{}", to_string(c.scheme), c.bits, to_string(c.granularity, c.group_size),
+                                 to_string(c.range, c.percentile));
+  if (*arithmetic != Arithmetic::kNumpy) spec += ":" + std::string(kArithmeticNames.name(*arithmetic));
+  return spec;
 }
 
 }  // namespace quantppl

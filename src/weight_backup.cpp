@@ -94,27 +94,9 @@ std::vector<size_t> archive_member_offsets(const std::string& path) {
 
 }  // namespace
 
-std::string to_string(BackupStorage storage) {
-  switch (storage) {
-    case BackupStorage::kAuto:
-      return "auto";
-    case BackupStorage::kMemory:
-      return "memory";
-    case BackupStorage::kFile:
-      return "file";
-    case BackupStorage::kModel:
-      return "model";
-  }
-  return "?";
-}
+std::string to_string(BackupStorage storage) { return std::string(kBackupStorageNames.name(storage)); }
 
-BackupStorage parse_backup_storage(const std::string& name) {
-  if (name == "auto") return BackupStorage::kAuto;
-  if (name == "memory") return BackupStorage::kMemory;
-  if (name == "file") return BackupStorage::kFile;
-  if (name == "model") return BackupStorage::kModel;
-  throw UsageError(fmt::format("--backup '{}': expected auto, memory or file", name));
-}
+BackupStorage parse_backup_storage(const std::string& name) { return kBackupStorageNames.parse(name, "--backup"); }
 
 WeightBackup::WeightBackup(std::vector<LinearLayer> layers, BackupStorage storage) : layers_(std::move(layers)) {
   torch::NoGradGuard no_grad;

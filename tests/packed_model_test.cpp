@@ -161,7 +161,9 @@ INSTANTIATE_TEST_SUITE_P(Variants, PackedModelTest,
                          ::testing::Values("absmax:2", "absmax:3:channel", "absmax:4:group32", "absmax:8:channel",
                                            "zeropoint:2:group32", "zeropoint:3", "zeropoint:4:channel",
                                            "zeropoint:8:group32", "absmax:4:channel:p99.9", "zeropoint:4:group32:mse",
-                                           "absmax:3:group32:mse", "zeropoint:8:tensor:p99"),
+                                           "absmax:3:group32:mse", "zeropoint:8:tensor:p99",
+                                           "absmax:8:tensor:minmax:tutorial", "zeropoint:8:tensor:minmax:tutorial",
+                                           "absmax:4:channel:minmax:tutorial", "zeropoint:2:group32:mse:tutorial"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name) if (!isalnum(static_cast<unsigned char>(c))) c = '_';
@@ -374,6 +376,36 @@ TEST_F(PackedCorruptionTest, InconsistentHeaderFieldsAreNamed) {
       h["layers"] = deep;
     });
     EXPECT_NE(e.find("header: not valid JSON: arrays/objects nested deeper than 64 levels"), std::string::npos) << e;
+  }
+  {
+    const std::string e = rewrite([](auto& h) { h["range"] = "p99"; });
+    EXPECT_NE(e.find("field 'range' must be minmax, percentile or mse, got \"p99\""), std::string::npos) << e;
+  }
+  // The ARITH field is stored as scale_form + zero_point_codes; a pair no
+  // arithmetic names is rejected ("format" is free text: shortened to make room).
+  {
+    const std::string e = rewrite([](auto& h) {
+      h["format"] = "q";
+      h["scale_form"] = "inverse_step";
+    });
+    EXPECT_NE(e.find("field 'scale_form'"), std::string::npos) << e;
+  }
+  const auto as_tutorial = [](const std::string& variant) {
+    return [variant](auto& h) {
+      h["format"] = "q";
+      h["scale_form"] = "inverse_step";
+      h["zero_point_codes"] = "signed";
+      h["qmin"] = -8;
+      h["qmax"] = 7;
+      h["variant"] = variant;
+    };
+  };
+  EXPECT_EQ(rewrite(as_tutorial("zeropoint:4:group32:minmax:tutorial")), "");
+  // Files written before the ARITH field named such a config without it.
+  EXPECT_EQ(rewrite(as_tutorial("zeropoint:4:group32:minmax")), "");
+  {
+    const std::string e = rewrite(as_tutorial("zeropoint:4:group32:mse"));
+    EXPECT_NE(e.find("field 'variant'"), std::string::npos) << e;
   }
 }
 

@@ -1,7 +1,9 @@
 #include <string>
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include "quantppl/error.h"
 #include "quantppl/variant_spec.h"
@@ -63,7 +65,7 @@ TEST_P(MalformedSpecTest, IsAUsageErrorThatNamesTheSpecAndShowsTheGrammar) {
   } catch (const UsageError& e) {
     EXPECT_THAT(e.what(), HasSubstr("invalid variant '" + spec + "'"));
     EXPECT_THAT(e.what(), HasSubstr(reason));
-    EXPECT_THAT(e.what(), HasSubstr("SCHEME:BITS[:GRANULARITY[:RANGE]]"));
+    EXPECT_THAT(e.what(), HasSubstr("SCHEME:BITS[:GRANULARITY[:RANGE[:ARITH]]]"));
   }
 }
 
@@ -81,7 +83,107 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_pair("absmax:8:tensor:p-3", "percentile"), std::make_pair("absmax:8:tensor:p", "unknown range"),
                       std::make_pair("absmax:8:tensor:pabc", "percentile"), std::make_pair("absmax:8:tensor:p1e2", "percentile"),
                       std::make_pair("absmax:8:tensor:median", "unknown range"),
-                      std::make_pair("absmax:8:tensor:mse:extra", "fields"), std::make_pair("ABSMAX:8", "unknown scheme")));
+                      std::make_pair("absmax:8:tensor:mse:extra", "unknown arithmetic 'extra' (expected numpy or tutorial)"),
+                      std::make_pair("absmax:8:tensor:mse:tutorial:x", "fields"),
+                      std::make_pair("absmax:8:tensor:minmax:", "unknown arithmetic"),
+                      std::make_pair("absmax:8:tensor:minmax:Tutorial", "unknown arithmetic"),
+                      std::make_pair("absmax:8:tensor:percentile", "p followed by P"),
+                      std::make_pair("ABSMAX:8", "unknown scheme 'ABSMAX' (expected absmax or zeropoint)")));
+
+// ---- the ARITH field ----
+
+TEST(VariantSpecTest, TutorialFieldSelectsTheTutorialArithmetic) {
+  for (const std::string scheme : {"absmax", "zeropoint"}) {
+    const Variant v = parse_variant(scheme + ":4:tensor:minmax:tutorial");
+    const QuantConfig expected = torch_tutorial_config(v.config.scheme, 4);
+    EXPECT_EQ(v.config.scale_form, ScaleForm::kInverseStep);
+    EXPECT_EQ(v.config.zero_point_codes, ZeroPointCodes::kSigned);
+    EXPECT_EQ(v.config.scale_form, expected.scale_form);
+    EXPECT_EQ(v.config.zero_point_codes, expected.zero_point_codes);
+    EXPECT_EQ(v.config.bits, 4);
+    EXPECT_EQ(canonical_spec(v), scheme + ":4:tensor:minmax:tutorial");
+  }
+  EXPECT_EQ(canonical_spec(parse_variant("zeropoint:3:group32:mse:tutorial")), "zeropoint:3:group32:mse:tutorial");
+}
+
+TEST(VariantSpecTest, DefaultArithmeticIsOmittedFromTheCanonicalSpelling) {
+  const Variant explicit_numpy = parse_variant("absmax:8:tensor:minmax:numpy");
+  EXPECT_EQ(explicit_numpy.name, "absmax:8:tensor:minmax:numpy");
+  EXPECT_EQ(canonical_spec(explicit_numpy), "absmax:8:tensor:minmax");
+  EXPECT_EQ(explicit_numpy.config.scale_form, ScaleForm::kStep);
+  EXPECT_EQ(explicit_numpy.config.zero_point_codes, ZeroPointCodes::kUnsigned);
+}
+
+// Specs written before the ARITH field get exactly the config they got then:
+// the numpy seed's, so their weights are bit-identical.
+TEST(VariantSpecTest, OldSpecsKeepTheNumpyArithmetic) {
+  torch::manual_seed(7);
+  const torch::Tensor w = torch::randn({16, 64});
+  for (const std::string spec : {"absmax:8", "zeropoint:8", "absmax:4:channel", "zeropoint:3:group32:p99.9",
+                                 "zeropoint:2:tensor:mse"}) {
+    const Variant v = parse_variant(spec);
+    EXPECT_EQ(v.config.scale_form, ScaleForm::kStep) << spec;
+    EXPECT_EQ(v.config.zero_point_codes, ZeroPointCodes::kUnsigned) << spec;
+    QuantConfig seed = numpy_seed_config(v.config.scheme, v.config.bits);
+    seed.granularity = v.config.granularity;
+    seed.group_size = v.config.group_size;
+    seed.range = v.config.range;
+    seed.percentile = v.config.percentile;
+    EXPECT_TRUE(torch::equal(fake_quantize(w, v.config), fake_quantize(w, seed))) << spec;
+  }
+}
+
+// Every combination of table names: the spec parses, its canonical spelling
+// parses to the same config, and spelling it again is stable.
+TEST(VariantSpecTest, CanonicalSpellingRoundTripsEveryTableName) {
+  for (const auto& scheme : kSchemeNames.entries) {
+    for (const auto& granularity : kGranularityNames.entries) {
+      for (const auto& range : kRangeMethodNames.entries) {
+        for (const auto& arithmetic : kArithmeticNames.entries) {
+          const std::string g = std::string(granularity.name) + (granularity.value == Granularity::kPerGroup ? "32" : "");
+          const std::string r = range.value == RangeMethod::kPercentile ? "p99.5" : std::string(range.name);
+          const std::string spec = fmt::format("{}:5:{}:{}:{}", scheme.name, g, r, arithmetic.name);
+          const Variant v = parse_variant(spec);
+          EXPECT_EQ(v.config.scheme, scheme.value) << spec;
+          EXPECT_EQ(v.config.granularity, granularity.value) << spec;
+          EXPECT_EQ(v.config.range, range.value) << spec;
+          EXPECT_EQ(arithmetic_of(v.config), arithmetic.value) << spec;
+          const std::string canonical = canonical_spec(v);
+          const Variant again = parse_variant(canonical);
+          EXPECT_EQ(canonical_spec(again), canonical) << spec;
+          EXPECT_EQ(again.config.scale_form, v.config.scale_form) << spec;
+          EXPECT_EQ(again.config.zero_point_codes, v.config.zero_point_codes) << spec;
+          EXPECT_EQ(again.config.group_size, v.config.group_size) << spec;
+          EXPECT_EQ(again.config.percentile, v.config.percentile) << spec;
+          const std::string tail = ":tutorial";
+          const bool ends_with_tutorial =
+              canonical.size() > tail.size() && canonical.compare(canonical.size() - tail.size(), tail.size(), tail) == 0;
+          EXPECT_EQ(ends_with_tutorial, arithmetic.value == Arithmetic::kTutorial) << canonical;
+        }
+      }
+    }
+  }
+}
+
+TEST(VariantSpecTest, GrammarListsEveryTableName) {
+  for (const auto& e : kSchemeNames.entries) EXPECT_THAT(kVariantGrammar, HasSubstr(std::string(e.name)));
+  for (const auto& e : kGranularityNames.entries) EXPECT_THAT(kVariantGrammar, HasSubstr(std::string(e.name)));
+  for (const auto& e : kArithmeticNames.entries) EXPECT_THAT(kVariantGrammar, HasSubstr(std::string(e.name)));
+  EXPECT_THAT(kVariantGrammar, HasSubstr("RANGE minmax|pP|mse"));
+  EXPECT_THAT(kVariantGrammar, HasSubstr("GRANULARITY tensor|channel|groupN"));
+  EXPECT_THAT(kVariantGrammar, HasSubstr("ARITH numpy|tutorial"));
+}
+
+TEST(VariantSpecTest, ConfigWithoutASpecSpellingIsAUsageError) {
+  Variant v = parse_variant("zeropoint:8");
+  v.config.zero_point_codes = ZeroPointCodes::kSigned;  // step with signed codes: no ARITH names it
+  try {
+    canonical_spec(v);
+    FAIL();
+  } catch (const UsageError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("step with signed zero-point codes"));
+  }
+}
 
 }  // namespace
 }  // namespace quantppl

@@ -20,19 +20,13 @@
 #include <string>
 #include <vector>
 
+#include "quantppl/default_paths.h"  // default_model_path(), default_text_path(), kDefaultVariants
 #include "quantppl/distribution_metrics.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/perplexity.h"
 #include "quantppl/variant_spec.h"
 
 namespace quantppl {
-
-// The shipped defaults: models/default.pt and data/default_eval.txt of the
-// source tree this binary was built from (overridable with QUANTPPL_HOME).
-std::string default_model_path();
-std::string default_text_path();
-// The seeds' variants: fp32, absmax:8, zeropoint:8.
-extern const char* const kDefaultVariants;
 
 struct CompareOptions {
   std::string model_path;      // empty: default_model_path()

@@ -107,7 +107,7 @@ struct InspectionReport {
 };
 
 struct InspectOptions {
-  std::string model_path;      // empty: default_model_path() (compare.h)
+  std::string model_path;      // empty: default_model_path() (default_paths.h)
   std::string tokenizer_path;  // empty: the model's own
   Variant variant;             // e.g. parse_variant("absmax:8")
   std::string include;         // regex on Linear module names (empty: all)

@@ -27,7 +27,9 @@
 // layers: [{name, shape: [out, in], numel, num_blocks, codes: {offset, bytes,
 // bits}, scales: {offset, bytes, dtype: "f32"}, zero_points: null | {offset,
 // bytes, dtype: "i16"|"f32"}}], payload_bytes, payload_sha256}. Section
-// offsets are relative to P.
+// offsets are relative to P. The names are those of quantize.h's tables;
+// the spec's ARITH is stored as scale_form + zero_point_codes (numpy: step +
+// unsigned, tutorial: inverse_step + signed, whose scales hold k = 1/s).
 //
 // Codes: a layer's codes are ONE bit stream in row-major order, without row
 // padding: code i occupies stream bits [i*b, i*b + b), stream bit k is bit

@@ -54,14 +54,19 @@
 #include <torch/types.h>
 
 #include "quantppl/contract_model.h"
+#include "quantppl/enum_table.h"
 #include "quantppl/model_metadata.h"
 
 namespace quantppl {
 
 enum class PerplexityMode { kReconstruct, kPrefix };
+inline constexpr EnumTable<PerplexityMode, 2> kPerplexityModeNames{"perplexity mode", {{
+    {PerplexityMode::kReconstruct, "reconstruct", "encoder and labels = the window (the seed tutorial's perplexity)"},
+    {PerplexityMode::kPrefix, "prefix", "encoder = first half, labels = second half (continuation perplexity)"},
+}}};
 
-std::string to_string(PerplexityMode mode);  // "reconstruct", "prefix"
-// UsageError naming the accepted values for anything else.
+std::string to_string(PerplexityMode mode);  // kPerplexityModeNames
+// UsageError naming --mode and the accepted values for anything else.
 PerplexityMode parse_perplexity_mode(const std::string& name);
 
 // One batch of examples, ready for ContractModel::forward.

@@ -51,6 +51,31 @@
 // PyTorch's own fake-quantize kernels use a third arithmetic,
 // round(x * (1/s)) + z; see tests/torch_reference_test.cpp.
 //
+// Arithmetic names the two conventions a variant spec can choose (its ARITH
+// field, variant_spec.h):
+//   kNumpy    ("numpy", the default): kStep with unsigned codes (5), the
+//             numpy seed's.
+//   kTutorial ("tutorial"): kInverseStep with signed codes (6), the torch
+//             tutorial's absmax_quantize / zeropoint_quantize, generalised
+//             from 8 bits to b by writing its constants in b:
+//               absmax:    k = (2^(b-1) - 1) / max|x|   q = round(k * x)
+//               zeropoint: k = (2^b - 1) / (max - min)
+//                          z = round(-k * min - 2^(b-1))
+//                          q = clamp(round(x * k + z), -2^(b-1), 2^(b-1) - 1)
+//             x_hat = (q - z) / k. At 8 bits these are the tutorial's 127,
+//             255, 128 and [-128, 127]. k is computed as the tutorial's
+//             Python computes `127 / tensor`: Tensor.__rdiv__ is
+//             reciprocal() * 127, so k = fl(fl(1 / a) * qmax), which is not
+//             the correctly rounded qmax / a (LibTorch C++'s `127 / tensor`)
+//             in about a third of the weight tensors (absmax 8 bits: 11 of
+//             the fixture model's 37, 18 of the default model's 55), and a
+//             1-ulp difference in k moves most x_hat of the tensor by an ulp. The weights equal the tutorial's
+//             ip_dequant bit for bit in float32 (tests/cli/test_tutorial_arithmetic.py
+//             runs its functions), except in constant blocks: there the
+//             tutorial's guard (range = 1 for zero point; none for absmax,
+//             whose all-zero block gives 0/0 = NaN) does not reconstruct the
+//             value, and the rule below does.
+//
 // ---------------------------------------------------------------------------
 // Decisions
 // ---------------------------------------------------------------------------
@@ -81,10 +106,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <torch/types.h>
+
+#include "quantppl/enum_table.h"
 
 namespace quantppl {
 
@@ -97,6 +125,40 @@ enum class RangeMethod {
 };
 enum class ScaleForm { kStep, kInverseStep };
 enum class ZeroPointCodes { kUnsigned, kSigned };
+enum class Arithmetic { kNumpy, kTutorial };
+
+// The names of these enums, everywhere: variant specs, reports, .qpack
+// headers, --help. Variant specs spell two of them with a parameter:
+// "group" N (e.g. group64) and "p" P for the percentile (e.g. p99.9).
+inline constexpr EnumTable<Scheme, 2> kSchemeNames{"scheme", {{
+    {Scheme::kAbsmax, "absmax", "symmetric: s = max|x| / (2^(b-1) - 1), z = 0, codes +-(2^(b-1) - 1)"},
+    {Scheme::kZeroPoint, "zeropoint", "asymmetric: s = (max - min) / (2^b - 1), integer zero point z"},
+}}};
+inline constexpr EnumTable<Granularity, 3> kGranularityNames{"granularity", {{
+    {Granularity::kPerTensor, "tensor", "one scale for the whole weight"},
+    {Granularity::kPerChannel, "channel", "one scale per output row"},
+    {Granularity::kPerGroup, "group", "one scale per N consecutive inputs of a row (spec: groupN)"},
+}}};
+inline constexpr EnumTable<RangeMethod, 3> kRangeMethodNames{"range", {{
+    {RangeMethod::kMinMax, "minmax", "the block's min and max (max|x| for absmax)"},
+    {RangeMethod::kPercentile, "percentile", "clip to the P-th percentile (spec: pP, e.g. p99.9)"},
+    {RangeMethod::kMse, "mse", "the min-max range shrunk to minimise the reconstruction MSE"},
+}}};
+// Variant specs write the percentile range as this prefix and P ("p99.9"),
+// the group granularity as its name and N ("group64").
+inline constexpr std::string_view kPercentileSpecPrefix = "p";
+inline constexpr EnumTable<ScaleForm, 2> kScaleFormNames{"scale form", {{
+    {ScaleForm::kStep, "step", "q = round(x / s + z), x_hat = (q - z) * s"},
+    {ScaleForm::kInverseStep, "inverse_step", "q = round(x * k + z), x_hat = (q - z) / k"},
+}}};
+inline constexpr EnumTable<ZeroPointCodes, 2> kZeroPointCodesNames{"zero-point codes", {{
+    {ZeroPointCodes::kUnsigned, "unsigned", "zero-point codes in [0, 2^b - 1]"},
+    {ZeroPointCodes::kSigned, "signed", "zero-point codes in [-2^(b-1), 2^(b-1) - 1]"},
+}}};
+inline constexpr EnumTable<Arithmetic, 2> kArithmeticNames{"arithmetic", {{
+    {Arithmetic::kNumpy, "numpy", "the numpy seed's: divide by the step s, unsigned zero-point codes"},
+    {Arithmetic::kTutorial, "tutorial", "the torch tutorial's: multiply by k = 1/s, signed zero-point codes"},
+}}};
 
 constexpr int kMinBits = 2;
 constexpr int kMaxBits = 8;
@@ -116,8 +178,16 @@ struct QuantConfig {
 
 // The numpy notebook's conventions: step scale, unsigned zero-point codes.
 QuantConfig numpy_seed_config(Scheme scheme, int bits);
-// The torch tutorial's conventions: 8 bits, inverse scale, signed codes.
-QuantConfig torch_tutorial_config(Scheme scheme);
+// The torch tutorial's conventions: inverse scale, signed codes (8 bits in
+// the tutorial; other widths as generalised above).
+QuantConfig torch_tutorial_config(Scheme scheme, int bits = 8);
+
+// Sets scale_form and zero_point_codes to the arithmetic's pair.
+void set_arithmetic(QuantConfig& config, Arithmetic arithmetic);
+// The arithmetic whose pair `config` holds (absmax has no zero point, so its
+// codes field does not matter), or nullopt for a pair no spec names
+// (step with signed codes, inverse step with unsigned codes).
+std::optional<Arithmetic> arithmetic_of(const QuantConfig& config);
 
 // Throws UsageError for bits outside [2, 8], a non-positive group size, a
 // percentile outside (0, 100].
@@ -213,7 +283,8 @@ void fake_quantize_with_reference_(torch::Tensor& x, const QParams& params, cons
 torch::Tensor fake_quantize_reference(const torch::Tensor& x, const QuantConfig& config,
                                       const std::string& name = "tensor");
 
-// Human-readable names, as used in variant specs and reports.
+// Names as variant specs write them (from the tables above): "absmax",
+// "group64", "p99.9".
 std::string to_string(Scheme scheme);
 std::string to_string(Granularity granularity, int64_t group_size);
 std::string to_string(RangeMethod range, double percentile);

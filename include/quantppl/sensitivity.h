@@ -52,7 +52,7 @@ extern const char* const kDefaultKeep;  // "0,1,2,4,8"
 std::vector<int64_t> parse_keep_list(const std::string& text);
 
 struct SensitivityOptions {
-  std::string model_path;      // empty: default_model_path() (compare.h)
+  std::string model_path;      // empty: default_model_path() (default_paths.h)
   std::string tokenizer_path;  // empty: the model's own
   std::string text_path;       // empty: default_text_path(); "-": standard input
   Variant variant;             // must not be fp32 (UsageError)

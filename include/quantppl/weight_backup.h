@@ -19,6 +19,7 @@
 #include <torch/types.h>
 
 #include "quantppl/contract_model.h"
+#include "quantppl/enum_table.h"
 
 namespace quantppl {
 
@@ -45,7 +46,13 @@ namespace quantppl {
 //   kAuto:   kModel when possible, else kMemory if the backup plus 1 GiB of
 //            headroom fits in MemAvailable (/proc/meminfo), else kFile.
 enum class BackupStorage { kAuto, kMemory, kFile, kModel };
-std::string to_string(BackupStorage storage);                 // "auto", "memory", "file", "model"
+inline constexpr EnumTable<BackupStorage, 4> kBackupStorageNames{"weight backup", {{
+    {BackupStorage::kAuto, "auto", "model when the weights are found in the model file, else memory when it fits in available RAM with 1 GiB to spare, else file"},
+    {BackupStorage::kMemory, "memory", "one copy of the weights in RAM"},
+    {BackupStorage::kFile, "file", "an unlinked temporary file in $TMPDIR, paged in per layer (models over half the RAM)"},
+    {BackupStorage::kModel, "model", "no copy: read-only views of the model file the weights were loaded from"},
+}}};
+std::string to_string(BackupStorage storage);                 // kBackupStorageNames
 BackupStorage parse_backup_storage(const std::string& name);  // UsageError naming --backup
 
 // One copy (or one view) of every selected weight, made once.

@@ -1,12 +1,17 @@
 // The subcommands of the quantppl CLI: each has an options struct filled by
-// CLI11, a setup_*() that declares its flags, and a run_*() that calls the
-// library and prints. Exit codes are defined here (README.md lists them).
+// CLI11, a setup_*() that declares its flags (the shared ones through
+// common_flags.h), and a run_*() that calls the library and prints. Exit
+// codes are defined here (README.md lists them).
 #pragma once
 
 #include <cstdint>
 #include <string>
 
 #include <CLI/CLI.hpp>
+
+#include "common_flags.h"
+#include "quantppl/model_quantizer.h"
+#include "quantppl/perplexity.h"
 
 namespace quantppl::cli {
 
@@ -16,39 +21,25 @@ constexpr int kExitData = 3;
 constexpr int kExitIo = 4;
 constexpr int kExitInternal = 5;
 
-// All cores, as std::thread::hardware_concurrency() sees them (>= 1).
-int64_t default_threads();
-
-// The check for an integer flag that must be >= `min` (0 or 1 here). The value
-// is parsed as CLI11 then converts it (strtoll base 0, so the number checked is
-// the number used), and a rejection reads "--threads: must be an integer >= 1,
-// got 0". CLI11's PositiveNumber / NonNegativeNumber instead print their
-// double range in full: "Value 0 not in range 0.000000 to 1797693134...".
-CLI::Validator integer_at_least(int64_t min);
-
 // Applies runtime.h's settings for `threads` (call before loading a model);
 // prints a warning on a slow BLAS, and with `verbose` what was chosen.
 void setup_runtime(int64_t threads, bool verbose);
-
-// Prints `rendered` to standard output, or writes it atomically to
-// `output_path` when one is given (replacing an existing file only with force).
-void emit_output(const std::string& rendered, const std::string& output_path, bool force);
 
 struct CompareCommand {
   std::string model;
   std::string tokenizer;
   std::string text;
   std::string variants;
-  std::string mode = "reconstruct";
+  PerplexityMode mode = PerplexityMode::kReconstruct;
   int64_t max_length = 0;
   int64_t batch_size = 1;  // see CompareOptions::batch_size
   int64_t threads = default_threads();
-  std::string format = "table";
+  OutputFormat format = OutputFormat::kTable;
   std::string output;
   std::string check;
   std::string include;
   std::string exclude;
-  std::string backup = "auto";
+  BackupStorage backup = BackupStorage::kAuto;
   bool force = false;
   bool quiet = false;
   bool verbose = false;
@@ -77,7 +68,7 @@ struct InspectCommand {
   std::string variant = "absmax:8";
   std::string include;
   std::string exclude;
-  std::string format = "table";
+  OutputFormat format = OutputFormat::kTable;
   std::string output;
   bool force = false;
   bool quiet = false;
@@ -92,13 +83,13 @@ struct SensitivityCommand {
   std::string variant;
   std::string keep = "0,1,2,4,8";
   int64_t max_tokens = 0;
-  std::string mode = "reconstruct";
+  PerplexityMode mode = PerplexityMode::kReconstruct;
   int64_t max_length = 0;
   int64_t batch_size = 8;
   int64_t threads = default_threads();
   std::string include;
   std::string exclude;
-  std::string format = "table";
+  OutputFormat format = OutputFormat::kTable;
   std::string output;
   bool force = false;
   bool quiet = false;

@@ -22,47 +22,33 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
       "compare",
       "Perplexity of the original model and of each quantized variant, side by side.\n"
       "With no arguments: the shipped default model and text, variants fp32,absmax:8,zeropoint:8.");
-  cmd->add_option("--model,-m", c.model, "Contract model file (.pt) or packed model (.qpack); default: models/default.pt");
-  cmd->add_option("--tokenizer", c.tokenizer, "sentencepiece model overriding the one inside the model file");
-  cmd->add_option("--text,-t", c.text, "UTF-8 text to evaluate, or - for standard input; default: data/default_eval.txt");
+  add_model_flag(cmd, c.model);
+  add_tokenizer_flag(cmd, c.tokenizer);
+  add_text_flag(cmd, c.text);
   c.variants = kDefaultVariants;
   cmd->add_option("--variants,-v", c.variants,
                   std::string("Comma-separated variants: ") + kVariantGrammar)
       ->capture_default_str();
-  cmd->add_option("--mode", c.mode,
-                  "reconstruct: encoder and labels = the window (the seed tutorial's perplexity); "
-                  "prefix: encoder = first half, labels = second half (continuation perplexity)")
-      ->check(CLI::IsMember({"reconstruct", "prefix"}))
-      ->capture_default_str();
+  add_enum_option(cmd, "--mode", c.mode, kPerplexityModeNames, "Which tokens are scored");
   cmd->add_option("--max-length", c.max_length, "Window length in tokens (0: the model's max_length)")
       ->check(integer_at_least(0))
       ->capture_default_str();
   cmd->add_option("--batch-size", c.batch_size,
                   "Windows per forward pass; more use more memory (the fp32 and a variant's logits, "
                   "B x window x vocabulary floats each) and were no faster on CPU")->check(integer_at_least(1))->capture_default_str();
-  cmd->add_option("--threads", c.threads,
-                  "Threads for LibTorch's intra-op pool and OpenBLAS (both are set; default: all cores)")
-      ->check(integer_at_least(1))
-      ->capture_default_str();
-  cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
+  add_threads_flag(cmd, c.threads);
+  add_format_flag(cmd, c.format);
+  add_output_flags(cmd, c.output, c.force);
   cmd->add_flag("--stats", c.stats,
                 "After the table, per variant, the statistics llama.cpp's llama-perplexity --kl-divergence prints: "
                 "PPL ratio and NLL correlation, KL divergence and delta-p percentiles, same-top-token share, each "
                 "with its standard error (JSON and CSV always carry them)");
-  cmd->add_option("--output,-o", c.output, "Write the result here (atomically) instead of standard output");
-  cmd->add_flag("--force", c.force, "Replace an existing --output file");
   cmd->add_option("--check", c.check,
                   "Expected perplexities (JSON); exit 1 if any variant drifts beyond its tolerance. "
                   "Without --variants, evaluates the variants the file lists");
-  cmd->add_option("--include", c.include, "Quantize only Linear layers whose name matches this regex");
-  cmd->add_option("--exclude", c.exclude, "Do not quantize Linear layers whose name matches this regex");
-  cmd->add_option("--backup", c.backup,
-                  "Where the original weights are kept between variants: memory, file (an unlinked temporary "
-                  "file in $TMPDIR, paged in per layer: for models larger than half the RAM), or auto "
-                  "(no copy when the model file holds the loaded weights unchanged: they are read from it; "
-                  "else memory when it fits in available RAM with 1 GiB to spare, else file)")
-      ->check(CLI::IsMember({"auto", "memory", "file"}))
-      ->capture_default_str();
+  add_layer_filter_flags(cmd, c.include, c.exclude);
+  add_enum_option(cmd, "--backup", c.backup, kBackupStorageNames, "Where the original weights are kept between variants");
+  add_quiet_flag(cmd, c.quiet);
   cmd->footer(
       "Per variant, against fp32 on the same tokens (JSON/CSV fields; README 'quantppl compare'):\n"
       "  ppl, ppl_stderr, delta_ppl_pct; kl_mean, kl_mean_stderr, kl_min, kl_p001 ... kl_p999, kl_max\n"
@@ -73,15 +59,14 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
       "Example: quantppl compare --variants absmax:8,zeropoint:4:group64 --stats\n"
       "  ... Mean PPL(Q)/PPL(base): 1.001598 +- 0.000755  95% CI [1.000120, 1.003079]\n"
       "      Mean KLD: 0.001244 +- 0.000022   99.0% KLD: 0.005487   Same top p: 96.404 +- 0.283 % (absmax:8)");
-  cmd->add_flag("--quiet,-q", c.quiet, "No progress bar");
   cmd->add_flag("--verbose", c.verbose,
                 "Print the runtime choices (threads, BLAS, wait policy, kernels, weight backup) and timings on stderr");
   return cmd;
 }
 
 int run_compare_command(const CompareCommand& c, bool variants_given) {
-  if (c.stats && c.format != "table") {
-    throw UsageError("--stats: only with --format table, got --format " + c.format +
+  if (c.stats && c.format != OutputFormat::kTable) {
+    throw UsageError("--stats: only with --format table, got --format " + std::string(kOutputFormatNames.name(c.format)) +
                      " (JSON and CSV always carry every statistic)");
   }
   if (!c.output.empty()) check_output_path(c.output, c.force);
@@ -97,13 +82,13 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   options.tokenizer_path = c.tokenizer;
   options.text_path = c.text;
   options.variants = parse_variant_list(variant_specs);
-  options.mode = c.mode == "prefix" ? PerplexityMode::kPrefix : PerplexityMode::kReconstruct;
+  options.mode = c.mode;
   options.max_length = c.max_length;
   options.batch_size = c.batch_size;
   options.threads = c.threads;
   options.include = c.include;
   options.exclude = c.exclude;
-  options.backup = parse_backup_storage(c.backup);
+  options.backup = c.backup;
   setup_runtime(c.threads, c.verbose);
 
   ProgressBar bar(!c.quiet);
@@ -122,16 +107,11 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
     }
   }
 
-  std::string rendered;
-  if (c.format == "json") {
-    rendered = format_json(report);
-  } else if (c.format == "csv") {
-    rendered = format_csv(report);
+  if (c.stats) {
+    emit_output(format_table(report) + format_stats(report), c.output, c.force);
   } else {
-    rendered = format_table(report);
-    if (c.stats) rendered += format_stats(report);
+    emit_report(report, c.format, c.output, c.force, format_table, format_json, format_csv);
   }
-  emit_output(rendered, c.output, c.force);
 
   if (!expected.variants.empty()) {
     const std::vector<std::string> failures = check_regressions(report, expected);

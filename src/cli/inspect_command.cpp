@@ -17,16 +17,14 @@ CLI::App* setup_inspect(CLI::App& app, InspectCommand& c) {
       "inspect",
       "Per Linear layer: shape, weight statistics (min/max/absmax/std, excess kurtosis, share beyond 6 sigma) and, "
       "for one variant, the clipped share, scale and zero point, MSE, max abs error and SQNR. No text is evaluated.");
-  cmd->add_option("--model,-m", c.model, "Contract model file (.pt); default: models/default.pt");
-  cmd->add_option("--tokenizer", c.tokenizer, "sentencepiece model overriding the one inside the model file");
+  add_model_flag(cmd, c.model);
+  add_tokenizer_flag(cmd, c.tokenizer);
   cmd->add_option("--variant,-v", c.variant, std::string("One variant (fp32: statistics only): ") + kVariantGrammar)
       ->capture_default_str();
-  cmd->add_option("--include", c.include, "Inspect only Linear layers whose name matches this regex");
-  cmd->add_option("--exclude", c.exclude, "Skip Linear layers whose name matches this regex");
-  cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
-  cmd->add_option("--output,-o", c.output, "Write the result here (atomically) instead of standard output");
-  cmd->add_flag("--force", c.force, "Replace an existing --output file");
-  cmd->add_flag("--quiet,-q", c.quiet, "No progress bar");
+  add_layer_filter_flags(cmd, c.include, c.exclude);
+  add_format_flag(cmd, c.format);
+  add_output_flags(cmd, c.output, c.force);
+  add_quiet_flag(cmd, c.quiet);
   return cmd;
 }
 
@@ -44,15 +42,8 @@ int run_inspect_command(const InspectCommand& c) {
       run_inspect(options, [&](size_t done, size_t total) { bar.update("inspecting layers", done, total); });
   bar.finish();
 
-  std::string rendered;
-  if (c.format == "json") {
-    rendered = format_inspection_json(report);
-  } else if (c.format == "csv") {
-    rendered = format_inspection_csv(report);
-  } else {
-    rendered = format_inspection_table(report);
-  }
-  emit_output(rendered, c.output, c.force);
+  emit_report(report, c.format, c.output, c.force, format_inspection_table, format_inspection_json,
+              format_inspection_csv);
   return 0;
 }
 

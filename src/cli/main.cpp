@@ -9,11 +9,9 @@
 //   5  internal error (a bug: please report it)
 //   130 / 143 / 129  interrupted by SIGINT / SIGTERM / SIGHUP (output_file.h:
 //        temporary output files are removed, nothing half-written is left)
-#include <cerrno>
 #include <cstdlib>
 #include <iostream>
 #include <string>
-#include <thread>
 
 #include <unistd.h>
 
@@ -26,35 +24,6 @@
 #include "../openmp_wait_policy.h"
 
 namespace quantppl::cli {
-
-int64_t default_threads() {
-  const unsigned n = std::thread::hardware_concurrency();
-  return n == 0 ? 1 : static_cast<int64_t>(n);
-}
-
-CLI::Validator integer_at_least(int64_t min) {
-  const std::string description = min == 0 ? "NONNEGATIVE" : min == 1 ? "POSITIVE" : ">=" + std::to_string(min);
-  return CLI::Validator(
-      [min](std::string& input) -> std::string {
-        // Whole string, base 0 (decimal, 0x hex, 0 octal) like CLI11's integral_conversion, but
-        // out-of-range input is an error here, where strtoll would clamp it to INT64_MAX.
-        errno = 0;
-        char* end = nullptr;
-        const long long value = std::strtoll(input.c_str(), &end, 0);
-        const bool parsed = !input.empty() && end == input.c_str() + input.size() && errno != ERANGE;
-        if (parsed && value >= min) return {};
-        return "must be an integer >= " + std::to_string(min) + ", got " + input;
-      },
-      description);
-}
-
-void emit_output(const std::string& rendered, const std::string& output_path, bool force) {
-  if (output_path.empty()) {
-    std::cout << rendered << std::flush;
-  } else {
-    write_file_atomically(output_path, rendered, force);
-  }
-}
 
 namespace {
 

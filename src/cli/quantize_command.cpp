@@ -5,7 +5,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
-#include "quantppl/compare.h"
+#include "quantppl/default_paths.h"
 #include "quantppl/error.h"
 #include "quantppl/output_file.h"
 #include "quantppl/packed_model.h"
@@ -18,20 +18,18 @@ CLI::App* setup_quantize(CLI::App& app, QuantizeCommand& q) {
   auto* cmd = app.add_subcommand(
       "quantize",
       "Write a contract model whose selected Linear weights are replaced by their quantize-dequantize "
-      "values (metadata records the variant). `compare --variants fp32` on it equals "
-      "`compare --variants SPEC` on the original.");
-  cmd->add_option("--model,-m", q.model, "Contract model file (.pt, or a .qpack for --output); default: models/default.pt");
-  cmd->add_option("--tokenizer", q.tokenizer, "sentencepiece model overriding the one inside the model file");
+      "values (metadata records the variant): --output FILE.pt, or --packed FILE.qpack for real low-bit storage "
+      "(--force replaces either). `compare --variants fp32` on it equals `compare --variants SPEC` on the original.");
+  add_model_flag(cmd, q.model);
+  add_tokenizer_flag(cmd, q.tokenizer);
   cmd->add_option("--variant", q.variant, std::string("One variant: ") + kVariantGrammar)->required();
-  cmd->add_option("--output,-o", q.output, "Output model file (.pt, fake-quantized float32 weights), written atomically");
+  add_output_flags(cmd, q.output, q.force);
   cmd->add_option("--packed", q.packed,
                   "Instead of --output: write a .qpack with the codes at their real width, scales and zero points "
                   "(docs/qpack-format.md), atomically; `--model FILE.qpack` evaluates it");
   cmd->add_flag("--no-embed", q.no_embed,
                 "With --packed: reference the model by path + SHA-256 instead of embedding its bytes");
-  cmd->add_flag("--force", q.force, "Replace an existing --output / --packed file");
-  cmd->add_option("--include", q.include, "Quantize only Linear layers whose name matches this regex");
-  cmd->add_option("--exclude", q.exclude, "Do not quantize Linear layers whose name matches this regex");
+  add_layer_filter_flags(cmd, q.include, q.exclude);
   return cmd;
 }
 

@@ -19,9 +19,9 @@ CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c) {
       "Quantizes one Linear layer at a time (all others fp32), ranks layers by the perplexity damage, then reports "
       "the perplexity when the K most damaging layers stay fp32, and the damage of quantizing only the encoder, "
       "only the decoder, only lm_head. Cost: (layers + 5) x the text's forward passes; use --max-tokens.");
-  cmd->add_option("--model,-m", c.model, "Contract model file (.pt); default: models/default.pt");
-  cmd->add_option("--tokenizer", c.tokenizer, "sentencepiece model overriding the one inside the model file");
-  cmd->add_option("--text,-t", c.text, "UTF-8 text to evaluate, or - for standard input; default: data/default_eval.txt");
+  add_model_flag(cmd, c.model);
+  add_tokenizer_flag(cmd, c.tokenizer);
+  add_text_flag(cmd, c.text);
   cmd->add_option("--variant,-v", c.variant, std::string("One quantized variant: ") + kVariantGrammar)->required();
   cmd->add_option("--keep", c.keep,
                   "Comma-separated K values: perplexity with the K most damaging layers kept fp32 "
@@ -30,22 +30,16 @@ CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c) {
   cmd->add_option("--max-tokens", c.max_tokens, "Use only the first N tokens of the text (0: all)")
       ->check(integer_at_least(0))
       ->capture_default_str();
-  cmd->add_option("--mode", c.mode, "reconstruct | prefix (as in compare)")
-      ->check(CLI::IsMember({"reconstruct", "prefix"}))
-      ->capture_default_str();
+  add_enum_option(cmd, "--mode", c.mode, kPerplexityModeNames, "Which tokens are scored");
   cmd->add_option("--max-length", c.max_length, "Window length in tokens (0: the model's max_length)")
       ->check(integer_at_least(0))
       ->capture_default_str();
   cmd->add_option("--batch-size", c.batch_size, "Windows per forward pass")->check(integer_at_least(1))->capture_default_str();
-  cmd->add_option("--threads", c.threads, "LibTorch intra-op threads (default: all cores)")
-      ->check(integer_at_least(1))
-      ->capture_default_str();
-  cmd->add_option("--include", c.include, "Consider only Linear layers whose name matches this regex");
-  cmd->add_option("--exclude", c.exclude, "Leave out (never quantize) Linear layers whose name matches this regex");
-  cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
-  cmd->add_option("--output,-o", c.output, "Write the result here (atomically) instead of standard output");
-  cmd->add_flag("--force", c.force, "Replace an existing --output file");
-  cmd->add_flag("--quiet,-q", c.quiet, "No progress bar");
+  add_threads_flag(cmd, c.threads);
+  add_layer_filter_flags(cmd, c.include, c.exclude);
+  add_format_flag(cmd, c.format);
+  add_output_flags(cmd, c.output, c.force);
+  add_quiet_flag(cmd, c.quiet);
   return cmd;
 }
 
@@ -58,7 +52,7 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   options.tokenizer_path = c.tokenizer;
   options.text_path = c.text;
   options.max_tokens = c.max_tokens;
-  options.mode = c.mode == "prefix" ? PerplexityMode::kPrefix : PerplexityMode::kReconstruct;
+  options.mode = c.mode;
   options.max_length = c.max_length;
   options.batch_size = c.batch_size;
   options.threads = c.threads;
@@ -71,15 +65,8 @@ int run_sensitivity_command(const SensitivityCommand& c) {
       options, [&](const std::string& stage, size_t done, size_t total) { bar.update(stage, done, total); });
   bar.finish();
 
-  std::string rendered;
-  if (c.format == "json") {
-    rendered = format_sensitivity_json(report);
-  } else if (c.format == "csv") {
-    rendered = format_sensitivity_csv(report);
-  } else {
-    rendered = format_sensitivity_table(report);
-  }
-  emit_output(rendered, c.output, c.force);
+  emit_report(report, c.format, c.output, c.force, format_sensitivity_table, format_sensitivity_json,
+              format_sensitivity_csv);
   return 0;
 }
 

@@ -109,7 +109,7 @@ def test_malformed_variant_is_a_usage_error_showing_the_grammar(spec, needle):
     r = run("compare", "--model", TINY, "--variants", spec)
     assert_clean_error(r, EXIT_USAGE, needle)
     if "empty item" not in needle:
-        assert "SCHEME:BITS[:GRANULARITY[:RANGE]]" in r.stderr
+        assert "SCHEME:BITS[:GRANULARITY[:RANGE[:ARITH]]]" in r.stderr
 
 
 def test_group_size_not_dividing_a_layer_names_the_layer():

@@ -1,0 +1,83 @@
+#include "common_flags.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <iostream>
+#include <thread>
+
+#include "quantppl/output_file.h"
+
+namespace quantppl::cli {
+
+int64_t default_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int64_t>(n);
+}
+
+CLI::Validator integer_at_least(int64_t min) {
+  const std::string description = min == 0 ? "NONNEGATIVE" : min == 1 ? "POSITIVE" : ">=" + std::to_string(min);
+  return CLI::Validator(
+      [min](std::string& input) -> std::string {
+        // Whole string, base 0 (decimal, 0x hex, 0 octal) like CLI11's integral_conversion, but
+        // out-of-range input is an error here, where strtoll would clamp it to INT64_MAX.
+        errno = 0;
+        char* end = nullptr;
+        const long long value = std::strtoll(input.c_str(), &end, 0);
+        const bool parsed = !input.empty() && end == input.c_str() + input.size() && errno != ERANGE;
+        if (parsed && value >= min) return {};
+        return "must be an integer >= " + std::to_string(min) + ", got " + input;
+      },
+      description);
+}
+
+CLI::Option* add_model_flag(CLI::App* cmd, std::string& model) {
+  return cmd->add_option("--model,-m", model,
+                         "Contract model file (.pt) or packed model (.qpack); default: models/default.pt");
+}
+
+CLI::Option* add_tokenizer_flag(CLI::App* cmd, std::string& tokenizer) {
+  return cmd->add_option("--tokenizer", tokenizer, "sentencepiece model overriding the one inside the model file");
+}
+
+CLI::Option* add_text_flag(CLI::App* cmd, std::string& text) {
+  return cmd->add_option("--text,-t", text,
+                         "UTF-8 text to evaluate, or - for standard input; default: data/default_eval.txt");
+}
+
+CLI::Option* add_format_flag(CLI::App* cmd, OutputFormat& format) {
+  return add_enum_option(cmd, "--format", format, kOutputFormatNames, "Output format");
+}
+
+void add_output_flags(CLI::App* cmd, std::string& output, bool& force) {
+  cmd->add_option("--output,-o", output,
+                  "Write the result to this file, atomically (complete or not at all); reports otherwise go to "
+                  "standard output");
+  cmd->add_flag("--force", force, "Replace an existing output file");
+}
+
+void add_layer_filter_flags(CLI::App* cmd, std::string& include, std::string& exclude) {
+  cmd->add_option("--include", include,
+                  "Only Linear layers whose name matches this regex (ECMAScript, searched anywhere in the name)");
+  cmd->add_option("--exclude", exclude,
+                  "Leave out Linear layers whose name matches this regex (applied after --include)");
+}
+
+CLI::Option* add_threads_flag(CLI::App* cmd, int64_t& threads) {
+  return cmd
+      ->add_option("--threads", threads,
+                   "Threads for LibTorch's intra-op pool and OpenBLAS (both are set; default: all cores)")
+      ->check(integer_at_least(1))
+      ->capture_default_str();
+}
+
+CLI::Option* add_quiet_flag(CLI::App* cmd, bool& quiet) { return cmd->add_flag("--quiet,-q", quiet, "No progress bar"); }
+
+void emit_output(const std::string& rendered, const std::string& output_path, bool force) {
+  if (output_path.empty()) {
+    std::cout << rendered << std::flush;
+  } else {
+    write_file_atomically(output_path, rendered, force);
+  }
+}
+
+}  // namespace quantppl::cli
