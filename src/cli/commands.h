@@ -26,6 +26,9 @@ int64_t default_threads();
 // double range in full: "Value 0 not in range 0.000000 to 1797693134...".
 CLI::Validator integer_at_least(int64_t min);
 
+// --ci-target and --seed (compare and sensitivity; early_stopping.h).
+void add_early_stopping_flags(CLI::App* cmd, double& ci_target, int64_t& seed);
+
 // Applies runtime.h's settings for `threads` (call before loading a model);
 // prints a warning on a slow BLAS, and with `verbose` what was chosen.
 void setup_runtime(int64_t threads, bool verbose);
@@ -49,6 +52,8 @@ struct CompareCommand {
   std::string include;
   std::string exclude;
   std::string backup = "auto";
+  double ci_target = 0;        // --ci-target PCT (0: not given; early_stopping.h)
+  int64_t seed = 20240613;     // --seed (early_stopping.h kDefaultSeed)
   bool force = false;
   bool quiet = false;
   bool verbose = false;
@@ -99,6 +104,8 @@ struct SensitivityCommand {
   std::string exclude;
   std::string format = "table";
   std::string output;
+  double ci_target = 0;        // --ci-target PCT (0: not given)
+  int64_t seed = 20240613;     // --seed
   bool force = false;
   bool quiet = false;
 };

@@ -1,4 +1,5 @@
 // `quantppl compare`: flags, then the library's run_compare, then printing.
+#include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -15,6 +16,25 @@
 #include "quantppl/variant_spec.h"
 
 namespace quantppl::cli {
+
+void add_early_stopping_flags(CLI::App* cmd, double& ci_target, int64_t& seed) {
+  cmd->add_option("--ci-target", ci_target,
+                  "Early stopping: evaluate the windows in a seeded random order and stop each variant once the "
+                  "95% interval of its perplexity ratio to fp32 is within +-PCT% (Bonferroni-corrected over the "
+                  "planned looks, so stopping keeps the 95%); with --check, also once its pass/fail is settled. "
+                  "Stopped rows report the tokens they evaluated (stopped_early). Not given: every window")
+      ->check(CLI::Validator(
+          [](std::string& input) -> std::string {
+            char* end = nullptr;
+            const double value = std::strtod(input.c_str(), &end);
+            if (!input.empty() && end == input.c_str() + input.size() && value > 0 && value < 100) return {};
+            return "must be a percentage in (0, 100), e.g. 1, got " + input;
+          },
+          "PCT"));
+  cmd->add_option("--seed", seed, "Seed of the window order with --ci-target (recorded in the output)")
+      ->check(integer_at_least(0))
+      ->capture_default_str();
+}
 
 CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
   auto* cmd = app.add_subcommand(
@@ -57,6 +77,7 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
                   "(memory when it fits in available RAM with 1 GiB to spare)")
       ->check(CLI::IsMember({"auto", "memory", "file"}))
       ->capture_default_str();
+  add_early_stopping_flags(cmd, c.ci_target, c.seed);
   cmd->add_flag("--quiet,-q", c.quiet, "No progress bar");
   cmd->add_flag("--verbose", c.verbose,
                 "Print the runtime choices (threads, BLAS, wait policy, kernels, weight backup) and timings on stderr");
@@ -84,6 +105,11 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   options.include = c.include;
   options.exclude = c.exclude;
   options.backup = parse_backup_storage(c.backup);
+  if (c.ci_target > 0) {
+    options.ci_target_pct = c.ci_target;
+    options.gate_bands = gate_bands(expected.variants);
+  }
+  options.seed = static_cast<uint64_t>(c.seed);
   setup_runtime(c.threads, c.verbose);
 
   ProgressBar bar(!c.quiet);

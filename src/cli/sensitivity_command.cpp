@@ -45,6 +45,7 @@ CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c) {
   cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
   cmd->add_option("--output,-o", c.output, "Write the result here (atomically) instead of standard output");
   cmd->add_flag("--force", c.force, "Replace an existing --output file");
+  add_early_stopping_flags(cmd, c.ci_target, c.seed);
   cmd->add_flag("--quiet,-q", c.quiet, "No progress bar");
   return cmd;
 }
@@ -64,6 +65,8 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   options.threads = c.threads;
   options.include = c.include;
   options.exclude = c.exclude;
+  if (c.ci_target > 0) options.ci_target_pct = c.ci_target;
+  options.seed = static_cast<uint64_t>(c.seed);
   setup_runtime(c.threads, /*verbose=*/false);
 
   ProgressBar bar(!c.quiet);
