@@ -20,7 +20,7 @@ DEFAULT_MODEL = os.path.join(REPO, "models", "default.pt")
 
 PER_VARIANT_FIELDS = ["variant", "ppl", "ppl_stderr", "nll", "tokens", "delta_ppl_pct", "kl_mean", "kl_p99", "kl_max",
                       "top1_agreement", "delta_nll_mean", "delta_nll_ci95", "weight_mse", "weight_sqnr_db",
-                      "packed_bytes", "fp32_bytes", "compression_ratio", "seconds"]
+                      "packed_bytes", "fp32_bytes", "compression_ratio", "seconds", "stopped_early"]
 SETTINGS_FIELDS = ["model", "text", "mode", "max_length", "layers_quantized", "model_sha256", "text_sha256",
                    "text_tokens", "libtorch_version", "threads"]
 
