@@ -202,11 +202,12 @@ std::string format_inspection_json(const InspectionReport& r) {
 }
 
 std::string format_inspection_csv(const InspectionReport& r) {
+  const ordered_json provenance = to_json(r.provenance);  // items() would dangle on a temporary
   std::vector<ordered_json> rows;
   for (const LayerInspection& l : r.layers) {
     ordered_json row = layer_json(l, /*shape_as_list=*/false);
     row["variant"] = r.variant;
-    for (const auto& [key, value] : to_json(r.provenance).items()) row[key] = value;
+    for (const auto& [key, value] : provenance.items()) row[key] = value;
     rows.push_back(std::move(row));
   }
   return json_rows::csv_table(rows);
