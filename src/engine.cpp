@@ -151,8 +151,11 @@ LoopResult evaluate_batch_major(ContractModel& model, const std::vector<EvalBatc
       if (!running[i]) continue;
       Candidate& c = candidates[i];
       const DistributionComparison& sums = c.is_fp32 ? result.fp32 : c.comparison;
-      bool stop = !c.is_fp32 && ci_target_pct && ratio_precise_enough(delta_nll_estimate(sums), looks->z, *ci_target_pct);
-      if (c.gate && gate_settled(nll_estimate(sums), looks->z, c.gate->first, c.gate->second)) stop = true;
+      // A gated row stops only once its decision is settled: the ratio rule alone would leave the
+      // check to judge a perplexity on part of the text against a whole-text expectation.
+      const bool stop = c.gate ? gate_settled(nll_estimate(sums), looks->z, c.gate->first, c.gate->second).has_value()
+                               : !c.is_fp32 && ci_target_pct &&
+                                     ratio_precise_enough(delta_nll_estimate(sums), looks->z, *ci_target_pct);
       if (stop) {
         running[i] = false;
         c.stopped_early = true;

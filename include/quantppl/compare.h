@@ -17,8 +17,10 @@
 // Early stopping (ci_target_pct, early_stopping.h): the windows run in a
 // seeded random order and a variant stops at a planned look once the
 // Bonferroni-corrected 95% interval of its ppl_ratio is within +-PCT% of the
-// estimate (or, with gate bands from --check, once its pass/fail decision is
-// settled at 95%). fp32 runs while some variant still runs. A variant that
+// estimate; a variant with a gate band from --check stops instead only once
+// its pass/fail decision is settled at 95% (the check compares its perplexity
+// with a whole-text expectation: on part of the text only a settled decision
+// is safe to report). fp32 runs while some variant still runs. A variant that
 // stopped early (stopped_early, tokens < the text's) reports every number
 // on the tokens it evaluated: ppl = exp(its mean NLL there), kl_*, top-1,
 // delta_nll_* likewise, and delta_ppl_pct = 100 * (exp(delta_nll_mean) - 1),

@@ -62,7 +62,10 @@
 //   (5) [exp(m_nll - h'), exp(m_nll + h')] lies inside [lo, hi] (it passes)
 //       or entirely outside it (it fails),
 //
-// and the variant stops. Rules 1 and 2 are each valid at 95% by (3).
+// and the variant stops. Rules 1 and 2 are each valid at 95% by (3). A
+// variant with a gate is stopped by rule 2 only (engine.h): rule 1 would end
+// it with an unsettled decision, and the check would then judge a perplexity
+// measured on part of the text against a whole-text expectation.
 #pragma once
 
 #include <cstdint>

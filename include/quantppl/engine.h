@@ -21,7 +21,10 @@
 // one batch of fp32 logits in memory. A candidate that is fp32 itself costs
 // nothing: its numbers are the reference's own sums (LoopResult::fp32).
 // With a LookSchedule, after each look batch every running candidate is
-// tested with early_stopping.h's rules and stops when they say so; fp32 stops
+// tested with early_stopping.h's rules and stops when they say so (a
+// candidate with a --check gate by rule 2 only: its check compares its
+// perplexity with a whole-text expectation, which only a settled decision
+// makes safe on part of the text; the others by rule 1); fp32 stops
 // too once no candidate needs it any more (the reference is needed only to
 // compare with, or for an fp32 row whose --check decision is still open).
 // Without a schedule every candidate sees every batch, in the same

@@ -21,7 +21,8 @@ void add_early_stopping_flags(CLI::App* cmd, double& ci_target, int64_t& seed) {
   cmd->add_option("--ci-target", ci_target,
                   "Early stopping: evaluate the windows in a seeded random order and stop each variant once the "
                   "95% interval of its perplexity ratio to fp32 is within +-PCT% (Bonferroni-corrected over the "
-                  "planned looks, so stopping keeps the 95%); with --check, also once its pass/fail is settled. "
+                  "planned looks, so stopping keeps the 95%); under compare --check a listed variant stops only once its "
+                  "pass/fail is settled at 95%. "
                   "Stopped rows report the tokens they evaluated (stopped_early). Not given: every window")
       ->check(CLI::Validator(
           [](std::string& input) -> std::string {

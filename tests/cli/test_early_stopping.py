@@ -85,3 +85,21 @@ def test_sensitivity_reports_paired_intervals_and_stops_early():
     e = json.loads(r.stdout)
     assert e["seed"] == 3 and e["window_order"] == "shuffled"
     assert any(layer["stopped_early"] and layer["tokens"] < e["tokens"] for layer in e["layers"])
+
+
+def test_check_with_ci_target_stops_only_settled_decisions(tmp_path):
+    full = compare_json("--variants", "fp32,absmax:8,absmax:2")
+    fp32, a8, a2 = full["results"]
+    expected = tmp_path / "expected.json"
+    # absmax:8 expected at its own whole-text value (passes, but 0.5% cannot be settled on part of the
+    # text from an unpaired perplexity); absmax:2 expected at fp32's (fails by far: settled early).
+    expected.write_text(json.dumps({"tolerance_pct": 0.5, "variants": [
+        {"variant": "absmax:8", "ppl": a8["ppl"]}, {"variant": "absmax:2", "ppl": fp32["ppl"]}]}))
+    r = run("compare", "--model", TINY, "--format", "json", "--quiet", "--check", str(expected), "--ci-target", "5")
+    assert r.returncode == 1, r.stderr  # the regression is found
+    j = json.loads(r.stdout)
+    by_name = {row["variant"]: row for row in j["results"]}
+    assert not by_name["absmax:8"]["stopped_early"] and by_name["absmax:8"]["tokens"] == a8["tokens"]
+    assert abs(by_name["absmax:8"]["ppl"] - a8["ppl"]) < 1e-12 * a8["ppl"]  # shuffled: summed in another order
+    assert by_name["absmax:2"]["stopped_early"] and by_name["absmax:2"]["tokens"] < a2["tokens"]
+    assert "absmax:2: perplexity" in r.stderr and "absmax:8" not in r.stderr.replace("absmax:2", "")
