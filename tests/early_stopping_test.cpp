@@ -5,6 +5,7 @@
 // sequence (the whole text). The same simulation with the naive, unadjusted
 // z = 1.96 at every look must undercover, or the test could not fail.
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <vector>
 
@@ -99,12 +100,15 @@ TEST(EarlyStoppingTest, StoppedIntervalCoversTheWholeTextValueAtLeast95Percent) 
   // Most sequences must stop early, or the coverage would say nothing about stopping.
   EXPECT_GT(bonferroni.stopped, 0.9);
   EXPECT_GE(bonferroni.covered, 0.95);
+  std::printf("Bonferroni (z = %.3f): covered %.4f, stopped early %.4f\n", looks.z, bonferroni.covered,
+              bonferroni.stopped);
 }
 
 TEST(EarlyStoppingTest, NaiveIntervalUnderTheSameRuleUndercovers) {
   const Coverage naive = simulate(1.959963984540054, 2000, 7);
   EXPECT_GT(naive.stopped, 0.9);
   EXPECT_LT(naive.covered, 0.94);  // numpy simulation of the same rule: ~0.92
+  std::printf("naive (z = 1.96): covered %.4f, stopped early %.4f\n", naive.covered, naive.stopped);
 }
 
 TEST(EarlyStoppingTest, RatioTargetIsTheUpperSideOfTheInterval) {
