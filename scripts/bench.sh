@@ -39,6 +39,9 @@
 #       repetitions (default 5; --quick: 1), interleaved, after one untimed run of each; the report shows
 #       the ratio of the medians. The venv is ${QUANTPPL_VENV:-build/venv}; the checkpoint is
 #       cached beside the model.
+#   (g) early stopping (issue 13): a 10-variant compare (fp32 + 9 8/6-bit variants) at B=1, T=2 on
+#       the same text, once in full and once with --ci-target 1, timed in this run; prints the
+#       speed-up and writes it to early_stopping.txt.
 #
 # Environment: quantppl sets OMP_WAIT_POLICY=PASSIVE itself; python_baseline.py sets
 # OMP_WAIT_POLICY=PASSIVE, OPENBLAS_NUM_THREADS=T and the glibc malloc tunables itself;
@@ -311,6 +314,40 @@ if ((XL)); then
 fi
 
 tutorial_section
+# ---------------------------------------------------------------------------------------------
+# (g) early stopping: a many-variant sweep with and without --ci-target 1 (issue 13, item 3)
+# ---------------------------------------------------------------------------------------------
+ES_VARIANTS=fp32,absmax:8,zeropoint:8,absmax:8:channel,zeropoint:8:channel,absmax:8:group64,zeropoint:8:group64,absmax:6:channel,zeropoint:6:channel,zeropoint:6:group64
+es_time() {  # tag extra-args...: wall seconds of one compare into $RUN/es_<tag>.seconds
+  local tag=$1; shift
+  local start
+  start=$(date +%s.%N)
+  run_to "$RUN/es_$tag.json" "$QUANTPPL" compare -m "$FLAN" -t "$TEXT" --variants "$ES_VARIANTS" \
+    --batch-size 1 --threads 2 --format json -q "$@"
+  awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f\n", b - a }' > "$RUN/es_$tag.seconds"
+}
+if "$QUANTPPL" compare --help 2>/dev/null | grep -q -- '--ci-target'; then
+  log "(g) early stopping: 10 variants, full"
+  es_time full
+  log "(g) early stopping: 10 variants, --ci-target 1"
+  es_time ci1 --ci-target 1
+  if [[ -f $RUN/es_full.json && -f $RUN/es_ci1.json ]]; then
+    $PY - "$RUN" <<'PYEOF' | tee "$RUN/early_stopping.txt"
+import json, sys
+run = sys.argv[1]
+full, ci1 = (json.load(open(f"{run}/es_{t}.json")) for t in ("full", "ci1"))
+tf, tc = (float(open(f"{run}/es_{t}.seconds").read()) for t in ("full", "ci1"))
+print(f"(g) early stopping, {len(full['results'])} variants on {full['text_tokens']} tokens "
+      f"({ci1['looks']} looks, z = {ci1['stop_z']:.3f}):")
+print(f"    full {tf:.1f} s, --ci-target 1 {tc:.1f} s: speed-up x{tf / tc:.2f}")
+for a, b in zip(full["results"], ci1["results"]):
+    print(f"    {a['variant']:<22} delta_ppl_pct full {a['delta_ppl_pct']:+.3f}%  early {b['delta_ppl_pct']:+.3f}% "
+          f"on {b['tokens']} tokens{' (stopped early)' if b['stopped_early'] else ''}")
+PYEOF
+  fi
+else
+  log "(g) skipped: $QUANTPPL has no --ci-target"
+fi
 
 sgemm end
 cat /proc/loadavg > "$RUN/loadavg.after"

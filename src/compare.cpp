@@ -11,6 +11,7 @@
 
 #include "quantppl/contract_model.h"
 #include "quantppl/distribution_metrics.h"
+#include "quantppl/engine.h"
 #include "quantppl/error_metrics.h"
 #include "quantppl/error.h"
 #include "quantppl/model_quantizer.h"
@@ -22,9 +23,30 @@ namespace quantppl {
 
 namespace {
 
-std::string libtorch_version() {
-  return fmt::format("{}.{}.{}", TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH);
-}
+// Compare's weights: fp32 = the backup's originals, candidate i = variant i
+// written from its stored parameters. A restore is needed only when a
+// variant's weights are in place.
+class VariantWeights : public WeightStates {
+ public:
+  VariantWeights(WeightBackup* backup, const std::vector<Variant>& variants,
+                 const std::vector<std::vector<QParams>>& params, bool original)
+      : backup_(backup), variants_(variants), params_(params), original_(original) {}
+  void put_fp32() override {
+    if (!original_) backup_->restore();
+    original_ = true;
+  }
+  void put(size_t i) override {
+    apply_variant_params(*backup_, variants_[i].config, params_[i]);
+    original_ = false;
+  }
+  void finish() { put_fp32(); }
+
+ private:
+  WeightBackup* backup_;
+  const std::vector<Variant>& variants_;
+  const std::vector<std::vector<QParams>>& params_;
+  bool original_;
+};
 
 }  // namespace
 
@@ -38,104 +60,94 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
   const auto run_started = Clock::now();
+  const bool any_quantized =
+      std::any_of(options.variants.begin(), options.variants.end(), [](const Variant& v) { return !v.is_fp32; });
+  EvalSetupOptions setup_options;
+  setup_options.model_path = options.model_path;
+  setup_options.tokenizer_path = options.tokenizer_path;
+  setup_options.text_path = options.text_path;
+  setup_options.mode = options.mode;
+  setup_options.max_length = options.max_length;
+  setup_options.batch_size = options.batch_size;
+  setup_options.threads = options.threads;
+  setup_options.include = options.include;
+  setup_options.exclude = options.exclude;
+  setup_options.ci_target_pct = options.ci_target_pct;
+  setup_options.seed = options.seed;
+  setup_options.backup = any_quantized;  // fp32 alone changes no weight: no copy
+  setup_options.backup_storage = options.backup;
+  EvalSetup setup = prepare_evaluation(setup_options);
+  ContractModel& model = *setup.model;
+  WeightBackup* backup = setup.backup.get();
+
   CompareReport report;
-  report.model_path = options.model_path.empty() ? default_model_path() : options.model_path;
-  report.text_path = options.text_path.empty() ? default_text_path() : options.text_path;
-  ContractModel model = load_model_file(report.model_path, options.tokenizer_path);
-  const ModelMetadata& metadata = model.metadata();
-
-  report.max_length = options.max_length == 0 ? metadata.max_length : options.max_length;
-  if (report.max_length > metadata.max_length) {
-    throw UsageError(fmt::format("--max-length {} exceeds the model's max_length {} ('{}')", report.max_length,
-                                 metadata.max_length, report.model_path));
+  report.provenance = setup.provenance;
+  report.backup = backup != nullptr ? to_string(backup->storage()) : "none";
+  report.layers_quantized = static_cast<int64_t>(setup.selected.size());
+  report.parameters_quantized = setup.selected_parameters;
+  if (setup.looks) {
+    report.looks = static_cast<int64_t>(setup.looks->after_batches.size());
+    report.stop_z = setup.looks->z;
   }
-  const EvalText text = load_eval_text(report.text_path, model.tokenizer(), metadata.eos_token_id, report.max_length);
-  const std::vector<EvalBatch> batches = make_batches(text.windows, options.mode, options.batch_size, metadata);
-
-  // Only the selected layers are backed up; the backup is made once.
-  WeightBackup backup(select_layers(model.linear_layers(), options.include, options.exclude), options.backup);
-  report.backup = to_string(backup.storage());
-
-  report.mode = to_string(options.mode);
-  report.batch_size = options.batch_size;
-  report.threads = options.threads;
-  report.include = options.include;
-  report.exclude = options.exclude;
-  report.layers_quantized = static_cast<int64_t>(backup.layers().size());
-  report.parameters_quantized = backup.parameter_count();
-  report.model_sha256 = model.file_sha256();  // hashed while its integrity was verified
-  report.text_sha256 = text.sha256;
-  report.text_tokens = static_cast<int64_t>(text.token_ids.size());
-  report.windows = static_cast<int64_t>(text.windows.size());
-  report.libtorch_version = libtorch_version();
-  report.quantppl_version = QUANTPPL_VERSION;
 
   // Per variant: its parameters (chosen once) and its running comparison with fp32.
-  struct VariantRun {
-    const Variant* variant;
-    std::vector<QParams> params;
-    DistributionComparison comparison;
-    double seconds = 0;
-  };
   report.load_seconds = seconds_since(run_started);
-  std::vector<VariantRun> runs;
-  runs.reserve(options.variants.size());
+  std::vector<std::vector<QParams>> params(options.variants.size());
+  std::vector<Candidate> candidates(options.variants.size());
   for (size_t i = 0; i < options.variants.size(); ++i) {
     const Variant& variant = options.variants[i];
-    VariantRun run{&variant, {}, {}, 0};
+    Candidate& candidate = candidates[i];
+    candidate.is_fp32 = variant.is_fp32;
+    const auto band = options.gate_bands.find(variant.name);
+    if (options.ci_target_pct && band != options.gate_bands.end()) candidate.gate = band->second;
     VariantResult result;
     result.variant = variant.name;
     result.spec = canonical_spec(variant);
     result.is_fp32 = variant.is_fp32;
-    result.fp32_bytes = 4 * backup.parameter_count();
+    result.fp32_bytes = 4 * setup.selected_parameters;
     result.packed_bytes = result.fp32_bytes;
     if (!variant.is_fp32) {
       if (progress) progress("choosing parameters", 0, 1, i, options.variants.size());
       const auto started = Clock::now();
-      run.params = choose_variant_params(backup, variant.config);
-      apply_variant_params(backup, variant.config, run.params);
+      params[i] = choose_variant_params(*backup, variant.config);
+      apply_variant_params(*backup, variant.config, params[i]);
       ErrorMetrics total;
-      for (size_t l = 0; l < backup.layers().size(); ++l) {
-        total.merge(error_metrics(backup.original(l), backup.layers()[l].weight));
-        backup.release(l);
+      for (size_t l = 0; l < backup->layers().size(); ++l) {
+        total.merge(error_metrics(backup->original(l), backup->layers()[l].weight));
+        backup->release(l);
       }
       result.weight_mse = total.mse();
       result.weight_sqnr_db = total.sqnr_db();
-      result.packed_bytes = packed_size_bytes(backup.layers(), variant.config, run.params);
-      run.seconds += seconds_since(started);
+      result.packed_bytes = packed_size_bytes(backup->layers(), variant.config, params[i]);
+      candidate.seconds += seconds_since(started);
     }
-    runs.push_back(std::move(run));
     report.results.push_back(result);
   }
 
   // Batch-major evaluation: fp32 first, then every variant on the same batch.
-  DistributionComparison fp32_self;  // fp32 against itself: the reference's own NLL sums, and every fp32 row
-  double fp32_seconds = 0;
-  torch::NoGradGuard no_grad;
-  // Choosing parameters left the last variant's weights in place; after
-  // that, a restore is needed only when a variant ran on the previous batch.
-  bool weights_original =
-      std::none_of(runs.begin(), runs.end(), [](const VariantRun& r) { return !r.variant->is_fp32; });
-  for (size_t b = 0; b < batches.size(); ++b) {
-    const EvalBatch& batch = batches[b];
-    auto started = Clock::now();
-    if (!weights_original) backup.restore();
-    weights_original = true;
-    const ReferenceBatch reference = make_reference_batch(
-        model.forward(batch.input_ids, batch.attention_mask, batch.decoder_input_ids), batch.labels, batch.label_mask);
-    fp32_self.add_reference(reference);
-    fp32_seconds += seconds_since(started);
-    for (VariantRun& run : runs) {
-      if (run.variant->is_fp32) continue;  // an fp32 row is fp32_self (below)
-      started = Clock::now();
-      apply_variant_params(backup, run.variant->config, run.params);
-      weights_original = false;
-      run.comparison.add(reference, model.forward(batch.input_ids, batch.attention_mask, batch.decoder_input_ids));
-      run.seconds += seconds_since(started);
-    }
-    if (progress) progress("evaluating", 0, 1, b + 1, batches.size());
+  // Choosing parameters left the last variant's weights in place.
+  VariantWeights weights(backup, options.variants, params, /*original=*/!any_quantized);
+  const size_t batch_count = setup.batches.size();
+  const size_t evaluations_per_batch = 1 + static_cast<size_t>(std::count_if(
+      options.variants.begin(), options.variants.end(), [](const Variant& v) { return !v.is_fp32; }));
+  const LoopResult loop = evaluate_batch_major(
+      model, setup.batches, weights, candidates, setup.looks ? &*setup.looks : nullptr, options.ci_target_pct,
+      [&](size_t done, size_t total) {
+        if (progress) progress("evaluating", 0, 1, done == total ? batch_count : done / evaluations_per_batch, batch_count);
+      });
+  if (backup != nullptr) weights.finish();
+  const DistributionComparison& fp32_self = loop.fp32;
+  const double fp32_seconds = loop.fp32_seconds;
+  struct RunView {
+    const Variant* variant;
+    const DistributionComparison& comparison;
+    double seconds;
+    bool stopped_early;
+  };
+  std::vector<RunView> runs;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    runs.push_back({&options.variants[i], candidates[i].comparison, candidates[i].seconds, candidates[i].stopped_early});
   }
-  if (!weights_original) backup.restore();
 
   const double fp32_ppl = std::exp(fp32_self.nll_sum() / static_cast<double>(fp32_self.tokens()));
   for (size_t i = 0; i < runs.size(); ++i) {
@@ -153,7 +165,9 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     r.nll = ppl.mean_nll();
     r.ppl_stderr = ppl.ppl_stderr();
     r.tokens = ppl.tokens;
-    r.delta_ppl_pct = 100.0 * (r.ppl / fp32_ppl - 1.0);
+    // Early stopping: on unequal token sets only the paired ratio compares like with like (compare.h).
+    r.delta_ppl_pct = c.tokens() == fp32_self.tokens() ? 100.0 * (r.ppl / fp32_ppl - 1.0)
+                                                        : 100.0 * std::expm1(c.delta_nll_mean());
     r.distribution = c.summarize();
     r.kl_mean = r.distribution.kl.mean;
     r.kl_p99 = r.distribution.kl.p99.value_or(std::numeric_limits<double>::quiet_NaN());
@@ -162,6 +176,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     r.delta_nll_mean = r.distribution.delta_nll_mean;
     r.delta_nll_ci95 = r.distribution.delta_nll_ci95;
     r.seconds = runs[i].variant->is_fp32 ? fp32_seconds : runs[i].seconds;
+    r.stopped_early = runs[i].stopped_early;
   }
   report.total_seconds = seconds_since(run_started);
   return report;

@@ -157,14 +157,12 @@ VariantDamage variant_damage(const torch::Tensor& w, const QuantConfig& config, 
 
 InspectionReport run_inspect(const InspectOptions& options, const InspectProgress& progress) {
   InspectionReport report;
-  report.model_path = options.model_path.empty() ? default_model_path() : options.model_path;
-  ContractModel model = load_model_file(report.model_path, options.tokenizer_path);
+  const std::string model_path = options.model_path.empty() ? default_model_path() : options.model_path;
+  ContractModel model = load_model_file(model_path, options.tokenizer_path);
   const std::vector<LinearLayer> layers = select_layers(model.linear_layers(), options.include, options.exclude);
-  report.model_sha256 = model.file_sha256();  // hashed while its integrity was verified
+  report.provenance = make_provenance(model_path, model.file_sha256(), options.include, options.exclude);  // hashed while verified
   report.variant = options.variant.name;
   report.is_fp32 = options.variant.is_fp32;
-  report.include = options.include;
-  report.exclude = options.exclude;
 
   InspectionSummary& summary = report.summary;
   double clipped = 0;
@@ -195,12 +193,8 @@ InspectionReport run_inspect(const InspectOptions& options, const InspectProgres
 }
 
 std::string format_inspection_json(const InspectionReport& r) {
-  ordered_json j;
-  j["model"] = r.model_path;
-  j["model_sha256"] = r.model_sha256;
+  ordered_json j = to_json(r.provenance);
   j["variant"] = r.variant;
-  j["include"] = r.include;
-  j["exclude"] = r.exclude;
   j["layers"] = ordered_json::array();
   for (const LayerInspection& l : r.layers) j["layers"].push_back(layer_json(l, /*shape_as_list=*/true));
   j["summary"] = summary_json(r);
@@ -208,12 +202,12 @@ std::string format_inspection_json(const InspectionReport& r) {
 }
 
 std::string format_inspection_csv(const InspectionReport& r) {
+  const ordered_json provenance = to_json(r.provenance);  // items() would dangle on a temporary
   std::vector<ordered_json> rows;
   for (const LayerInspection& l : r.layers) {
     ordered_json row = layer_json(l, /*shape_as_list=*/false);
     row["variant"] = r.variant;
-    row["model"] = r.model_path;
-    row["model_sha256"] = r.model_sha256;
+    for (const auto& [key, value] : provenance.items()) row[key] = value;
     rows.push_back(std::move(row));
   }
   return json_rows::csv_table(rows);
@@ -221,7 +215,8 @@ std::string format_inspection_csv(const InspectionReport& r) {
 
 std::string format_inspection_table(const InspectionReport& r) {
   std::string out;
-  out += fmt::format("model    {}  (sha256 {})\nvariant  {}\n\n", r.model_path, r.model_sha256.substr(0, 12), r.variant);
+  out += fmt::format("model    {}  (sha256 {})\nvariant  {}\n\n", r.provenance.model_path,
+                     r.provenance.model_sha256.substr(0, 12), r.variant);
   size_t width = 5;
   for (const LayerInspection& l : r.layers) width = std::max(width, l.name.size());
   out += fmt::format("{:<{}} {:>10} {:>9} {:>9} {:>9} {:>8} {:>6} {:>12} {:>10} {:>8} {:>10} {:>10} {:>8}\n", "layer",

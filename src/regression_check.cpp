@@ -48,6 +48,14 @@ std::string expected_variant_list(const std::vector<ExpectedPerplexity>& expecte
   return list;
 }
 
+std::map<std::string, std::pair<double, double>> gate_bands(const std::vector<ExpectedPerplexity>& expected) {
+  std::map<std::string, std::pair<double, double>> bands;
+  for (const ExpectedPerplexity& e : expected) {
+    bands[e.variant] = {e.ppl * (1.0 - e.tolerance_pct / 100.0), e.ppl * (1.0 + e.tolerance_pct / 100.0)};
+  }
+  return bands;
+}
+
 std::vector<std::string> check_regressions(const CompareReport& report,
                                            const std::vector<ExpectedPerplexity>& expected) {
   std::vector<std::string> failures;
@@ -71,13 +79,13 @@ std::vector<std::string> check_regressions(const CompareReport& report,
 
 std::vector<std::string> check_regressions(const CompareReport& report, const ExpectedRun& expected) {
   std::vector<std::string> failures;
-  if (!expected.model_sha256.empty() && expected.model_sha256 != report.model_sha256) {
+  if (!expected.model_sha256.empty() && expected.model_sha256 != report.provenance.model_sha256) {
     failures.push_back(fmt::format("model {} has sha256 {}, the baseline was made with {}; re-baseline after an intended change",
-                                   report.model_path, report.model_sha256, expected.model_sha256));
+                                   report.provenance.model_path, report.provenance.model_sha256, expected.model_sha256));
   }
-  if (!expected.text_sha256.empty() && expected.text_sha256 != report.text_sha256) {
+  if (!expected.text_sha256.empty() && expected.text_sha256 != report.provenance.text_sha256) {
     failures.push_back(fmt::format("text {} has sha256 {}, the baseline was made with {}; re-baseline after an intended change",
-                                   report.text_path, report.text_sha256, expected.text_sha256));
+                                   report.provenance.text_path, report.provenance.text_sha256, expected.text_sha256));
   }
   for (std::string& f : check_regressions(report, expected.variants)) failures.push_back(std::move(f));
   return failures;

@@ -19,24 +19,12 @@ using json_rows::csv_table;
 using json_rows::number_or_null;
 
 ordered_json settings_json(const CompareReport& r) {
-  ordered_json j;
-  j["quantppl_version"] = r.quantppl_version;
-  j["model"] = r.model_path;
-  j["model_sha256"] = r.model_sha256;
-  j["text"] = r.text_path;
-  j["text_sha256"] = r.text_sha256;
-  j["text_tokens"] = r.text_tokens;
-  j["windows"] = r.windows;
-  j["mode"] = r.mode;
-  j["max_length"] = r.max_length;
-  j["batch_size"] = r.batch_size;
-  j["threads"] = r.threads;
-  j["include"] = r.include;
-  j["exclude"] = r.exclude;
+  ordered_json j = to_json(r.provenance);
   j["layers_quantized"] = r.layers_quantized;
   j["parameters_quantized"] = r.parameters_quantized;
   j["backup"] = r.backup;
-  j["libtorch_version"] = r.libtorch_version;
+  j["looks"] = r.provenance.ci_target_pct ? ordered_json(r.looks) : ordered_json(nullptr);
+  j["stop_z"] = r.provenance.ci_target_pct ? number_or_null(r.stop_z) : ordered_json(nullptr);
   j["load_seconds"] = r.load_seconds;
   j["total_seconds"] = r.total_seconds;
   return j;
@@ -96,6 +84,7 @@ ordered_json result_json(const VariantResult& v) {
                                ? ordered_json(static_cast<double>(v.fp32_bytes) / static_cast<double>(*v.packed_bytes))
                                : ordered_json(nullptr);
   j["seconds"] = v.seconds;
+  j["stopped_early"] = v.stopped_early;
   return j;
 }
 
@@ -135,10 +124,15 @@ std::string format_csv(const CompareReport& report) {
 
 std::string format_table(const CompareReport& r) {
   std::string out;
-  out += fmt::format("model  {}  (sha256 {}, {} Linear layers / {} weights quantized)\n", r.model_path,
-                     short_hash(r.model_sha256), r.layers_quantized, r.parameters_quantized);
-  out += fmt::format("text   {}  (sha256 {}, {} tokens, {} windows of <= {}, mode {})\n", r.text_path,
-                     short_hash(r.text_sha256), r.text_tokens, r.windows, r.max_length, r.mode);
+  const Provenance& p = r.provenance;
+  out += fmt::format("model  {}  (sha256 {}, {} Linear layers / {} weights quantized)\n", p.model_path,
+                     short_hash(p.model_sha256), r.layers_quantized, r.parameters_quantized);
+  out += fmt::format("text   {}  (sha256 {}, {} tokens, {} windows of <= {}, mode {})\n", p.text_path,
+                     short_hash(p.text_sha256), p.text_tokens, p.windows, p.max_length, p.mode);
+  if (p.ci_target_pct) {
+    out += fmt::format("early stopping: --ci-target {}%, windows shuffled with seed {}, {} looks at z = {:.3f}\n",
+                       *p.ci_target_pct, p.seed.value_or(0), r.looks, r.stop_z);
+  }
   out += fmt::format("\n{:<26} {:>18} {:>9} {:>20} {:>10} {:>7} {:>10} {:>8} {:>17} {:>8}\n", "variant", "perplexity",
                      "vs fp32", "dNLL/token (95% CI)", "KL mean", "top-1", "weight MSE", "SQNR dB", "packed", "seconds");
   for (const VariantResult& v : r.results) {
@@ -159,6 +153,11 @@ std::string format_table(const CompareReport& r) {
   out += fmt::format("\n{} tokens predicted per variant; ± is one standard error for perplexity and the 95% "
                      "interval of the paired per-token NLL change against fp32. --stats: every statistic per variant.\n",
                      r.results.empty() ? 0 : r.results.front().tokens);
+  for (const VariantResult& v : r.results) {
+    if (v.stopped_early) {
+      out += fmt::format("{}: stopped early after {} tokens (its numbers are on those tokens)\n", v.variant, v.tokens);
+    }
+  }
   return out;
 }
 

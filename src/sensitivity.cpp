@@ -16,6 +16,7 @@
 
 #include "quantppl/contract_model.h"
 #include "quantppl/default_paths.h"
+#include "quantppl/engine.h"
 #include "quantppl/error.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/packed_model.h"
@@ -29,18 +30,8 @@ const char* const kDefaultKeep = "0,1,2,4,8";
 namespace {
 
 using nlohmann::ordered_json;
-using json_rows::csv_cell;
 using json_rows::number_or_null;
 using Subset = std::vector<bool>;  // subset[i]: layer i is fake-quantized
-
-// Sums for one subset over every batch.
-struct SubsetSums {
-  double nll_sum = 0;
-  int64_t tokens = 0;
-  double kl_sum = 0;
-  double ppl() const { return std::exp(nll_sum / static_cast<double>(tokens)); }
-  double kl_mean() const { return kl_sum / static_cast<double>(tokens); }
-};
 
 // Puts subsets of the layers in place by copying only the layers whose state changes.
 class LayerSwitch {
@@ -70,68 +61,69 @@ class LayerSwitch {
   Subset current_;
 };
 
-// Sum over the batch's label positions of the NLL, exactly as evaluate_perplexity sums it.
-double batch_nll_sum(const torch::Tensor& logits, const EvalBatch& b) {
-  return token_nll(logits, b.labels).masked_select(b.label_mask).to(torch::kFloat64).sum().item<double>();
+// The engine's view of a LayerSwitch: candidate i is subset i, fp32 is the empty subset.
+class SubsetWeights : public WeightStates {
+ public:
+  SubsetWeights(LayerSwitch& layers, const std::vector<Subset>& subsets) : layers_(layers), subsets_(subsets) {}
+  void put_fp32() override {
+    if (!subsets_.empty()) layers_.set(Subset(subsets_.front().size(), false));
+  }
+  void put(size_t i) override { layers_.set(subsets_[i]); }
+
+ private:
+  LayerSwitch& layers_;
+  const std::vector<Subset>& subsets_;
+};
+
+// One subset's numbers: its comparison with fp32 (or fp32 itself) over the batches it ran.
+struct SubsetNumbers {
+  double ppl = 0;
+  double delta_ppl_pct = 0;
+  double kl_mean = 0;
+  double delta_nll_mean = 0;
+  double delta_nll_ci95 = 0;
+  int64_t tokens = 0;
+  bool stopped_early = false;
+};
+
+// fp32_ppl and fp32_tokens: phase 1's reference. On the same tokens the
+// perplexity ratio is taken as before the engine; on fewer (stopped early),
+// it is the paired ratio exp(delta_nll_mean) on the tokens the subset ran.
+SubsetNumbers numbers_of(const DistributionComparison& c, bool stopped_early, double fp32_ppl, int64_t fp32_tokens) {
+  SubsetNumbers n;
+  n.tokens = c.tokens();
+  n.ppl = std::exp(c.nll_sum() / static_cast<double>(c.tokens()));
+  n.delta_ppl_pct = c.tokens() == fp32_tokens ? 100.0 * (n.ppl / fp32_ppl - 1.0) : 100.0 * std::expm1(c.delta_nll_mean());
+  n.kl_mean = c.kl_mean();
+  n.delta_nll_mean = c.delta_nll_mean();
+  n.delta_nll_ci95 = c.delta_nll_ci95();
+  n.stopped_early = stopped_early;
+  return n;
 }
 
-// Sum over label positions of KL(P || Q), P from the reference log-probabilities,
-// one row at a time so that no temporary exceeds [T, V].
-double batch_kl_sum(const torch::Tensor& reference_logp, const torch::Tensor& logits, const EvalBatch& b) {
-  double total = 0;
-  for (int64_t r = 0; r < logits.size(0); ++r) {
-    const torch::Tensor lp = reference_logp[r];
-    const torch::Tensor lq = torch::log_softmax(logits[r], /*dim=*/-1);
-    const torch::Tensor kl = (lp.exp() * (lp - lq)).sum(/*dim=*/-1);
-    total += kl.masked_select(b.label_mask[r]).to(torch::kFloat64).sum().item<double>();
-  }
-  return total;
-}
-
-// Batch-major evaluation of `subsets` against fp32. Returns the fp32 sums
-// (KL 0) and one SubsetSums per subset. An all-false subset is fp32 itself.
-std::vector<SubsetSums> evaluate_subsets(ContractModel& model, const std::vector<EvalBatch>& batches,
-                                         LayerSwitch& layers, const std::vector<Subset>& subsets, SubsetSums* fp32,
-                                         const std::string& stage, const SensitivityProgress& progress) {
-  torch::NoGradGuard no_grad;
-  std::vector<SubsetSums> sums(subsets.size());
-  const size_t total = batches.size() * (subsets.size() + 1);
-  size_t done = 0;
-  const Subset none(subsets.empty() ? 0 : subsets.front().size(), false);
-  for (const EvalBatch& b : batches) {
-    if (!subsets.empty()) layers.set(none);
-    torch::Tensor reference = model.forward(b.input_ids, b.attention_mask, b.decoder_input_ids);
-    const double reference_nll = batch_nll_sum(reference, b);
-    const int64_t tokens = b.label_mask.sum().item<int64_t>();
-    fp32->nll_sum += reference_nll;
-    fp32->tokens += tokens;
-    // Only the log-probabilities are kept: one [B, T, V] fp32 tensor per batch, whatever the text length.
-    const torch::Tensor reference_logp = torch::log_softmax(reference, /*dim=*/-1);
-    reference.reset();
-    if (progress) progress(stage, ++done, total);
-    for (size_t s = 0; s < subsets.size(); ++s) {
-      SubsetSums& out = sums[s];
-      out.tokens += tokens;
-      if (std::none_of(subsets[s].begin(), subsets[s].end(), [](bool q) { return q; })) {
-        out.nll_sum += reference_nll;
-      } else {
-        layers.set(subsets[s]);
-        const torch::Tensor logits = model.forward(b.input_ids, b.attention_mask, b.decoder_input_ids);
-        out.nll_sum += batch_nll_sum(logits, b);
-        out.kl_sum += batch_kl_sum(reference_logp, logits, b);
-      }
-      if (progress) progress(stage, ++done, total);
-    }
-  }
-  if (!subsets.empty()) layers.set(none);
+// Batch-major evaluation of `subsets` against fp32 on the engine; the candidates hold the results.
+std::vector<Candidate> evaluate_subsets(ContractModel& model, const std::vector<EvalBatch>& batches,
+                                        LayerSwitch& layers, const std::vector<Subset>& subsets, LoopResult* fp32,
+                                        const SensitivityStopping& stopping, const std::string& stage,
+                                        const SensitivityProgress& progress) {
+  std::vector<Candidate> candidates(subsets.size());
   for (size_t s = 0; s < subsets.size(); ++s) {
-    if (!std::isfinite(sums[s].nll_sum)) {
+    candidates[s].is_fp32 = std::none_of(subsets[s].begin(), subsets[s].end(), [](bool q) { return q; });
+  }
+  SubsetWeights weights(layers, subsets);
+  *fp32 = evaluate_batch_major(model, batches, weights, candidates, stopping.looks, stopping.ci_target_pct,
+                               [&](size_t done, size_t total) {
+                                 if (progress) progress(stage, done, total);
+                               });
+  weights.put_fp32();
+  for (size_t s = 0; s < subsets.size(); ++s) {
+    if (!candidates[s].is_fp32 && !std::isfinite(candidates[s].comparison.nll_sum())) {
       throw DataError(fmt::format("model '{}': the negative log-likelihood is not finite with quantized layers: "
                                   "the model produced NaN or Inf logits",
                                   model.path()));
     }
   }
-  return sums;
+  return candidates;
 }
 
 double delta_pct(double ppl, double fp32_ppl) { return 100.0 * (ppl / fp32_ppl - 1.0); }
@@ -196,47 +188,41 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
   if (options.max_length < 0) throw UsageError(fmt::format("--max-length must be >= 0, got {}", options.max_length));
   if (options.max_tokens < 0) throw UsageError(fmt::format("--max-tokens must be >= 0, got {}", options.max_tokens));
 
-  SensitivityReport report;
-  report.model_path = options.model_path.empty() ? default_model_path() : options.model_path;
-  report.text_path = options.text_path.empty() ? default_text_path() : options.text_path;
-  ContractModel model = load_model_file(report.model_path, options.tokenizer_path);
-  const ModelMetadata& metadata = model.metadata();
-  report.max_length = options.max_length == 0 ? metadata.max_length : options.max_length;
-  if (report.max_length > metadata.max_length) {
-    throw UsageError(fmt::format("--max-length {} exceeds the model's max_length {} ('{}')", report.max_length,
-                                 metadata.max_length, report.model_path));
-  }
-  EvalText text = load_eval_text(report.text_path, model.tokenizer(), metadata.eos_token_id, report.max_length);
-  if (options.max_tokens > 0 && static_cast<int64_t>(text.token_ids.size()) > options.max_tokens) {
-    text.token_ids.resize(static_cast<size_t>(options.max_tokens));
-    text.windows = cut_windows(text.token_ids, report.max_length);
-  }
-  const std::vector<EvalBatch> batches = make_batches(text.windows, options.mode, options.batch_size, metadata);
+  EvalSetupOptions setup_options;
+  setup_options.model_path = options.model_path;
+  setup_options.tokenizer_path = options.tokenizer_path;
+  setup_options.text_path = options.text_path;
+  setup_options.mode = options.mode;
+  setup_options.max_length = options.max_length;
+  setup_options.batch_size = options.batch_size;
+  setup_options.threads = options.threads;
+  setup_options.include = options.include;
+  setup_options.exclude = options.exclude;
+  setup_options.max_tokens = options.max_tokens;
+  setup_options.ci_target_pct = options.ci_target_pct;
+  setup_options.seed = options.seed;
+  setup_options.backup = false;  // measure_sensitivity keeps its own copy of the selected layers
+  EvalSetup setup = prepare_evaluation(setup_options);
 
-  const std::vector<LinearLayer> selected = select_layers(model.linear_layers(), options.include, options.exclude);
-  SensitivityReport measured = measure_sensitivity(model, batches, selected, options.variant.config, options.keep, progress);
-  measured.model_path = report.model_path;
-  measured.text_path = report.text_path;
-  measured.max_length = report.max_length;
-  report = std::move(measured);
-  report.model_sha256 = model.file_sha256();  // hashed while its integrity was verified
-  report.text_sha256 = text.sha256;
-  report.text_tokens = static_cast<int64_t>(text.token_ids.size());
-  report.windows = static_cast<int64_t>(text.windows.size());
-  report.max_tokens = options.max_tokens;
+  SensitivityStopping stopping;
+  stopping.looks = setup.looks ? &*setup.looks : nullptr;
+  stopping.ci_target_pct = options.ci_target_pct;
+  SensitivityReport report = measure_sensitivity(*setup.model, setup.batches, setup.selected, options.variant.config,
+                                                 options.keep, progress, stopping);
+  report.provenance = setup.provenance;
   report.variant = options.variant.name;
-  report.mode = to_string(options.mode);
-  report.batch_size = options.batch_size;
-  report.threads = options.threads;
-  report.include = options.include;
-  report.exclude = options.exclude;
+  if (setup.looks) {
+    report.looks = static_cast<int64_t>(setup.looks->after_batches.size());
+    report.stop_z = setup.looks->z;
+  }
   report.seconds = std::chrono::duration<double>(Clock::now() - started).count();
   return report;
 }
 
 SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<EvalBatch>& batches,
                                       const std::vector<LinearLayer>& selected, const QuantConfig& config,
-                                      const std::vector<int64_t>& keep, const SensitivityProgress& progress) {
+                                      const std::vector<int64_t>& keep, const SensitivityProgress& progress,
+                                      const SensitivityStopping& stopping) {
   for (const int64_t k : keep) {
     if (k < 0) throw UsageError(fmt::format("--keep values must be >= 0, got {}", k));
   }
@@ -278,30 +264,46 @@ SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<Ev
     part_layers.push_back(count);
     part_index.push_back(count > 0 ? std::optional<size_t>(phase1.add(s)) : std::nullopt);
   }
-  SubsetSums fp32;
-  const std::vector<SubsetSums> sums1 =
-      evaluate_subsets(model, batches, layers, phase1.subsets(), &fp32, "single layers", progress);
-  report.fp32_ppl = fp32.ppl();
+  LoopResult fp32;
+  const std::vector<Candidate> run1 =
+      evaluate_subsets(model, batches, layers, phase1.subsets(), &fp32, stopping, "single layers", progress);
+  report.fp32_tokens = fp32.fp32.tokens();
+  report.fp32_ppl = std::exp(fp32.fp32.nll_sum() / static_cast<double>(fp32.fp32.tokens()));
   if (!std::isfinite(report.fp32_ppl)) {
     throw DataError(fmt::format("model '{}': the fp32 perplexity is not finite", model.path()));
   }
-  report.all_quantized_ppl = sums1[all_index].ppl();
-  report.all_quantized_delta_ppl_pct = delta_pct(report.all_quantized_ppl, report.fp32_ppl);
-  report.all_quantized_kl_mean = sums1[all_index].kl_mean();
+  const auto numbers = [&](const Candidate& c) {
+    return c.is_fp32 ? numbers_of(fp32.fp32, c.stopped_early, report.fp32_ppl, report.fp32_tokens)
+                     : numbers_of(c.comparison, c.stopped_early, report.fp32_ppl, report.fp32_tokens);
+  };
+  std::vector<SubsetNumbers> sums1;
+  for (const Candidate& c : run1) sums1.push_back(numbers(c));
+  report.all_quantized_ppl = sums1[all_index].ppl;
+  report.all_quantized_delta_ppl_pct = sums1[all_index].delta_ppl_pct;
+  report.all_quantized_kl_mean = sums1[all_index].kl_mean;
 
-  // Ranking: most damaging first; ties keep the model's order (stable sort).
+  // Ranking: most damaging first by delta_ppl_pct (the paired ratio when
+  // subsets stopped early on different tokens), then by perplexity; ties keep
+  // the model's order (stable sort).
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sums1[a].ppl() > sums1[b].ppl(); });
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    if (sums1[a].delta_ppl_pct != sums1[b].delta_ppl_pct) return sums1[a].delta_ppl_pct > sums1[b].delta_ppl_pct;
+    return sums1[a].ppl > sums1[b].ppl;
+  });
   for (size_t r = 0; r < n; ++r) {
     const size_t i = order[r];
     LayerSensitivity l;
     l.name = backup.layers()[i].name;
     l.rank = static_cast<int64_t>(r + 1);
     l.parameters = backup.original(i).numel();
-    l.ppl = sums1[i].ppl();
-    l.delta_ppl_pct = delta_pct(l.ppl, report.fp32_ppl);
-    l.kl_mean = sums1[i].kl_mean();
+    l.ppl = sums1[i].ppl;
+    l.delta_ppl_pct = sums1[i].delta_ppl_pct;
+    l.kl_mean = sums1[i].kl_mean;
+    l.delta_nll_mean = sums1[i].delta_nll_mean;
+    l.delta_nll_ci95 = sums1[i].delta_nll_ci95;
+    l.tokens = sums1[i].tokens;
+    l.stopped_early = sums1[i].stopped_early;
     report.layers.push_back(l);
   }
   for (size_t p = 0; p < part_names.size(); ++p) {
@@ -309,10 +311,12 @@ SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<Ev
     part.part = part_names[p];
     part.layers = part_layers[p];
     if (part_index[p]) {
-      const SubsetSums& s = sums1[*part_index[p]];
-      part.ppl = s.ppl();
-      part.delta_ppl_pct = delta_pct(s.ppl(), report.fp32_ppl);
-      part.kl_mean = s.kl_mean();
+      const SubsetNumbers& s = sums1[*part_index[p]];
+      part.ppl = s.ppl;
+      part.delta_ppl_pct = s.delta_ppl_pct;
+      part.kl_mean = s.kl_mean;
+      part.delta_nll_mean = s.delta_nll_mean;
+      part.delta_nll_ci95 = s.delta_nll_ci95;
     }
     report.parts.push_back(part);
   }
@@ -324,10 +328,13 @@ SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<Ev
   keep_values.erase(std::unique(keep_values.begin(), keep_values.end()), keep_values.end());
   SubsetTable phase2;
   std::vector<size_t> keep_index;
-  std::map<Subset, const SubsetSums*> known;
-  for (size_t i = 0; i < phase1.subsets().size(); ++i) known.emplace(phase1.subsets()[i], &sums1[i]);
-  const SubsetSums fp32_as_subset{fp32.nll_sum, fp32.tokens, 0.0};
-  known.emplace(Subset(n, false), &fp32_as_subset);
+  std::map<Subset, SubsetNumbers> known;
+  for (size_t i = 0; i < phase1.subsets().size(); ++i) known.emplace(phase1.subsets()[i], sums1[i]);
+  SubsetNumbers fp32_as_subset;  // keep L: fp32 itself, KL and NLL change 0 by construction
+  fp32_as_subset.ppl = report.fp32_ppl;
+  fp32_as_subset.tokens = report.fp32_tokens;
+  fp32_as_subset.stopped_early = report.fp32_tokens < report.tokens;
+  known.emplace(Subset(n, false), fp32_as_subset);
   std::vector<Subset> keep_subsets;
   for (const int64_t k : keep_values) {
     Subset s(n, true);
@@ -336,41 +343,38 @@ SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<Ev
     if (known.count(s) == 0) keep_index.push_back(phase2.add(s));
     else keep_index.push_back(SIZE_MAX);
   }
-  SubsetSums fp32_again;
-  const std::vector<SubsetSums> sums2 =
+  // The keep-K subsets need fp32 logits again as their KL and NLL-change
+  // reference (one forward per batch, while some subset runs); that second
+  // reference's own sums are not used: fp32_ppl stays phase 1's.
+  LoopResult fp32_again;
+  const std::vector<Candidate> run2 =
       phase2.subsets().empty()
-          ? std::vector<SubsetSums>{}
-          : evaluate_subsets(model, batches, layers, phase2.subsets(), &fp32_again, "keep K", progress);
+          ? std::vector<Candidate>{}
+          : evaluate_subsets(model, batches, layers, phase2.subsets(), &fp32_again, stopping, "keep K", progress);
   for (size_t j = 0; j < keep_values.size(); ++j) {
-    const SubsetSums& s = keep_index[j] == SIZE_MAX ? *known.at(keep_subsets[j]) : sums2[keep_index[j]];
+    const SubsetNumbers s = keep_index[j] == SIZE_MAX ? known.at(keep_subsets[j]) : numbers(run2[keep_index[j]]);
     KeepResult kr;
     kr.keep = keep_values[j];
     for (int64_t r = 0; r < kr.keep; ++r) kr.kept_layers.push_back(report.layers[static_cast<size_t>(r)].name);
-    kr.ppl = s.ppl();
-    kr.delta_ppl_pct = delta_pct(kr.ppl, report.fp32_ppl);
-    kr.kl_mean = s.kl_mean();
+    kr.ppl = s.ppl;
+    kr.delta_ppl_pct = s.delta_ppl_pct;
+    kr.kl_mean = s.kl_mean;
+    kr.delta_nll_mean = s.delta_nll_mean;
+    kr.delta_nll_ci95 = s.delta_nll_ci95;
+    kr.tokens = s.tokens;
+    kr.stopped_early = s.stopped_early;
     report.keep.push_back(kr);
   }
   return report;
 }
 
 std::string format_sensitivity_json(const SensitivityReport& r) {
-  ordered_json j;
-  j["model"] = r.model_path;
-  j["model_sha256"] = r.model_sha256;
-  j["text"] = r.text_path;
-  j["text_sha256"] = r.text_sha256;
-  j["text_tokens"] = r.text_tokens;
-  j["tokens"] = r.tokens;
-  j["windows"] = r.windows;
-  j["max_tokens"] = r.max_tokens > 0 ? ordered_json(r.max_tokens) : ordered_json(nullptr);
+  ordered_json j = to_json(r.provenance);
   j["variant"] = r.variant;
-  j["mode"] = r.mode;
-  j["max_length"] = r.max_length;
-  j["batch_size"] = r.batch_size;
-  j["threads"] = r.threads;
-  j["include"] = r.include;
-  j["exclude"] = r.exclude;
+  j["tokens"] = r.tokens;
+  j["fp32_tokens"] = r.fp32_tokens;
+  j["looks"] = r.provenance.ci_target_pct ? ordered_json(r.looks) : ordered_json(nullptr);
+  j["stop_z"] = r.provenance.ci_target_pct ? number_or_null(r.stop_z) : ordered_json(nullptr);
   j["fp32_ppl"] = r.fp32_ppl;
   j["all_quantized_ppl"] = r.all_quantized_ppl;
   j["all_quantized_delta_ppl_pct"] = r.all_quantized_delta_ppl_pct;
@@ -384,6 +388,10 @@ std::string format_sensitivity_json(const SensitivityReport& r) {
     o["ppl"] = l.ppl;
     o["delta_ppl_pct"] = l.delta_ppl_pct;
     o["kl_mean"] = l.kl_mean;
+    o["delta_nll_mean"] = number_or_null(l.delta_nll_mean);
+    o["delta_nll_ci95"] = number_or_null(l.delta_nll_ci95);
+    o["tokens"] = l.tokens;
+    o["stopped_early"] = l.stopped_early;
     j["layers"].push_back(o);
   }
   j["keep"] = ordered_json::array();
@@ -394,6 +402,10 @@ std::string format_sensitivity_json(const SensitivityReport& r) {
     o["ppl"] = k.ppl;
     o["delta_ppl_pct"] = k.delta_ppl_pct;
     o["kl_mean"] = k.kl_mean;
+    o["delta_nll_mean"] = number_or_null(k.delta_nll_mean);
+    o["delta_nll_ci95"] = number_or_null(k.delta_nll_ci95);
+    o["tokens"] = k.tokens;
+    o["stopped_early"] = k.stopped_early;
     j["keep"].push_back(o);
   }
   j["parts"] = ordered_json::array();
@@ -404,6 +416,8 @@ std::string format_sensitivity_json(const SensitivityReport& r) {
     o["ppl"] = number_or_null(p.ppl);
     o["delta_ppl_pct"] = number_or_null(p.delta_ppl_pct);
     o["kl_mean"] = number_or_null(p.kl_mean);
+    o["delta_nll_mean"] = number_or_null(p.delta_nll_mean);
+    o["delta_nll_ci95"] = number_or_null(p.delta_nll_ci95);
     j["parts"].push_back(o);
   }
   j["seconds"] = r.seconds;
@@ -411,40 +425,53 @@ std::string format_sensitivity_json(const SensitivityReport& r) {
 }
 
 std::string format_sensitivity_csv(const SensitivityReport& r) {
-  std::ostringstream out;
-  out << "rank,name,parameters,ppl,delta_ppl_pct,kl_mean,fp32_ppl,all_quantized_ppl,variant,model,model_sha256,text,"
-         "text_sha256,tokens\n";
+  std::vector<ordered_json> rows;
+  const ordered_json provenance = to_json(r.provenance);
   for (const LayerSensitivity& l : r.layers) {
-    const ordered_json cells = ordered_json::array({l.rank, l.name, l.parameters, l.ppl, l.delta_ppl_pct, l.kl_mean,
-                                                    r.fp32_ppl, r.all_quantized_ppl, r.variant, r.model_path,
-                                                    r.model_sha256, r.text_path, r.text_sha256, r.tokens});
-    bool first = true;
-    for (const auto& c : cells) {
-      out << (first ? "" : ",") << csv_cell(c);
-      first = false;
-    }
-    out << "\n";
+    ordered_json row;
+    row["rank"] = l.rank;
+    row["name"] = l.name;
+    row["parameters"] = l.parameters;
+    row["ppl"] = l.ppl;
+    row["delta_ppl_pct"] = l.delta_ppl_pct;
+    row["kl_mean"] = l.kl_mean;
+    row["delta_nll_mean"] = number_or_null(l.delta_nll_mean);
+    row["delta_nll_ci95"] = number_or_null(l.delta_nll_ci95);
+    row["tokens"] = l.tokens;
+    row["stopped_early"] = l.stopped_early;
+    row["fp32_ppl"] = r.fp32_ppl;
+    row["all_quantized_ppl"] = r.all_quantized_ppl;
+    row["variant"] = r.variant;
+    for (const auto& [key, value] : provenance.items()) row[key] = value;
+    rows.push_back(std::move(row));
   }
-  return out.str();
+  return json_rows::csv_table(rows);
 }
 
 std::string format_sensitivity_table(const SensitivityReport& r) {
   std::string out;
-  out += fmt::format("model    {}  (sha256 {})\n", r.model_path, r.model_sha256.substr(0, 12));
-  out += fmt::format("text     {}  (sha256 {}, {} tokens{}, {} windows of <= {}, mode {})\n", r.text_path,
-                     r.text_sha256.substr(0, 12), r.text_tokens,
-                     r.max_tokens > 0 ? fmt::format(" (--max-tokens {})", r.max_tokens) : "", r.windows, r.max_length,
-                     r.mode);
+  const Provenance& p = r.provenance;
+  out += fmt::format("model    {}  (sha256 {})\n", p.model_path, p.model_sha256.substr(0, 12));
+  out += fmt::format("text     {}  (sha256 {}, {} tokens{}, {} windows of <= {}, mode {})\n", p.text_path,
+                     p.text_sha256.substr(0, 12), p.text_tokens,
+                     p.max_tokens > 0 ? fmt::format(" (--max-tokens {})", p.max_tokens) : "", p.windows, p.max_length,
+                     p.mode);
+  if (p.ci_target_pct) {
+    out += fmt::format("early    --ci-target {}%: windows shuffled with seed {}, {} looks at z = {:.3f}; a row marked * "
+                       "stopped early (its numbers are on its own tokens)\n",
+                       *p.ci_target_pct, p.seed.value_or(0), r.looks, r.stop_z);
+  }
   out += fmt::format("variant  {}: fp32 ppl {:.4f}, all {} layers quantized {:.4f} ({:+.3f}%, KL {:.3g})\n\n",
                      r.variant, r.fp32_ppl, r.layers.size(), r.all_quantized_ppl, r.all_quantized_delta_ppl_pct,
                      r.all_quantized_kl_mean);
   size_t width = 5;
   for (const LayerSensitivity& l : r.layers) width = std::max(width, l.name.size());
-  out += fmt::format("{:>4}  {:<{}} {:>14} {:>10} {:>10}\n", "rank", "layer quantized alone", width, "perplexity",
-                     "vs fp32", "KL mean");
+  out += fmt::format("{:>4}  {:<{}} {:>14} {:>10} {:>22} {:>10}\n", "rank", "layer quantized alone", width,
+                     "perplexity", "vs fp32", "dNLL/token (95% CI)", "KL mean");
   for (const LayerSensitivity& l : r.layers) {
-    out += fmt::format("{:>4}  {:<{}} {:>14.4f} {:>+9.3f}% {:>10.3g}\n", l.rank, l.name, width, l.ppl,
-                       l.delta_ppl_pct, l.kl_mean);
+    out += fmt::format("{:>4}  {:<{}} {:>14.4f} {:>+9.3f}% {:>22} {:>10.3g}{}\n", l.rank, l.name, width, l.ppl,
+                       l.delta_ppl_pct, fmt::format("{:+.5f} ± {:.5f}", l.delta_nll_mean, l.delta_nll_ci95),
+                       l.kl_mean, l.stopped_early ? " *" : "");
   }
   out += fmt::format("\n{:>6}  {:>14} {:>10} {:>10}   kept in fp32 (most damaging first)\n", "keep K", "perplexity",
                      "vs fp32", "KL mean");
@@ -465,7 +492,10 @@ std::string format_sensitivity_table(const SensitivityReport& r) {
       out += fmt::format("{:<8} {:>6} {:>14} {:>10} {:>10}\n", p.part, 0, "-", "-", "-");
     }
   }
-  out += fmt::format("\n{} tokens predicted per run; KL is KL(P_fp32 || P_quantized) in nats per token.\n", r.tokens);
+  out += fmt::format("\n{} tokens predicted per run; KL is KL(P_fp32 || P_quantized) in nats per token; dNLL is the paired "
+                     "per-token NLL change against fp32 with its 95% interval: layers whose intervals overlap are not "
+                     "reliably ranked.\n",
+                     r.tokens);
   return out;
 }
 

@@ -107,8 +107,8 @@ TEST(CompareTest, FirstFp32EqualsFp32AfterVariants) {
   EXPECT_NEAR(*r.results[1].delta_ppl_pct, 100 * (r.results[1].ppl / r.results[0].ppl - 1), 1e-9);
   EXPECT_FALSE(r.results[0].weight_mse.has_value());
   EXPECT_GT(*r.results[2].weight_mse, 0.0);
-  EXPECT_EQ(r.text_tokens, r.results[0].tokens);  // reconstruct mode predicts every token
-  EXPECT_EQ(r.model_sha256.size(), 64u);
+  EXPECT_EQ(r.provenance.text_tokens, r.results[0].tokens);  // reconstruct mode predicts every token
+  EXPECT_EQ(r.provenance.model_sha256.size(), 64u);
 }
 
 TEST(CompareTest, Fp32IsAlwaysTheReference) {
@@ -131,6 +131,86 @@ TEST(CompareTest, PairedIntervalIsTighterThanPerplexityError) {
   const double ppl_error_in_nll = r.results[1].ppl_stderr / r.results[1].ppl;
   EXPECT_LT(r.results[1].delta_nll_ci95, 0.2 * 1.96 * ppl_error_in_nll);
   EXPECT_GT(r.results[1].delta_nll_ci95, 0.0);
+}
+
+TEST(CompareTest, Fp32AloneMakesNoBackup) {
+  CompareOptions o = tiny_options("fp32");
+  o.backup = BackupStorage::kFile;  // would create a file if a backup were made
+  const CompareReport r = run_compare(o);
+  EXPECT_EQ(r.backup, "none");
+  EXPECT_GT(r.layers_quantized, 0);  // still reported: what a variant would quantize
+  EXPECT_EQ(r.results[0].fp32_bytes, 4 * r.parameters_quantized);
+  EXPECT_EQ(run_compare(tiny_options("fp32,absmax:8")).backup, "memory");
+}
+
+CompareOptions early_options(const std::string& variants, double pct, uint64_t seed) {
+  CompareOptions o = tiny_options(variants);
+  o.batch_size = 1;
+  o.ci_target_pct = pct;
+  o.seed = seed;
+  return o;
+}
+
+TEST(CompareEarlyStoppingTest, StoppedRowsEvaluateFewerTokensAndSaySo) {
+  const CompareReport full = run_compare(tiny_options("fp32,absmax:8,absmax:2"));
+  const int64_t total = full.results[0].tokens;
+  const CompareReport r = run_compare(early_options("fp32,absmax:8,absmax:2", 2.0, 11));
+  ASSERT_EQ(r.results.size(), 3u);
+  EXPECT_GT(r.looks, 0);
+  EXPECT_GT(r.stop_z, 1.96);  // Bonferroni over the looks
+  EXPECT_EQ(r.provenance.window_order, "shuffled");
+  EXPECT_EQ(r.provenance.seed, std::optional<uint64_t>(11));
+  const VariantResult& a8 = r.results[1];
+  // 8 bits barely move the tiny model: well within 2% at the first look.
+  EXPECT_TRUE(a8.stopped_early);
+  EXPECT_LT(a8.tokens, total);
+  EXPECT_NEAR(*a8.delta_ppl_pct, 100.0 * std::expm1(a8.delta_nll_mean), 1e-12);
+  // Its estimate agrees with the full run within the interval it stopped with (z / 1.96 wider).
+  const double h = a8.delta_nll_ci95 / 1.959963984540054 * r.stop_z;
+  EXPECT_NEAR(a8.delta_nll_mean, full.results[1].delta_nll_mean, h);
+  for (const VariantResult& v : r.results) EXPECT_EQ(v.stopped_early, v.tokens < total) << v.variant;
+  // fp32 ran exactly as long as the longest variant.
+  EXPECT_EQ(r.results[0].tokens, std::max(r.results[1].tokens, r.results[2].tokens));
+}
+
+TEST(CompareEarlyStoppingTest, TheSeedFixesTheOrderAndIsTheSameForEveryVariant) {
+  const CompareReport a = run_compare(early_options("fp32,absmax:8", 2.0, 3));
+  const CompareReport b = run_compare(early_options("absmax:8,fp32", 2.0, 3));
+  EXPECT_EQ(a.results[1].tokens, b.results[0].tokens);
+  EXPECT_EQ(a.results[1].ppl, b.results[0].ppl);
+  EXPECT_EQ(a.results[1].delta_nll_mean, b.results[0].delta_nll_mean);
+  // Another seed: another sample of windows, so (almost surely) another estimate.
+  const CompareReport c = run_compare(early_options("fp32,absmax:8", 2.0, 4));
+  EXPECT_NE(a.results[1].ppl, c.results[0 + 1].ppl);
+}
+
+TEST(CompareEarlyStoppingTest, WithoutTheFlagNothingChanges) {
+  const CompareReport r = run_compare(tiny_options("fp32,absmax:8"));
+  EXPECT_EQ(r.provenance.window_order, "text");
+  EXPECT_FALSE(r.provenance.seed.has_value());
+  for (const VariantResult& v : r.results) {
+    EXPECT_FALSE(v.stopped_early);
+    EXPECT_EQ(v.tokens, r.provenance.text_tokens);
+  }
+}
+
+TEST(CompareEarlyStoppingTest, GateBandsStopAVariantWhoseFailureIsSettled) {
+  // absmax:2 wrecks the tiny model; an expected perplexity 1% above fp32's cannot be met.
+  const CompareReport full = run_compare(tiny_options("fp32,absmax:2"));
+  CompareOptions o = early_options("fp32,absmax:2", 0.001, 5);  // a target no variant meets
+  const double fp32_ppl = full.results[0].ppl;
+  o.gate_bands = gate_bands({{"absmax:2", 1.01 * fp32_ppl, 0.5}, {"fp32", fp32_ppl, 50.0}});
+  const CompareReport r = run_compare(o);
+  EXPECT_TRUE(r.results[1].stopped_early);
+  EXPECT_GT(r.results[1].ppl, 1.01 * fp32_ppl * 1.005);  // and the check then fails, as on the full text
+  EXPECT_GT(full.results[1].ppl, 1.01 * fp32_ppl * 1.005);
+  EXPECT_FALSE(check_regressions(r, std::vector<ExpectedPerplexity>{{"absmax:2", 1.01 * fp32_ppl, 0.5}}).empty());
+}
+
+TEST(CompareEarlyStoppingTest, CiTargetOutsideZeroToHundredIsAUsageError) {
+  for (const double bad : {0.0, -1.0, 100.0}) {
+    EXPECT_THROW(run_compare(early_options("fp32,absmax:8", bad, 1)), UsageError) << bad;
+  }
 }
 
 TEST(CompareTest, MaxLengthAboveTheModelsIsAUsageError) {
@@ -232,7 +312,7 @@ TEST(RegressionCheckTest, PinnedInputsMustMatch) {
   EXPECT_EQ(expected.model_sha256, "abc");
   EXPECT_TRUE(expected.text_sha256.empty());
   CompareReport report;
-  report.model_sha256 = "def";
+  report.provenance.model_sha256 = "def";
   VariantResult r;
   r.variant = "fp32";
   r.ppl = 10.0;
@@ -240,7 +320,7 @@ TEST(RegressionCheckTest, PinnedInputsMustMatch) {
   const auto failures = check_regressions(report, expected);
   ASSERT_EQ(failures.size(), 1u);
   EXPECT_THAT(failures[0], HasSubstr("sha256 def, the baseline was made with abc"));
-  report.model_sha256 = "abc";
+  report.provenance.model_sha256 = "abc";
   EXPECT_TRUE(check_regressions(report, expected).empty());
   std::remove(path.c_str());
 }

@@ -2,16 +2,32 @@
 // variant, in one process, on the same tokenized windows, plus how far each
 // variant's token distributions move from fp32's (distribution_metrics.h).
 //
-// The model is loaded once, the text tokenized and batched once, the selected
-// Linear weights backed up once and each variant's quantization parameters
-// chosen once (model_quantizer.h). Evaluation is batch-major: for every batch
-// the fp32 logits are computed first, then each variant's weights are put in
-// place (restore + one in-place pass with its stored parameters) and its
+// Built on the engine (engine.h): the model is loaded once, the text
+// tokenized and batched once, the selected Linear weights backed up once
+// (not at all when only fp32 is listed) and each variant's quantization
+// parameters chosen once (model_quantizer.h). Evaluation is batch-major: for
+// every batch the fp32 logits are computed first, then each variant's weights
+// are put in place (one in-place pass with its stored parameters) and its
 // logits compared with fp32's at once. So KL divergence never needs more than
 // one batch of fp32 logits in memory, whatever the length of the text.
 // fp32 is always evaluated as the reference; an fp32 row in the list reuses
 // those logits (its KL is 0 and agreement 1 by construction — a check).
 // delta_ppl_pct = 100 * (ppl / ppl_fp32 - 1).
+//
+// Early stopping (ci_target_pct, early_stopping.h): the windows run in a
+// seeded random order and a variant stops at a planned look once the
+// Bonferroni-corrected 95% interval of its ppl_ratio is within +-PCT% of the
+// estimate; a variant with a gate band from --check stops instead only once
+// its pass/fail decision is settled at 95% (the check compares its perplexity
+// with a whole-text expectation: on part of the text only a settled decision
+// is safe to report). fp32 runs while some variant still runs. A variant that
+// stopped early (stopped_early, tokens < the text's) reports every number
+// on the tokens it evaluated: ppl = exp(its mean NLL there), kl_*, top-1,
+// delta_nll_* likewise, and delta_ppl_pct = 100 * (exp(delta_nll_mean) - 1),
+// the paired ratio on those same tokens (fp32 ran on more of them; when the
+// token counts agree this is the formula above up to rounding, and the
+// formula above is what is computed then). The fp32 row reports the tokens
+// fp32 ran. Without ci_target_pct nothing changes: text order, every batch.
 #pragma once
 
 #include <cstdint>
@@ -20,10 +36,15 @@
 #include <string>
 #include <vector>
 
+#include <map>
+#include <utility>
+
 #include "quantppl/default_paths.h"  // default_model_path(), default_text_path(), kDefaultVariants
 #include "quantppl/distribution_metrics.h"
+#include "quantppl/early_stopping.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/perplexity.h"
+#include "quantppl/provenance.h"
 #include "quantppl/variant_spec.h"
 
 namespace quantppl {
@@ -43,6 +64,12 @@ struct CompareOptions {
   std::string include;     // regex on Linear module names (empty: all)
   std::string exclude;     // regex on Linear module names (empty: none)
   BackupStorage backup = BackupStorage::kAuto;  // where the original weights are kept (model_quantizer.h)
+  std::optional<double> ci_target_pct;  // early stopping (see above); unset: every window for every variant
+  uint64_t seed = kDefaultSeed;         // the window order's seed with ci_target_pct
+  // --check with ci_target_pct: variant name -> the perplexity band [lo, hi]
+  // that passes (regression_check.h gate_bands); a variant stops once its
+  // decision is settled at 95%.
+  std::map<std::string, std::pair<double, double>> gate_bands;
 };
 
 struct VariantResult {
@@ -74,31 +101,20 @@ struct VariantResult {
   // existing callers.
   DistributionStats distribution;
   double seconds = 0;  // this variant's own work: choosing and applying parameters, forward passes, metrics
+  bool stopped_early = false;  // early stopping ended it before the last window (tokens < the text's)
 };
 
 struct CompareReport {
-  // settings
-  std::string model_path;
-  std::string text_path;
-  std::string mode;
-  int64_t max_length = 0;
-  int64_t batch_size = 0;
-  int64_t threads = 0;
-  std::string include;
-  std::string exclude;
+  Provenance provenance;  // model, text, settings, versions, seed (provenance.h)
   int64_t layers_quantized = 0;
   int64_t parameters_quantized = 0;
-  std::string backup;  // "memory" or "file": where the original weights were kept
+  std::string backup;  // "memory" or "file": where the original weights were kept; "none" when only fp32 ran
+  // Early stopping (with ci_target_pct): planned looks and the z of each look's interval (early_stopping.h (3)).
+  int64_t looks = 0;
+  double stop_z = 0;
   // timing (seconds; not part of any regression check)
   double load_seconds = 0;  // model + tokenizer load, text tokenization, weight backup
   double total_seconds = 0;  // the whole run_compare
-  // reproducibility
-  std::string model_sha256;
-  std::string text_sha256;
-  int64_t text_tokens = 0;  // tokens of the text, EOS included
-  int64_t windows = 0;
-  std::string libtorch_version;
-  std::string quantppl_version;
 
   std::vector<VariantResult> results;
 };

@@ -39,6 +39,7 @@
 #include <torch/types.h>
 
 #include "quantppl/error_metrics.h"
+#include "quantppl/provenance.h"
 #include "quantppl/quantize.h"
 #include "quantppl/variant_spec.h"
 
@@ -96,12 +97,9 @@ struct InspectionSummary {
 };
 
 struct InspectionReport {
-  std::string model_path;
-  std::string model_sha256;
+  Provenance provenance;  // model, its sha256, include/exclude, versions (provenance.h; no text)
   std::string variant;  // as the user wrote it
   bool is_fp32 = false;
-  std::string include;
-  std::string exclude;
   std::vector<LayerInspection> layers;  // module-definition order
   InspectionSummary summary;
 };
@@ -120,14 +118,16 @@ using InspectProgress = std::function<void(size_t done, size_t total)>;
 // inspects each; the model's weights are only read.
 InspectionReport run_inspect(const InspectOptions& options, const InspectProgress& progress = {});
 
-// Renderings. JSON: {"model", "model_sha256", "variant", "include", "exclude",
+// Renderings. JSON: {the provenance (provenance.h: versions, "model",
+// "model_sha256", "include", "exclude"), "variant",
 // "layers": [{name, shape (list), parameters, min, max, absmax, std, kurtosis,
 // outlier_fraction_6sigma, scale, zero_point, scale_min, scale_median,
 // scale_max, zero_point_min, zero_point_median, zero_point_max, blocks,
 // clipped_fraction, mse, max_abs_error, sqnr_db}], "summary": {...}}.
 // scale and zero_point are the exact values per tensor and null for
 // per-channel/group (see the _min/_median/_max fields). Infinite SQNR is null.
-// CSV: one row per layer, same fields, shape as "512x1024". Table: for people.
+// CSV: one row per layer, same fields, shape as "512x1024", then variant and
+// the provenance columns. Table: for people.
 std::string format_inspection_json(const InspectionReport& report);
 std::string format_inspection_csv(const InspectionReport& report);
 std::string format_inspection_table(const InspectionReport& report);

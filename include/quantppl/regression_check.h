@@ -12,7 +12,9 @@
 // is a failure too (the baseline no longer describes what was measured).
 #pragma once
 
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "quantppl/compare.h"
@@ -39,6 +41,13 @@ std::vector<ExpectedPerplexity> read_expected_perplexities(const std::string& pa
 
 // The variants listed in `expected`, as comma-separated specs.
 std::string expected_variant_list(const std::vector<ExpectedPerplexity>& expected);
+
+// The band of perplexities that passes, per expected variant:
+// [ppl (1 - tol/100), ppl (1 + tol/100)], the check below. compare --ci-target
+// stops a variant once its interval settles the decision (early_stopping.h
+// rule 2); the check itself then runs on the variant's reported perplexity,
+// i.e. on the tokens it evaluated (compare.h).
+std::map<std::string, std::pair<double, double>> gate_bands(const std::vector<ExpectedPerplexity>& expected);
 
 // One message per failure ("absmax:8: perplexity 25.61 drifted +0.79% from the expected
 // 25.41 (tolerance 0.50%)"); empty when the run passes.

@@ -16,19 +16,37 @@
 //   kl_mean       = (1/N) sum_t sum_v P_v (log P_v - log Q_v)   P = fp32, Q = the run's
 //                   softmax at each of the N predicted positions (nats per token)
 //
-// How it is run: the text is tokenized and batched once; each layer's
-// fake-quantized weight is computed once (V applied to the ORIGINAL weight, so
-// every subset sees exactly the weights apply_variant would give); a subset is
-// put in place by copying originals or quantized weights into only the layers
-// whose state changes, so nothing drifts and the originals come back
-// bit-for-bit at the end. Evaluation is batch-major: for each batch the fp32
-// logits are computed once and every subset of the phase compared with them,
-// so KL never needs more than one batch of fp32 logits in memory, whatever
-// the length of the text. There are two phases (single layers + all + parts,
-// then the keep-K subsets, which need the ranking), so fp32 runs twice.
-// Identical subsets are evaluated once (keep 0 is "all quantized", keep L is
-// fp32 itself: its ppl is the fp32 ppl and its KL 0 by construction).
-// Ties in the ranking keep the model's layer order.
+//   delta_nll_mean, delta_nll_ci95: the paired per-token NLL change against
+//                   fp32 and the half-width of its 95% interval
+//                   (distribution_metrics.h (3)): two layers whose intervals
+//                   overlap are not reliably ordered by the ranking.
+//
+// How it is run, on the engine (engine.h): the text is tokenized and batched
+// once; each layer's fake-quantized weight is computed once (V applied to the
+// ORIGINAL weight, so every subset sees exactly the weights apply_variant
+// would give); a subset is put in place by copying originals or quantized
+// weights into only the layers whose state changes, so nothing drifts and the
+// originals come back bit-for-bit at the end. Evaluation is batch-major and
+// uses the same fused comparison as compare (DistributionComparison: no
+// log_softmax tensor): for each batch the fp32 logits are computed once and
+// every subset of the phase compared with them, so KL never needs more than
+// one batch of fp32 logits in memory, whatever the length of the text.
+//
+// fp32 passes: there are two phases (single layers + all + parts, then the
+// keep-K subsets, which need the ranking), and each needs the fp32 logits of
+// every batch it runs as its reference: one fp32 forward per batch per phase,
+// none more. "No extra fp32 pass" means that fp32's own numbers cost nothing
+// beyond that reference: fp32_ppl is phase 1's reference's sums, keep L is
+// fp32 itself (not re-run: ppl = fp32_ppl, KL 0), and phase 2's reference is
+// used only to compare with (its sums are discarded); phase 2 runs only when
+// some keep-K subset is new. Identical subsets are evaluated once (keep 0 is
+// "all quantized"). Ties in the ranking keep the model's layer order.
+//
+// Early stopping (ci_target_pct, early_stopping.h): as in compare.h, every
+// subset stops at a planned look once the 95% interval of its ppl ratio is
+// within +-PCT%; it then reports its numbers on the tokens it evaluated
+// (tokens, stopped_early) and delta_ppl_pct = 100 (exp(delta_nll_mean) - 1),
+// the paired ratio, which also orders the ranking.
 #pragma once
 
 #include <cstdint>
@@ -38,7 +56,9 @@
 #include <vector>
 
 #include "quantppl/contract_model.h"
+#include "quantppl/early_stopping.h"
 #include "quantppl/perplexity.h"
+#include "quantppl/provenance.h"
 #include "quantppl/variant_spec.h"
 
 namespace quantppl {
@@ -64,6 +84,14 @@ struct SensitivityOptions {
   int64_t threads = 0;         // recorded only: the caller sets LibTorch's threads
   std::string include;         // regex on Linear module names (empty: all)
   std::string exclude;         // regex (empty: none)
+  std::optional<double> ci_target_pct;  // early stopping (see above)
+  uint64_t seed = kDefaultSeed;         // the window order's seed with ci_target_pct
+};
+
+// Early stopping for measure_sensitivity (engine.h): the planned looks and the target.
+struct SensitivityStopping {
+  const LookSchedule* looks = nullptr;  // null: every subset sees every batch
+  std::optional<double> ci_target_pct;
 };
 
 struct LayerSensitivity {
@@ -73,6 +101,10 @@ struct LayerSensitivity {
   double ppl = 0;
   double delta_ppl_pct = 0;
   double kl_mean = 0;
+  double delta_nll_mean = 0;
+  double delta_nll_ci95 = 0;  // half-width of the 95% interval of delta_nll_mean
+  int64_t tokens = 0;         // evaluated (fewer than the text's when stopped_early)
+  bool stopped_early = false;
 };
 
 struct KeepResult {
@@ -81,6 +113,10 @@ struct KeepResult {
   double ppl = 0;
   double delta_ppl_pct = 0;
   double kl_mean = 0;
+  double delta_nll_mean = 0;
+  double delta_nll_ci95 = 0;
+  int64_t tokens = 0;
+  bool stopped_early = false;
 };
 
 struct PartResult {
@@ -89,24 +125,17 @@ struct PartResult {
   std::optional<double> ppl;  // absent when no selected layer is in the part
   std::optional<double> delta_ppl_pct;
   std::optional<double> kl_mean;
+  std::optional<double> delta_nll_mean;
+  std::optional<double> delta_nll_ci95;
 };
 
 struct SensitivityReport {
-  std::string model_path;
-  std::string model_sha256;
-  std::string text_path;
-  std::string text_sha256;
-  int64_t text_tokens = 0;   // tokens of the text actually used (after --max-tokens), EOS included
-  int64_t tokens = 0;        // predicted tokens per run (N)
-  int64_t windows = 0;
-  int64_t max_tokens = 0;
+  Provenance provenance;     // model, text (text_tokens: after --max-tokens), settings, versions (provenance.h)
   std::string variant;
-  std::string mode;
-  int64_t max_length = 0;
-  int64_t batch_size = 0;
-  int64_t threads = 0;
-  std::string include;
-  std::string exclude;
+  int64_t tokens = 0;        // predicted tokens per run (N)
+  int64_t fp32_tokens = 0;   // tokens of phase 1's fp32 reference (N unless early stopping ended it sooner)
+  int64_t looks = 0;         // with ci_target_pct: planned looks and their z (early_stopping.h (3))
+  double stop_z = 0;
   double fp32_ppl = 0;
   double all_quantized_ppl = 0;
   double all_quantized_delta_ppl_pct = 0;
@@ -130,11 +159,15 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
 // again on return, bit-for-bit, also when it throws.
 SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<EvalBatch>& batches,
                                       const std::vector<LinearLayer>& layers, const QuantConfig& config,
-                                      const std::vector<int64_t>& keep, const SensitivityProgress& progress = {});
+                                      const std::vector<int64_t>& keep, const SensitivityProgress& progress = {},
+                                      const SensitivityStopping& stopping = {});
 
-// Renderings. JSON: the settings, "fp32_ppl", "all_quantized_ppl", "layers",
+// Renderings. JSON: the provenance (provenance.h), "variant", "tokens",
+// "fp32_tokens", "looks", "stop_z", "fp32_ppl", "all_quantized_*", "layers",
 // "keep", "parts" as above (field names as in the structs). CSV: one row per
-// layer (rank, name, parameters, ppl, delta_ppl_pct, kl_mean). Table: for people.
+// layer (rank, name, parameters, ppl, delta_ppl_pct, kl_mean, delta_nll_mean,
+// delta_nll_ci95, tokens, stopped_early, fp32_ppl, all_quantized_ppl,
+// variant, then the provenance columns). Table: for people.
 std::string format_sensitivity_json(const SensitivityReport& report);
 std::string format_sensitivity_csv(const SensitivityReport& report);
 std::string format_sensitivity_table(const SensitivityReport& report);

@@ -21,6 +21,9 @@ constexpr int kExitData = 3;
 constexpr int kExitIo = 4;
 constexpr int kExitInternal = 5;
 
+// --ci-target and --seed (compare and sensitivity; early_stopping.h).
+void add_early_stopping_flags(CLI::App* cmd, double& ci_target, int64_t& seed);
+
 // Applies runtime.h's settings for `threads` (call before loading a model);
 // prints a warning on a slow BLAS, and with `verbose` what was chosen.
 void setup_runtime(int64_t threads, bool verbose);
@@ -40,6 +43,8 @@ struct CompareCommand {
   std::string include;
   std::string exclude;
   BackupStorage backup = BackupStorage::kAuto;
+  double ci_target = 0;        // --ci-target PCT (0: not given; early_stopping.h)
+  int64_t seed = 20240613;     // --seed (early_stopping.h kDefaultSeed)
   bool force = false;
   bool quiet = false;
   bool verbose = false;
@@ -91,6 +96,8 @@ struct SensitivityCommand {
   std::string exclude;
   OutputFormat format = OutputFormat::kTable;
   std::string output;
+  double ci_target = 0;        // --ci-target PCT (0: not given)
+  int64_t seed = 20240613;     // --seed
   bool force = false;
   bool quiet = false;
 };

@@ -1,4 +1,5 @@
 // `quantppl compare`: flags, then the library's run_compare, then printing.
+#include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -16,6 +17,26 @@
 #include "quantppl/variant_spec.h"
 
 namespace quantppl::cli {
+
+void add_early_stopping_flags(CLI::App* cmd, double& ci_target, int64_t& seed) {
+  cmd->add_option("--ci-target", ci_target,
+                  "Early stopping: evaluate the windows in a seeded random order and stop each variant once the "
+                  "95% interval of its perplexity ratio to fp32 is within +-PCT% (Bonferroni-corrected over the "
+                  "planned looks, so stopping keeps the 95%); under compare --check a listed variant stops only once its "
+                  "pass/fail is settled at 95%. "
+                  "Stopped rows report the tokens they evaluated (stopped_early). Not given: every window")
+      ->check(CLI::Validator(
+          [](std::string& input) -> std::string {
+            char* end = nullptr;
+            const double value = std::strtod(input.c_str(), &end);
+            if (!input.empty() && end == input.c_str() + input.size() && value > 0 && value < 100) return {};
+            return "must be a percentage in (0, 100), e.g. 1, got " + input;
+          },
+          "PCT"));
+  cmd->add_option("--seed", seed, "Seed of the window order with --ci-target (recorded in the output)")
+      ->check(integer_at_least(0))
+      ->capture_default_str();
+}
 
 CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
   auto* cmd = app.add_subcommand(
@@ -48,6 +69,7 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
                   "Without --variants, evaluates the variants the file lists");
   add_layer_filter_flags(cmd, c.include, c.exclude);
   add_enum_option(cmd, "--backup", c.backup, kBackupStorageNames, "Where the original weights are kept between variants");
+  add_early_stopping_flags(cmd, c.ci_target, c.seed);
   add_quiet_flag(cmd, c.quiet);
   cmd->footer(
       "Per variant, against fp32 on the same tokens (JSON/CSV fields; README 'quantppl compare'):\n"
@@ -89,6 +111,11 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   options.include = c.include;
   options.exclude = c.exclude;
   options.backup = c.backup;
+  if (c.ci_target > 0) {
+    options.ci_target_pct = c.ci_target;
+    options.gate_bands = gate_bands(expected.variants);
+  }
+  options.seed = static_cast<uint64_t>(c.seed);
   setup_runtime(c.threads, c.verbose);
 
   ProgressBar bar(!c.quiet);

@@ -39,6 +39,7 @@ CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c) {
   add_layer_filter_flags(cmd, c.include, c.exclude);
   add_format_flag(cmd, c.format);
   add_output_flags(cmd, c.output, c.force);
+  add_early_stopping_flags(cmd, c.ci_target, c.seed);
   add_quiet_flag(cmd, c.quiet);
   return cmd;
 }
@@ -58,6 +59,8 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   options.threads = c.threads;
   options.include = c.include;
   options.exclude = c.exclude;
+  if (c.ci_target > 0) options.ci_target_pct = c.ci_target;
+  options.seed = static_cast<uint64_t>(c.seed);
   setup_runtime(c.threads, /*verbose=*/false);
 
   ProgressBar bar(!c.quiet);
