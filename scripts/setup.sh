@@ -21,7 +21,7 @@ packages=(
   g++ cmake ninja-build pkg-config git
   # C++ dependencies
   libtorch-dev libopenblas0-pthread libsentencepiece-dev libcli11-dev
-  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libfmt-dev
+  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libfmt-dev libre2-dev
   # Python side: the exporter, the parity and reference tests, the sweep plots
   python3 python3-torch python3-numpy python3-sentencepiece python3-venv python3-pytest
   python3-matplotlib

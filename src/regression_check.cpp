@@ -8,17 +8,17 @@
 #include <nlohmann/json.hpp>
 
 #include "quantppl/error.h"
+#include "quantppl/input_file.h"
+#include "quantppl/variant_spec.h"
 
 namespace quantppl {
 
 ExpectedRun read_expected_run(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(fmt::format("--check: cannot read '{}'", path));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
+  // A regular file of at most kMaxCheckFileBytes (input_file.h): --check /dev/zero read forever.
+  const std::string text = read_input_file(path, kCheckFileInput);
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(buffer.str());
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw DataError(fmt::format("--check: '{}' is not valid JSON ({})", path, e.what()));
   }
@@ -71,13 +71,28 @@ std::string expected_variant_list(const std::vector<ExpectedPerplexity>& expecte
   return list;
 }
 
+namespace {
+
+// Two spellings of one variant ("absmax:8" and "absmax:8:tensor:minmax") are the same variant:
+// compared by canonical_spec. A name that does not parse is compared as written.
+std::string variant_key(const std::string& spec) {
+  try {
+    return canonical_spec(parse_variant(spec));
+  } catch (const Error&) {
+    return spec;
+  }
+}
+
+}  // namespace
+
 std::vector<std::string> check_regressions(const CompareReport& report,
                                            const std::vector<ExpectedPerplexity>& expected) {
   std::vector<std::string> failures;
   for (const ExpectedPerplexity& e : expected) {
+    const std::string key = variant_key(e.variant);
     const VariantResult* found = nullptr;
     for (const VariantResult& r : report.results) {
-      if (r.variant == e.variant) found = &r;
+      if (variant_key(r.variant) == key) found = &r;
     }
     if (found == nullptr) {
       failures.push_back(fmt::format("{}: expected in the run but not evaluated", e.variant));

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -26,13 +27,23 @@ int64_t default_threads();
 // double range in full: "Value 0 not in range 0.000000 to 1797693134...".
 CLI::Validator integer_at_least(int64_t min);
 
-// Applies runtime.h's settings for `threads` (call before loading a model);
-// prints a warning on a slow BLAS, and with `verbose` what was chosen.
-void setup_runtime(int64_t threads, bool verbose);
+// --threads above this many per hardware thread only add contention (measured:
+// 1000 threads on 2 cores ran 29x slower than 1); such a value is capped, with
+// a warning. README "Limits".
+constexpr int64_t kMaxThreadsPerHardwareThread = 2;
+int64_t thread_cap();  // kMaxThreadsPerHardwareThread * default_threads()
+
+// Applies runtime.h's settings for `threads`, capped at thread_cap() with a
+// warning on stderr (call before loading a model); prints a warning on a slow
+// BLAS, and with `verbose` what was chosen. Returns the threads used: the
+// number to record in a report.
+int64_t setup_runtime(int64_t threads, bool verbose);
 
 // Prints `rendered` to standard output, or writes it atomically to
-// `output_path` when one is given (replacing an existing file only with force).
-void emit_output(const std::string& rendered, const std::string& output_path, bool force);
+// `output_path` when one is given (replacing an existing regular file only
+// with force, never one of `inputs`: output_file.h).
+void emit_output(const std::string& rendered, const std::string& output_path, bool force,
+                 const std::vector<std::string>& inputs);
 
 struct CompareCommand {
   std::string model;

@@ -22,7 +22,7 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
       "Perplexity of the original model and of each quantized variant, side by side.\n"
       "With no arguments: the shipped default model and text, variants fp32,absmax:8,zeropoint:8.");
   cmd->add_option("--model,-m", c.model, "Contract model file (.pt) or packed model (.qpack); default: models/default.pt");
-  cmd->add_option("--tokenizer", c.tokenizer, "sentencepiece model overriding the one inside the model file");
+  cmd->add_option("--tokenizer", c.tokenizer, "sentencepiece model overriding the one inside the model file (same vocabulary)");
   cmd->add_option("--text,-t", c.text, "UTF-8 text to evaluate, or - for standard input; default: data/default_eval.txt");
   c.variants = kDefaultVariants;
   cmd->add_option("--variants,-v", c.variants,
@@ -40,7 +40,7 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
                   "Windows per forward pass; more use more memory (the fp32 and a variant's logits, "
                   "B x window x vocabulary floats each) and were no faster on CPU")->check(integer_at_least(1))->capture_default_str();
   cmd->add_option("--threads", c.threads,
-                  "Threads for LibTorch's intra-op pool and OpenBLAS (both are set; default: all cores)")
+                  "Threads for LibTorch's intra-op pool and OpenBLAS (both are set; default: all cores; capped at 2 x the cores)")
       ->check(integer_at_least(1))
       ->capture_default_str();
   cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
@@ -49,8 +49,8 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
   cmd->add_option("--check", c.check,
                   "Expected perplexities (JSON); exit 1 if any variant drifts beyond its tolerance. "
                   "Without --variants, evaluates the variants the file lists");
-  cmd->add_option("--include", c.include, "Quantize only Linear layers whose name matches this regex");
-  cmd->add_option("--exclude", c.exclude, "Do not quantize Linear layers whose name matches this regex");
+  cmd->add_option("--include", c.include, "Quantize only Linear layers whose name matches this regex (RE2 syntax: no backreferences or lookaround)");
+  cmd->add_option("--exclude", c.exclude, "Do not quantize Linear layers whose name matches this regex (RE2 syntax: no backreferences or lookaround)");
   cmd->add_option("--backup", c.backup,
                   "Where the original weights are kept between variants: memory, file (an unlinked temporary "
                   "file in $TMPDIR, paged in per layer: for models larger than half the RAM), or auto "
@@ -64,7 +64,10 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
 }
 
 int run_compare_command(const CompareCommand& c, bool variants_given) {
-  if (!c.output.empty()) check_output_path(c.output, c.force);
+  // What the run reads, which --output must not replace.
+  const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer,
+                                           c.text.empty() ? default_text_path() : c.text, c.check};
+  if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
   ExpectedRun expected;
   std::string variant_specs = c.variants;
   if (!c.check.empty()) {
@@ -84,7 +87,7 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   options.include = c.include;
   options.exclude = c.exclude;
   options.backup = parse_backup_storage(c.backup);
-  setup_runtime(c.threads, c.verbose);
+  options.threads = setup_runtime(c.threads, c.verbose);
 
   ProgressBar bar(!c.quiet);
   const CompareReport report = run_compare(
@@ -110,7 +113,7 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   } else {
     rendered = format_table(report);
   }
-  emit_output(rendered, c.output, c.force);
+  emit_output(rendered, c.output, c.force, inputs);
 
   if (!expected.variants.empty()) {
     const std::vector<std::string> failures = check_regressions(report, expected);

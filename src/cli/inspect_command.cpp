@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "progress.h"
+#include "quantppl/compare.h"
 #include "quantppl/layer_inspection.h"
 #include "quantppl/output_file.h"
 #include "quantppl/variant_spec.h"
@@ -18,11 +19,11 @@ CLI::App* setup_inspect(CLI::App& app, InspectCommand& c) {
       "Per Linear layer: shape, weight statistics (min/max/absmax/std, excess kurtosis, share beyond 6 sigma) and, "
       "for one variant, the clipped share, scale and zero point, MSE, max abs error and SQNR. No text is evaluated.");
   cmd->add_option("--model,-m", c.model, "Contract model file (.pt); default: models/default.pt");
-  cmd->add_option("--tokenizer", c.tokenizer, "sentencepiece model overriding the one inside the model file");
+  cmd->add_option("--tokenizer", c.tokenizer, "sentencepiece model overriding the one inside the model file (same vocabulary)");
   cmd->add_option("--variant,-v", c.variant, std::string("One variant (fp32: statistics only): ") + kVariantGrammar)
       ->capture_default_str();
-  cmd->add_option("--include", c.include, "Inspect only Linear layers whose name matches this regex");
-  cmd->add_option("--exclude", c.exclude, "Skip Linear layers whose name matches this regex");
+  cmd->add_option("--include", c.include, "Inspect only Linear layers whose name matches this regex (RE2 syntax: no backreferences or lookaround)");
+  cmd->add_option("--exclude", c.exclude, "Skip Linear layers whose name matches this regex (RE2 syntax: no backreferences or lookaround)");
   cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
   cmd->add_option("--output,-o", c.output, "Write the result here (atomically) instead of standard output");
   cmd->add_flag("--force", c.force, "Replace an existing --output file");
@@ -31,7 +32,8 @@ CLI::App* setup_inspect(CLI::App& app, InspectCommand& c) {
 }
 
 int run_inspect_command(const InspectCommand& c) {
-  if (!c.output.empty()) check_output_path(c.output, c.force);
+  const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer};
+  if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
   InspectOptions options;
   options.model_path = c.model;
   options.tokenizer_path = c.tokenizer;
@@ -52,7 +54,7 @@ int run_inspect_command(const InspectCommand& c) {
   } else {
     rendered = format_inspection_table(report);
   }
-  emit_output(rendered, c.output, c.force);
+  emit_output(rendered, c.output, c.force, inputs);
   return 0;
 }
 

@@ -21,7 +21,7 @@ CLI::App* setup_quantize(CLI::App& app, QuantizeCommand& q) {
       "values (metadata records the variant). `compare --variants fp32` on it equals "
       "`compare --variants SPEC` on the original.");
   cmd->add_option("--model,-m", q.model, "Contract model file (.pt, or a .qpack for --output); default: models/default.pt");
-  cmd->add_option("--tokenizer", q.tokenizer, "sentencepiece model overriding the one inside the model file");
+  cmd->add_option("--tokenizer", q.tokenizer, "sentencepiece model overriding the one inside the model file (same vocabulary)");
   cmd->add_option("--variant", q.variant, std::string("One variant: ") + kVariantGrammar)->required();
   cmd->add_option("--output,-o", q.output, "Output model file (.pt, fake-quantized float32 weights), written atomically");
   cmd->add_option("--packed", q.packed,
@@ -30,8 +30,8 @@ CLI::App* setup_quantize(CLI::App& app, QuantizeCommand& q) {
   cmd->add_flag("--no-embed", q.no_embed,
                 "With --packed: reference the model by path + SHA-256 instead of embedding its bytes");
   cmd->add_flag("--force", q.force, "Replace an existing --output / --packed file");
-  cmd->add_option("--include", q.include, "Quantize only Linear layers whose name matches this regex");
-  cmd->add_option("--exclude", q.exclude, "Do not quantize Linear layers whose name matches this regex");
+  cmd->add_option("--include", q.include, "Quantize only Linear layers whose name matches this regex (RE2 syntax: no backreferences or lookaround)");
+  cmd->add_option("--exclude", q.exclude, "Do not quantize Linear layers whose name matches this regex (RE2 syntax: no backreferences or lookaround)");
   return cmd;
 }
 
@@ -44,9 +44,9 @@ int run_quantize_command(const QuantizeCommand& q) {
     if (!q.tokenizer.empty()) {
       throw UsageError("--tokenizer cannot be stored in a --packed file; pass it when evaluating the .qpack");
     }
-    check_output_path(q.packed, q.force);
     const Variant variant = parse_variant(q.variant);
     const std::string model = q.model.empty() ? default_model_path() : q.model;
+    check_output_path(q.packed, q.force, {model});
     const PackedModelSummary s =
         write_packed_model(model, variant, q.include, q.exclude, q.packed, q.force, /*embed=*/!q.no_embed);
     std::cerr << fmt::format(
@@ -56,7 +56,7 @@ int run_quantize_command(const QuantizeCommand& q) {
         q.no_embed ? ", model referenced" : ", model embedded");
     return 0;
   }
-  check_output_path(q.output, q.force);
+  check_output_path(q.output, q.force, {q.model.empty() ? default_model_path() : q.model, q.tokenizer});
   QuantizeModelOptions options;
   options.model_path = q.model;
   options.tokenizer_path = q.tokenizer;

@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "progress.h"
+#include "quantppl/compare.h"
 #include "quantppl/output_file.h"
 #include "quantppl/sensitivity.h"
 #include "quantppl/variant_spec.h"
@@ -20,7 +21,7 @@ CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c) {
       "the perplexity when the K most damaging layers stay fp32, and the damage of quantizing only the encoder, "
       "only the decoder, only lm_head. Cost: (layers + 5) x the text's forward passes; use --max-tokens.");
   cmd->add_option("--model,-m", c.model, "Contract model file (.pt); default: models/default.pt");
-  cmd->add_option("--tokenizer", c.tokenizer, "sentencepiece model overriding the one inside the model file");
+  cmd->add_option("--tokenizer", c.tokenizer, "sentencepiece model overriding the one inside the model file (same vocabulary)");
   cmd->add_option("--text,-t", c.text, "UTF-8 text to evaluate, or - for standard input; default: data/default_eval.txt");
   cmd->add_option("--variant,-v", c.variant, std::string("One quantized variant: ") + kVariantGrammar)->required();
   cmd->add_option("--keep", c.keep,
@@ -37,11 +38,11 @@ CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c) {
       ->check(integer_at_least(0))
       ->capture_default_str();
   cmd->add_option("--batch-size", c.batch_size, "Windows per forward pass")->check(integer_at_least(1))->capture_default_str();
-  cmd->add_option("--threads", c.threads, "LibTorch intra-op threads (default: all cores)")
+  cmd->add_option("--threads", c.threads, "LibTorch intra-op threads (default: all cores; capped at 2 x the cores)")
       ->check(integer_at_least(1))
       ->capture_default_str();
-  cmd->add_option("--include", c.include, "Consider only Linear layers whose name matches this regex");
-  cmd->add_option("--exclude", c.exclude, "Leave out (never quantize) Linear layers whose name matches this regex");
+  cmd->add_option("--include", c.include, "Consider only Linear layers whose name matches this regex (RE2 syntax: no backreferences or lookaround)");
+  cmd->add_option("--exclude", c.exclude, "Leave out (never quantize) Linear layers whose name matches this regex (RE2 syntax: no backreferences or lookaround)");
   cmd->add_option("--format", c.format, "Output format")->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
   cmd->add_option("--output,-o", c.output, "Write the result here (atomically) instead of standard output");
   cmd->add_flag("--force", c.force, "Replace an existing --output file");
@@ -53,7 +54,9 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   SensitivityOptions options;
   options.keep = parse_keep_list(c.keep);
   options.variant = parse_variant(c.variant);
-  if (!c.output.empty()) check_output_path(c.output, c.force);
+  const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer,
+                                           c.text.empty() ? default_text_path() : c.text};
+  if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
   options.model_path = c.model;
   options.tokenizer_path = c.tokenizer;
   options.text_path = c.text;
@@ -64,7 +67,7 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   options.threads = c.threads;
   options.include = c.include;
   options.exclude = c.exclude;
-  setup_runtime(c.threads, /*verbose=*/false);
+  options.threads = setup_runtime(c.threads, /*verbose=*/false);
 
   ProgressBar bar(!c.quiet);
   const SensitivityReport report = run_sensitivity(
@@ -79,7 +82,7 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   } else {
     rendered = format_sensitivity_table(report);
   }
-  emit_output(rendered, c.output, c.force);
+  emit_output(rendered, c.output, c.force, inputs);
   return 0;
 }
 
