@@ -12,6 +12,7 @@
 //        temporary output files are removed, nothing half-written is left)
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <new>
 #include <string>
@@ -53,7 +54,13 @@ CLI::Validator integer_at_least(int64_t min) {
 void emit_output(const std::string& rendered, const std::string& output_path, bool force,
                  const std::vector<std::string>& inputs) {
   if (output_path.empty()) {
+    errno = 0;
     std::cout << rendered << std::flush;
+    // A full disk or closed pipe under a redirection: not a success (stdout > /dev/full exited 0).
+    if (!std::cout) {
+      throw IoError(std::string("cannot write the result to standard output: ") +
+                    (errno != 0 ? std::strerror(errno) : "write failed"));
+    }
   } else {
     write_file_atomically(output_path, rendered, force, inputs);
   }

@@ -78,7 +78,8 @@ def sha256(path):
 # ---- regular expressions: linear time ----
 
 @pytest.mark.parametrize("flag", ["--include", "--exclude"])
-@pytest.mark.parametrize("bomb", ["(.*.*)*Z", "(a|aa)*$Z", "(x+x+)+y", "(" * 20000 + "q" + ")" * 20000])
+@pytest.mark.parametrize("bomb", ["(.*.*)*Z", "(a|aa)*$Z", "(x+x+)+y", "(" * 20000 + "zzz" + ")" * 20000],
+                         ids=["dot-star-star", "alternation", "nested-plus", "nested-20000"])
 def test_regex_bombs_finish(flag, bomb):
     start = time.monotonic()
     r = run("inspect", "--model", TINY, "--quiet", flag, bomb)
@@ -93,7 +94,8 @@ def test_regex_bombs_finish(flag, bomb):
 @pytest.mark.parametrize("pattern,needle", [
     ("(q)\\1", "invalid escape sequence"),         # backreference: not in RE2
     ("(?=q)", "invalid perl operator"),            # lookahead: not in RE2
-    ("((((\\pL{100}){100}){100}){100})", "--include"),  # beyond the program-size bound
+    ("\\pL{1000}", "it needs more than the 8 MiB"),  # beyond the program-size bound
+    ("((a{100}){100}){100}", "invalid repetition size"),
     ("[", "missing ]"),
 ])
 def test_patterns_re2_rejects_are_usage_errors_naming_the_flag(pattern, needle):
@@ -332,11 +334,10 @@ def small_tmpfs(tmp_path):
 def test_a_full_disk_is_an_io_error_leaving_nothing(small_tmpfs, command):
     if command in ("compare", "inspect", "sensitivity"):
         # Results are small: fill the file system first so that their few kilobytes do not fit.
-        with open(small_tmpfs / "filler", "wb") as f:
+        with open(small_tmpfs / "filler", "wb", buffering=0) as f:
             try:
                 while True:
                     f.write(b"\0" * 4096)
-                    f.flush()
             except OSError:
                 pass
     before = sorted(p.name for p in small_tmpfs.iterdir())
@@ -346,6 +347,14 @@ def test_a_full_disk_is_an_io_error_leaving_nothing(small_tmpfs, command):
     err = assert_clean_error(r, EXIT_IO, f"'{out}'")
     assert "No space left on device" in err or "does not accept new files" in err, err
     assert sorted(p.name for p in small_tmpfs.iterdir()) == before
+
+
+def test_a_full_standard_output_is_an_io_error():
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([BIN, "inspect", "--model", TINY, "--quiet"], stdout=full, stderr=subprocess.PIPE,
+                           timeout=TIME_LIMIT)
+    assert r.returncode == EXIT_IO, r.stderr
+    assert b"cannot write the result to standard output: No space left on device" in r.stderr
 
 
 # ---- threads ----
@@ -389,7 +398,7 @@ def test_a_non_contiguous_weight_is_a_data_error_naming_the_file_and_layer(tmp_p
         weight = dict(module.named_parameters())[name]
         transposed = weight.detach().t().contiguous().t()  # same values, column-major storage
         assert not transposed.is_contiguous()
-        setattr(module.decoder.block[0].layer[0].SelfAttention.q, "weight", torch.nn.Parameter(transposed))
+        weight.data = transposed  # the module's own parameter now has column-major strides
     path = tmp_path / "strided.pt"
     torch.jit.save(module, str(path), _extra_files=extra)
     reloaded = dict(torch.jit.load(str(path)).named_parameters())[name]
