@@ -78,7 +78,7 @@ std::string read_text_file(const std::string& path) {
   // character (a sequence cut by the block boundary is checked with the next block), so binary
   // input fails at its first bad byte instead of after kMaxTextBytes.
   size_t checked = 0;
-  return read_input_file(path, kTextInput, [&](std::string_view data, size_t new_from) {
+  std::string text = read_input_file(path, kTextInput, [&](std::string_view data, size_t new_from) {
     if (const size_t nul = data.find('\0', new_from); nul != std::string_view::npos) throw_nul(name, nul);
     size_t end = data.size();
     for (size_t back = 0; back < 3 && end > checked && is_continuation(static_cast<unsigned char>(data[end - 1])); ++back) --end;
@@ -90,6 +90,11 @@ std::string read_text_file(const std::string& path) {
       checked = end;
     }
   });
+  // The tail the blocks left unchecked (a sequence that might have continued).
+  if (const size_t bad = first_invalid_utf8(std::string_view(text).substr(checked)); bad != std::string_view::npos) {
+    throw_invalid_utf8(name, checked + bad);
+  }
+  return text;
 }
 
 void validate_text(std::string_view text, const std::string& source_name) {
