@@ -16,7 +16,7 @@ namespace {
 
 std::string mib(int64_t bytes) { return fmt::format("{} MiB", bytes >> 20); }
 
-const char* kind_of(mode_t mode) {
+const char* file_type_name(mode_t mode) {
   if (S_ISDIR(mode)) return "a directory";
   if (S_ISCHR(mode)) return "a character device";
   if (S_ISBLK(mode)) return "a block device";
@@ -57,7 +57,7 @@ std::string read_input_file(const std::string& path, const InputKind& kind,
   if (::fstat(fd.get(), &st) != 0) throw IoError(fmt::format("cannot open {}: {}", name, std::strerror(errno)));
   if (!is_stdin) {
     if (!S_ISREG(st.st_mode)) {
-      throw IoError(fmt::format("{} is {}, expected a regular file{}", name, kind_of(st.st_mode),
+      throw IoError(fmt::format("{} is {}, expected a regular file{}", name, file_type_name(st.st_mode),
                                 S_ISDIR(st.st_mode) ? "" : " (devices, FIFOs and sockets are not read)"));
     }
     // Back to blocking reads: O_NONBLOCK only kept open() itself from waiting on a FIFO.

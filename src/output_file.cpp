@@ -126,7 +126,7 @@ namespace {
 constexpr size_t kNameMax = 255;
 constexpr size_t kTempTail = 5 + 8;  // ".tmp." + 8 hex digits
 
-bool is_continuation(unsigned char c) { return (c & 0xC0) == 0x80; }
+bool is_utf8_continuation(unsigned char c) { return (c & 0xC0) == 0x80; }
 
 std::string file_name_of(const std::string& path) {
   const size_t slash = path.rfind('/');
@@ -145,7 +145,7 @@ std::string temp_prefix_beside(const std::string& path) {
   const std::string name = file_name_of(path);
   if (name.size() + kTempTail <= kNameMax) return path + ".tmp.";
   size_t keep = kNameMax - kTempTail - 1;  // the leading '.'
-  while (keep > 0 && is_continuation(static_cast<unsigned char>(name[keep]))) --keep;
+  while (keep > 0 && is_utf8_continuation(static_cast<unsigned char>(name[keep]))) --keep;
   return path.substr(0, path.size() - name.size()) + "." + name.substr(0, keep) + ".tmp.";
 }
 
