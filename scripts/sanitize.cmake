@@ -29,7 +29,7 @@ set_source_files_properties(
 set_source_files_properties(
   tests/model_metadata_test.cpp tests/sha256_test.cpp tests/contract_model_test.cpp
   tests/distribution_metrics_test.cpp tests/default_model_test.cpp tests/fuzz_regression_test.cpp
-  tests/softmax_row_kernel_test.cpp
+  tests/softmax_row_kernel_test.cpp tests/hostile_inputs_test.cpp
   PROPERTIES UNITY_GROUP tests_c)
 
 # The target does not exist yet: switch it to group mode once the top-level CMakeLists.txt is read.

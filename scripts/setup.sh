@@ -21,7 +21,7 @@ packages=(
   g++ cmake ninja-build pkg-config git
   # C++ dependencies
   libtorch-dev libopenblas0-pthread libsentencepiece-dev libcli11-dev
-  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libfmt-dev
+  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libfmt-dev libre2-dev
   # SHA-256 (OpenSSL libcrypto) and the archive CRC-32 / bounded inflate (zlib)
   libssl-dev zlib1g-dev
   # Python side: the exporter, the parity and reference tests, the sweep plots

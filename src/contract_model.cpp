@@ -11,6 +11,7 @@
 #include <functional>
 #include <mutex>
 #include <unordered_map>
+#include <optional>
 #include <regex>
 #include <sstream>
 #include <unordered_set>
@@ -264,6 +265,7 @@ ContractModel::ContractModel(std::string path, torch::jit::Module module, ModelM
     : path_(std::move(path)), module_(std::move(module)), metadata_(std::move(metadata)), tokenizer_(std::move(tokenizer)) {}
 
 ContractModel ContractModel::load(const std::string& path, const std::string& tokenizer_override) {
+  const ActivityScope activity("loading " + describe(path));
   if (path.empty()) throw IoError("model path is empty");
   const RegularFile file(path, "model", kMaxModelFileBytes);
   if (file.size() == 0) {
@@ -306,10 +308,26 @@ ContractModel ContractModel::load(const std::string& path, const std::string& to
     throw DataError(tokenizer.source_name() + " has " + std::to_string(tokenizer.piece_count()) +
                     " pieces, more than the vocab_size " + std::to_string(metadata.vocab_size) + " of " + describe(path));
   }
+  if (!tokenizer_override.empty()) {
+    // An override must be this model's vocabulary (tokenizer.h). Compared with the archive's own
+    // tokenizer when that one loads; a corrupt one is what an override may legitimately replace.
+    std::optional<Tokenizer> own;
+    try {
+      own.emplace(Tokenizer::from_bytes(std::move(extra[kTokenizerFile]), describe(path) + ": " + kTokenizerFile));
+    } catch (const DataError&) {
+    }
+    if (own) check_same_vocabulary(tokenizer, *own);
+  }
 
   for (const LinearLayer& layer : find_linear_layers(module, path)) {
     if (!all_finite(layer.weight)) {
       throw DataError(describe(path) + ": Linear layer '" + layer.name + "' has NaN or Inf weights");
+    }
+    // Quantized in place (quantize.h): a strided view (a transposed weight) cannot be.
+    if (!layer.weight.is_contiguous()) {
+      throw DataError(describe(path) + ": Linear layer '" + layer.name + "' has a non-contiguous weight (shape " +
+                      shape_string(layer.weight) + ", strides " + c10::str(layer.weight.strides()) +
+                      "); re-export it with contiguous weights (.contiguous())");
     }
   }
   ContractModel model(path, std::move(module), std::move(metadata), std::move(tokenizer));
@@ -370,40 +388,18 @@ torch::Tensor ContractModel::forward(const torch::Tensor& input_ids, const torch
 
 void ContractModel::save(const std::string& out_path, const std::string& metadata_json) const {
   parse_model_metadata(metadata_json, "metadata for '" + out_path + "'");
-  const auto slash = out_path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : out_path.substr(0, slash));
-  const std::string base = slash == std::string::npos ? out_path : out_path.substr(slash + 1);
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    throw IoError("cannot write model '" + out_path + "': directory '" + dir + "' does not exist");
-  }
-  if (base.empty() || (::stat(out_path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
-    throw IoError("cannot write model '" + out_path + "': it is a directory, expected a file name");
-  }
-
-  // Same directory as the target, so that rename() is atomic (same filesystem). Registered with
-  // the interrupt handler (output_file.h) for as long as it exists under its temporary name: a
-  // Ctrl-C during a large model's save would otherwise leave the partial .tmp file behind.
-  const TempFile temp = create_temp_file(dir + "/." + base + ".", ".tmp", 0600);
-  if (temp.fd < 0) throw IoError("cannot write model '" + out_path + "': " + std::strerror(temp.error));
-  const std::string& tmp = temp.path;
-  ::fchmod(temp.fd, 0644);  // whatever the umask, as before: a model file is meant to be shared
-  ::close(temp.fd);
-  try {
+  // Through a stream into output_file.h's temporary file: a full disk is an IoError with the
+  // temporary file removed, where LibTorch writing the file itself aborts the process (its zip
+  // writer throws again from its destructor). The caller decides about replacing (check_output_path).
+  write_stream_atomically(out_path, /*force=*/true, /*inputs=*/{}, [&](std::ostream& out) {
     const torch::jit::ExtraFilesMap extra{{kMetadataFile, metadata_json},
                                           {kTokenizerFile, tokenizer_.serialized_model()}};
     try {
-      module_.save(tmp, extra);
+      module_.save(out, extra);
     } catch (const c10::Error& e) {
       throw IoError("cannot write model '" + out_path + "': " + one_line(e));
     }
-    if (std::rename(tmp.c_str(), out_path.c_str()) != 0) {
-      throw IoError("cannot write model '" + out_path + "': rename failed: " + std::strerror(errno));
-    }
-  } catch (...) {
-    std::remove(tmp.c_str());
-    throw;
-  }
+  });
 }
 
 }  // namespace quantppl

@@ -1,33 +1,50 @@
 #include "quantppl/model_quantizer.h"
 
-#include <regex>
+#include <memory>
 
 #include <fmt/format.h>
+#include <re2/re2.h>
 #include <torch/torch.h>
 
 #include "quantppl/error.h"
+#include "quantppl/output_file.h"
 
 namespace quantppl {
 namespace {
 
-std::regex compile_pattern(const std::string& pattern, const char* flag) {
-  try {
-    return std::regex(pattern, std::regex::ECMAScript);
-  } catch (const std::regex_error& e) {
-    throw UsageError(fmt::format("{} '{}' is not a valid regular expression: {}", flag, pattern, e.what()));
+// RE2 compiles a pattern into an automaton and matches in time linear in the
+// name's length, whatever the pattern: no backtracking, so no pattern can
+// hang a run ("(.*.*)*Z" under std::regex never finished), and its parser
+// keeps its own stack, so deep nesting cannot overflow the call stack. Its
+// memory is bounded by max_mem: a pattern whose program exceeds it is
+// rejected when compiled, with the flag named.
+std::unique_ptr<RE2> compile_pattern(const std::string& pattern, const char* flag) {
+  RE2::Options options;
+  options.set_log_errors(false);  // the error goes into the UsageError, not to stderr
+  options.set_max_mem(kMaxLayerPatternMemory);
+  auto re = std::make_unique<RE2>(pattern, options);
+  if (!re->ok()) {
+    const std::string why = re->error_code() == RE2::ErrorPatternTooLarge
+                                ? fmt::format("it needs more than the {} MiB a pattern may use (too many or too "
+                                              "deeply nested repetitions)", kMaxLayerPatternMemory >> 20)
+                                : re->error();
+    throw UsageError(fmt::format("{} '{}' is not a valid regular expression: {} (RE2 syntax: no backreferences "
+                                 "or lookaround)", flag, pattern.size() > 200 ? pattern.substr(0, 200) + "..." : pattern,
+                                 why));
   }
+  return re;
 }
 
 }  // namespace
 
 std::vector<LinearLayer> select_layers(const std::vector<LinearLayer>& layers, const std::string& include,
                                        const std::string& exclude) {
-  const std::regex include_re = compile_pattern(include.empty() ? "" : include, "--include");
-  const std::regex exclude_re = compile_pattern(exclude, "--exclude");
+  const std::unique_ptr<RE2> include_re = compile_pattern(include, "--include");
+  const std::unique_ptr<RE2> exclude_re = compile_pattern(exclude, "--exclude");
   std::vector<LinearLayer> selected;
   for (const LinearLayer& layer : layers) {
-    if (!include.empty() && !std::regex_search(layer.name, include_re)) continue;
-    if (!exclude.empty() && std::regex_search(layer.name, exclude_re)) continue;
+    if (!include.empty() && !RE2::PartialMatch(layer.name, *include_re)) continue;
+    if (!exclude.empty() && RE2::PartialMatch(layer.name, *exclude_re)) continue;
     selected.push_back(layer);
   }
   if (selected.empty()) {

@@ -196,7 +196,7 @@ PackedModelSummary write_packed_model(const std::string& model_path, const Varia
                                       const std::string& include, const std::string& exclude,
                                       const std::string& out_path, bool force, bool embed) {
   if (variant.is_fp32) throw UsageError("--packed needs a quantized --variant, got fp32");
-  check_output_path(out_path, force);
+  check_output_path(out_path, force, {model_path});
   if (is_packed_model_file(model_path)) {
     throw UsageError(fmt::format("--model '{}' is already a .qpack; pack from the original contract model",
                                  model_path));
@@ -295,7 +295,7 @@ PackedModelSummary write_packed_model(const std::string& model_path, const Varia
   file += header_text;
   file.resize(static_cast<size_t>(align_up(static_cast<int64_t>(file.size()))), '\0');
   file += payload;
-  write_file_atomically(out_path, file, force);
+  write_file_atomically(out_path, file, force, {model_path});
 
   summary.layers = static_cast<int64_t>(layers.size());
   summary.fp32_bytes = 4 * summary.parameters;
@@ -568,7 +568,7 @@ namespace {
 // a large model is written or loaded leaves nothing in $TMPDIR.
 ContractModel load_embedded(const PackedModel& m, const std::string& tokenizer_override) {
   namespace fs = std::filesystem;
-  const TempFile temp_file = create_temp_file((fs::temp_directory_path() / "quantppl-embedded-").string(), "", 0600);
+  const TempFile temp_file = create_temp_file((fs::path(temp_directory()) / "quantppl-embedded-").string(), "", 0600);
   if (temp_file.fd < 0) {
     throw IoError(fmt::format("packed model '{}': cannot create a temporary file: {}", m.path,
                               std::strerror(temp_file.error)));

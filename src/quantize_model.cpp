@@ -12,8 +12,8 @@ namespace quantppl {
 
 QuantizeModelSummary quantize_model_file(const QuantizeModelOptions& options) {
   if (options.variant.is_fp32) throw UsageError("--variant fp32 would write an unchanged copy; name a quantized variant");
-  check_output_path(options.output_path, options.force);
   const std::string model_path = options.model_path.empty() ? default_model_path() : options.model_path;
+  check_output_path(options.output_path, options.force, {model_path, options.tokenizer_path});
   ContractModel model = load_model_file(model_path, options.tokenizer_path);
   WeightBackup backup(select_layers(model.linear_layers(), options.include, options.exclude));
   const ModelQuantization quantization = apply_variant(backup, options.variant.config);

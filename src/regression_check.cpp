@@ -8,6 +8,8 @@
 #include "quantppl/error.h"
 #include "quantppl/regular_file.h"
 #include "quantppl/json_input.h"
+#include "quantppl/input_file.h"
+#include "quantppl/variant_spec.h"
 
 namespace quantppl {
 
@@ -56,13 +58,28 @@ std::map<std::string, std::pair<double, double>> gate_bands(const std::vector<Ex
   return bands;
 }
 
+namespace {
+
+// Two spellings of one variant ("absmax:8" and "absmax:8:tensor:minmax") are the same variant:
+// compared by canonical_spec. A name that does not parse is compared as written.
+std::string variant_key(const std::string& spec) {
+  try {
+    return canonical_spec(parse_variant(spec));
+  } catch (const Error&) {
+    return spec;
+  }
+}
+
+}  // namespace
+
 std::vector<std::string> check_regressions(const CompareReport& report,
                                            const std::vector<ExpectedPerplexity>& expected) {
   std::vector<std::string> failures;
   for (const ExpectedPerplexity& e : expected) {
+    const std::string key = variant_key(e.variant);
     const VariantResult* found = nullptr;
     for (const VariantResult& r : report.results) {
-      if (r.variant == e.variant) found = &r;
+      if (variant_key(r.variant) == key) found = &r;
     }
     if (found == nullptr) {
       failures.push_back(fmt::format("{}: expected in the run but not evaluated", e.variant));

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "quantppl/error.h"
+#include "quantppl/input_file.h"
 #include "quantppl/sha256.h"
 
 namespace quantppl {
@@ -58,41 +59,48 @@ size_t first_invalid_utf8(std::string_view s) {
   return std::string_view::npos;
 }
 
+[[noreturn]] void throw_nul(const std::string& source_name, size_t offset) {
+  throw DataError("text " + source_name + " contains a NUL byte at byte offset " + std::to_string(offset) +
+                  ": binary data, expected UTF-8 text");
+}
+
+[[noreturn]] void throw_invalid_utf8(const std::string& source_name, size_t offset) {
+  throw DataError("text " + source_name + " is not valid UTF-8 at byte offset " + std::to_string(offset));
+}
+
 void append(std::vector<int64_t>& out, const std::vector<int64_t>& ids) { out.insert(out.end(), ids.begin(), ids.end()); }
 
 }  // namespace
 
 std::string read_text_file(const std::string& path) {
-  const bool is_stdin = path == "-";
-  const std::string name = is_stdin ? "<stdin>" : "'" + path + "'";
-  FILE* raw = nullptr;
-  if (is_stdin) {
-    raw = stdin;
-  } else {
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) throw IoError("cannot open text " + name + ": " + std::strerror(errno));
-    if (S_ISDIR(st.st_mode)) throw IoError("text " + name + " is a directory, expected a text file");
-    raw = std::fopen(path.c_str(), "rb");
-    if (raw == nullptr) throw IoError("cannot open text " + name + ": " + std::strerror(errno));
+  const std::string name = input_display_name(path, kTextInput);
+  // Streaming validation: each block is checked as it arrives, up to the last complete UTF-8
+  // character (a sequence cut by the block boundary is checked with the next block), so binary
+  // input fails at its first bad byte instead of after kMaxTextBytes.
+  size_t checked = 0;
+  std::string text = read_input_file(path, kTextInput, [&](std::string_view data, size_t new_from) {
+    if (const size_t nul = data.find('\0', new_from); nul != std::string_view::npos) throw_nul(name, nul);
+    size_t end = data.size();
+    for (size_t back = 0; back < 3 && end > checked && is_continuation(static_cast<unsigned char>(data[end - 1])); ++back) --end;
+    if (end > checked && static_cast<unsigned char>(data[end - 1]) >= 0xC0) --end;  // a lead byte whose sequence may go on
+    if (end > checked) {
+      if (const size_t bad = first_invalid_utf8(data.substr(checked, end - checked)); bad != std::string_view::npos) {
+        throw_invalid_utf8(name, checked + bad);
+      }
+      checked = end;
+    }
+  });
+  // The tail the blocks left unchecked (a sequence that might have continued).
+  if (const size_t bad = first_invalid_utf8(std::string_view(text).substr(checked)); bad != std::string_view::npos) {
+    throw_invalid_utf8(name, checked + bad);
   }
-  std::unique_ptr<FILE, int (*)(FILE*)> file(raw, is_stdin ? +[](FILE*) { return 0; } : &std::fclose);
-  std::string text;
-  char block[1 << 16];
-  size_t n;
-  while ((n = std::fread(block, 1, sizeof block, file.get())) > 0) text.append(block, n);
-  if (std::ferror(file.get())) throw IoError("cannot read text " + name + ": " + std::strerror(errno));
   return text;
 }
 
 void validate_text(std::string_view text, const std::string& source_name) {
   if (text.empty()) throw DataError("text " + source_name + " is empty");
-  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
-    throw DataError("text " + source_name + " contains a NUL byte at byte offset " + std::to_string(nul) +
-                    ": binary data, expected UTF-8 text");
-  }
-  if (const size_t bad = first_invalid_utf8(text); bad != std::string_view::npos) {
-    throw DataError("text " + source_name + " is not valid UTF-8 at byte offset " + std::to_string(bad));
-  }
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) throw_nul(source_name, nul);
+  if (const size_t bad = first_invalid_utf8(text); bad != std::string_view::npos) throw_invalid_utf8(source_name, bad);
   bool blank = true;
   for (const char c : text) blank = blank && is_space(c);
   if (blank) throw DataError("text " + source_name + " contains only whitespace");
@@ -153,6 +161,7 @@ std::vector<std::vector<int64_t>> cut_windows(const std::vector<int64_t>& token_
 }
 
 EvalText load_eval_text(const std::string& path, const Tokenizer& tokenizer, int64_t eos_id, int64_t max_length) {
+  const ActivityScope activity("reading and tokenizing text " + input_display_name(path, kTextInput));
   EvalText out;
   out.source = path == "-" ? "<stdin>" : path;
   const std::string text = read_text_file(path);

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include <sstream>
 
 #include "quantppl/error.h"
+#include "quantppl/input_file.h"
 
 namespace quantppl {
 namespace {
@@ -120,7 +122,86 @@ Tokenizer::Tokenizer(void* handle, std::string serialized_model, std::string sou
       source_name_(std::move(source_name)),
       piece_count_(piece_count) {}
 
+namespace {
+
+// Protocol-buffer wire format, just enough to reach ModelProto.normalizer_spec
+// (field 3).precompiled_charsmap (field 2) without linking protobuf.
+bool read_varint(std::string_view b, size_t& i, uint64_t& v) {
+  v = 0;
+  for (int shift = 0; shift < 64 && i < b.size(); shift += 7) {
+    const auto c = static_cast<unsigned char>(b[i++]);
+    v |= static_cast<uint64_t>(c & 0x7F) << shift;
+    if ((c & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+// The bytes of length-delimited field `field` of message `b`, or "" (absent or malformed:
+// sentencepiece itself reports a malformed model).
+std::string_view find_field(std::string_view b, uint64_t field) {
+  size_t i = 0;
+  while (i < b.size()) {
+    uint64_t key = 0, len = 0;
+    if (!read_varint(b, i, key)) return {};
+    switch (key & 7) {
+      case 0:
+        if (!read_varint(b, i, len)) return {};
+        break;
+      case 1:
+        i += 8;
+        break;
+      case 5:
+        i += 4;
+        break;
+      case 2:
+        if (!read_varint(b, i, len) || len > b.size() - std::min(i, b.size())) return {};
+        if ((key >> 3) == field) return b.substr(i, len);
+        i += len;
+        break;
+      default:
+        return {};
+    }
+  }
+  return {};
+}
+
+// The longest replacement string of the normalizer's rules, in bytes. The
+// precompiled charsmap is a uint32 trie size, the trie (a darts-clone double
+// array), then the replacement strings, each ending in NUL. Each rule
+// consumes at least one input byte, so normalizing n bytes gives at most
+// n * max(1, this) bytes.
+size_t longest_normalization(std::string_view model) {
+  const std::string_view charsmap = find_field(find_field(model, 3), 2);
+  if (charsmap.size() < 4) return 0;
+  uint32_t trie_bytes = 0;
+  std::memcpy(&trie_bytes, charsmap.data(), 4);  // little-endian, as written on x86 and ARM
+  if (trie_bytes > charsmap.size() - 4) return 0;
+  const std::string_view strings = charsmap.substr(4 + trie_bytes);
+  size_t longest = 0, start = 0;
+  for (size_t i = 0; i < strings.size(); ++i) {
+    if (strings[i] == '\0') {
+      longest = std::max(longest, i - start);
+      start = i + 1;
+    }
+  }
+  return std::max(longest, strings.size() - start);
+}
+
+}  // namespace
+
 Tokenizer Tokenizer::from_bytes(std::string serialized_model, std::string source_name) {
+  if (static_cast<int64_t>(serialized_model.size()) > kMaxTokenizerBytes) {
+    throw DataError(source_name + " is " + std::to_string(serialized_model.size()) + " bytes, more than the " +
+                    std::to_string(kMaxTokenizerBytes >> 20) + " MiB maximum for a tokenizer");
+  }
+  // Before sentencepiece sees any text: a rule that replaces a character by thousands of bytes
+  // would make every encode() call allocate thousands of times the text.
+  if (const size_t longest = longest_normalization(serialized_model); longest > kMaxNormalizationBytes) {
+    throw DataError(source_name + ": a normalization rule of this sentencepiece model produces " +
+                    std::to_string(longest) + " bytes, more than the " + std::to_string(kMaxNormalizationBytes) +
+                    " any real tokenizer needs (NFKC's longest is 33): a hostile or corrupt tokenizer");
+  }
+  const ActivityScope activity("loading " + source_name);
   const ShimApi& api = shim();
   void* handle = api.spm_new();
   if (handle == nullptr) throw std::bad_alloc();
@@ -136,16 +217,24 @@ Tokenizer Tokenizer::from_bytes(std::string serialized_model, std::string source
 }
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    throw IoError("cannot open tokenizer '" + path + "': " + std::strerror(errno));
+  return from_bytes(read_input_file(path, kTokenizerInput), "tokenizer '" + path + "'");
+}
+
+void check_same_vocabulary(const Tokenizer& given, const Tokenizer& own) {
+  if (given.piece_count() != own.piece_count()) {
+    throw DataError(given.source_name() + " does not belong to this model: it has " +
+                    std::to_string(given.piece_count()) + " pieces, " + own.source_name() + " has " +
+                    std::to_string(own.piece_count()) + "; pass the model's own tokenizer, or none");
   }
-  if (S_ISDIR(st.st_mode)) throw IoError("tokenizer '" + path + "' is a directory, expected a sentencepiece .model file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError("cannot open tokenizer '" + path + "'");
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw IoError("cannot read tokenizer '" + path + "'");
-  return from_bytes(std::move(bytes), "tokenizer '" + path + "'");
+  for (int64_t id = 0; id < own.piece_count(); ++id) {
+    const std::string a = given.id_to_piece(id);
+    const std::string b = own.id_to_piece(id);
+    if (a != b) {
+      throw DataError(given.source_name() + " does not belong to this model: its piece " + std::to_string(id) +
+                      " is '" + a + "', in " + own.source_name() + " it is '" + b +
+                      "'; pass the model's own tokenizer, or none");
+    }
+  }
 }
 
 Tokenizer::Tokenizer(Tokenizer&& other) noexcept
@@ -185,6 +274,11 @@ std::vector<int64_t> Tokenizer::encode(std::string_view text) const {
   if (n < 0) {
     throw DataError(source_name_ + ": sentencepiece cannot encode the text: " +
                     api.spm_last_error(handle_));
+  }
+  if (n > kMaxPiecesPerByte * static_cast<long>(text.size()) + kMaxPiecesPerByte) {
+    throw DataError(source_name_ + ": " + std::to_string(n) + " pieces for " + std::to_string(text.size()) +
+                    " bytes of text, more than " + std::to_string(kMaxPiecesPerByte) +
+                    " per byte: the tokenizer's normalization expands the text; expected a real tokenizer");
   }
   return std::vector<int64_t>(ids.begin(), ids.begin() + n);
 }

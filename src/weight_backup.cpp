@@ -17,6 +17,7 @@
 #include <torch/torch.h>
 
 #include "quantppl/error.h"
+#include "quantppl/output_file.h"
 
 namespace quantppl {
 namespace {
@@ -47,8 +48,13 @@ bool fits_in_memory(int64_t bytes) {
 
 // A temporary file in $TMPDIR (default /tmp), unlinked at once; returns its descriptor.
 int unlinked_temp_file() {
-  const char* env = std::getenv("TMPDIR");
-  std::string path = std::string(env != nullptr && *env != '\0' ? env : "/tmp") + "/quantppl-backup-XXXXXX";
+  std::string dir;
+  try {
+    dir = temp_directory();
+  } catch (const IoError& e) {
+    throw IoError(fmt::format("cannot create the weight backup file: {}; or use --backup memory", e.what()));
+  }
+  std::string path = dir + "/quantppl-backup-XXXXXX";
   const int fd = ::mkstemp(path.data());
   if (fd < 0) {
     throw IoError(fmt::format("cannot create the weight backup file {}: {} (set TMPDIR to a writable directory, "

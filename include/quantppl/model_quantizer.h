@@ -18,11 +18,15 @@
 
 namespace quantppl {
 
-// Layers whose name matches `include` and does not match `exclude`
-// (ECMAScript regular expressions, matched anywhere in the name as
-// std::regex_search does; an empty pattern means "all" for include and
-// "none" for exclude). Throws UsageError for an invalid pattern (naming the
-// flag) or when nothing is selected.
+// Layers whose name matches `include` and does not match `exclude`, matched
+// anywhere in the name (a search, as RE2::PartialMatch; anchor with ^ and $).
+// The patterns are RE2 syntax (https://github.com/google/re2/wiki/Syntax):
+// what ECMAScript regexes have except backreferences (\1) and lookaround
+// ((?=, (?!, (?<=). Matching takes time linear in the name whatever the
+// pattern, and compiling one may use at most kMaxLayerPatternMemory. An empty
+// pattern means "all" for include and "none" for exclude. Throws UsageError
+// naming the flag for a pattern RE2 rejects, or when nothing is selected.
+constexpr int64_t kMaxLayerPatternMemory = int64_t{8} << 20;
 std::vector<LinearLayer> select_layers(const std::vector<LinearLayer>& layers, const std::string& include,
                                        const std::string& exclude);
 

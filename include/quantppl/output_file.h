@@ -1,10 +1,22 @@
 // Writing result files so that a failure or an interrupt never leaves a
-// partial file behind.
+// partial file behind, and never replaces anything but a regular file.
 //
 // The content goes to a temporary file in the destination's directory
-// ("<name>.tmp.XXXXXXXX"), is flushed, then rename()d over the destination
-// (atomic on POSIX within one file system). An existing destination is
-// replaced only with `force`.
+// ("<name>.tmp.XXXXXXXX", or ".<name cut to fit>.tmp.XXXXXXXX" when the name
+// is so long that the suffix would pass NAME_MAX), is flushed (fsync), then
+// rename()d over the destination (atomic on POSIX within one file system).
+//
+// What may be replaced: only a regular file, and only with `force`. A
+// symbolic link (dangling or not), a character or block device, a FIFO, a
+// socket or a directory at the destination is an IoError even with `force`:
+// rename() would replace the link or the device node itself (as root,
+// `-o /dev/null --force` would have replaced /dev/null). A destination that
+// is the same file as one of the command's inputs (same device and inode, or
+// the same resolved path) is a UsageError: the run would destroy what it reads.
+//
+// Write failures — ENOSPC, EIO, EDQUOT from write(), fsync() or close(), or
+// from a writer such as LibTorch's save — are IoErrors naming the file and
+// the errno text; the temporary file is removed before the error propagates.
 //
 // Interrupts: once install_interrupt_handlers() has run, SIGINT, SIGTERM and
 // SIGHUP remove every temporary file registered with RemoveOnInterrupt (the
@@ -14,20 +26,38 @@
 // either untouched or, if the signal came after the rename, complete.
 #pragma once
 
+#include <functional>
+#include <iosfwd>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace quantppl {
 
 // Throws IoError naming the path: missing directory, not writable, exists
-// without `force`, or a write failure (the temporary file is removed).
-void write_file_atomically(const std::string& path, const std::string& content, bool force);
+// without `force`, not a regular file, or a write failure (the temporary file
+// is removed). UsageError if `path` is one of `inputs` (see above).
+void write_file_atomically(const std::string& path, const std::string& content, bool force,
+                           const std::vector<std::string>& inputs = {});
+
+// The same for content produced by a writer that needs a stream (LibTorch's
+// Module::save): `write` fills `out`, which writes to the temporary file. A
+// failed write does not throw inside the writer (LibTorch's zip writer would
+// throw again from its destructor and abort the process): the stream
+// swallows the rest and the failure is reported once `write` returns.
+void write_stream_atomically(const std::string& path, bool force, const std::vector<std::string>& inputs,
+                             const std::function<void(std::ostream& out)>& write);
 
 // Checks up front, before hours of work, that `path` could be written: its
 // directory exists, is a directory and accepts a new file (tried by creating
 // and removing a temporary file there, which catches read-only and virtual
-// file systems such as /proc), and the file does not exist unless `force`.
-void check_output_path(const std::string& path, bool force);
+// file systems such as /proc), the file does not exist unless `force`, and
+// it is not a non-regular file nor one of `inputs` ("-" and "" are skipped).
+void check_output_path(const std::string& path, bool force, const std::vector<std::string>& inputs = {});
+
+// The directory for temporary files: $TMPDIR if set and non-empty, else /tmp.
+// IoError naming TMPDIR when it is not an existing directory.
+std::string temp_directory();
 
 // Installs the SIGINT / SIGTERM / SIGHUP handler described above. A signal the
 // process inherited as ignored (e.g. SIGINT of a background job) stays ignored.

@@ -7,7 +7,8 @@
 // A `quantppl compare --format json` output is accepted too (its "results").
 // A variant passes when |ppl - expected| <= expected * tolerance_pct / 100 —
 // both directions: an unexplained improvement is a change to look at too.
-// Every expected variant must be present in the run. Optional top-level
+// Every expected variant must be present in the run, matched by canonical spec
+// ("absmax:8" and "absmax:8:tensor:minmax" are one variant). Optional top-level
 // "model_sha256" / "text_sha256" pin the inputs: a different model or text
 // is a failure too (the baseline no longer describes what was measured).
 #pragma once

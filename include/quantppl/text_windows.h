@@ -38,8 +38,11 @@ struct EvalText {
   std::vector<std::vector<int64_t>> windows;     // consecutive cuts of token_ids
 };
 
-// Reads a whole file, or standard input for "-". IoError if it is missing,
-// a directory or unreadable.
+// Reads a whole file, or standard input for "-", through read_input_file
+// (input_file.h): at most kMaxTextBytes (64 MiB), a regular file (or any
+// standard input). IoError if it is missing, not a regular file or
+// unreadable; DataError if it is too large, or, as soon as the block holding
+// it is read, at a NUL byte or invalid UTF-8 (validate_text's messages).
 std::string read_text_file(const std::string& path);
 
 // DataError (naming `source_name`) for empty or whitespace-only text, a NUL

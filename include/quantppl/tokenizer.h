@@ -24,14 +24,28 @@
 
 namespace quantppl {
 
+// What a tokenizer may produce, bounded before it can exhaust memory (README
+// "Limits"). sentencepiece normalizes its whole input before it segments
+// it; a rule replacing one character by 8000 bytes made every call allocate
+// 8000x its input. A model whose longest normalization output exceeds
+// kMaxNormalizationBytes is refused when loaded, so one encode() call over
+// text_windows.h's 64 KiB pieces normalizes at most 64 KiB * 64 = 4 MiB; an
+// encode() giving more than kMaxPiecesPerByte ids per input byte (+ that many
+// for the "▁" prefix) is a DataError.
+constexpr size_t kMaxNormalizationBytes = 64;
+constexpr long kMaxPiecesPerByte = 8;
+
 class Tokenizer {
  public:
   // `serialized_model` is the bytes of a sentencepiece ModelProto (the
   // contract's tokenizer.model); `source_name` names it in error messages
   // ("model 'x.pt': tokenizer.model"). Throws DataError if the bytes are not a
-  // sentencepiece model, IoError if the shim module cannot be loaded.
+  // sentencepiece model, exceed kMaxTokenizerBytes (input_file.h) or hold a
+  // normalization rule longer than kMaxNormalizationBytes; IoError if the shim
+  // module cannot be loaded.
   static Tokenizer from_bytes(std::string serialized_model, std::string source_name);
-  // Reads a .model file; IoError if it cannot be read.
+  // Reads a .model file (a regular file of at most kMaxTokenizerBytes:
+  // input_file.h); IoError if it cannot be read.
   static Tokenizer from_file(const std::string& path);
 
   Tokenizer(Tokenizer&& other) noexcept;
@@ -59,6 +73,13 @@ class Tokenizer {
   std::string source_name_;
   int64_t piece_count_ = 0;
 };
+
+// DataError naming both when `given` (a --tokenizer override) is not the
+// tokenizer of the model whose own tokenizer is `own`: a different number of
+// pieces, or a different piece string at any id. (Ids index the model's
+// embedding: another vocabulary gives fluent-looking but meaningless numbers.)
+// Only the normalization and other settings may differ.
+void check_same_vocabulary(const Tokenizer& given, const Tokenizer& own);
 
 // The path of the sentencepiece shim module that is (or would be) loaded;
 // IoError naming every place searched if none loads.

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -24,9 +25,17 @@ constexpr int kExitInternal = 5;
 // --ci-target and --seed (compare and sensitivity; early_stopping.h).
 void add_early_stopping_flags(CLI::App* cmd, double& ci_target, int64_t& seed);
 
-// Applies runtime.h's settings for `threads` (call before loading a model);
-// prints a warning on a slow BLAS, and with `verbose` what was chosen.
-void setup_runtime(int64_t threads, bool verbose);
+// --threads above this many per hardware thread only add contention (measured:
+// 1000 threads on 2 cores ran 29x slower than 1); such a value is capped, with
+// a warning. README "Limits".
+constexpr int64_t kMaxThreadsPerHardwareThread = 2;
+int64_t thread_cap();  // kMaxThreadsPerHardwareThread * default_threads()
+
+// Applies runtime.h's settings for `threads`, capped at thread_cap() with a
+// warning on stderr (call before loading a model); prints a warning on a slow
+// BLAS, and with `verbose` what was chosen. Returns the threads used: the
+// number to record in a report.
+int64_t setup_runtime(int64_t threads, bool verbose);
 
 struct CompareCommand {
   std::string model;

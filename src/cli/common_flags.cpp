@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <thread>
 
@@ -36,7 +37,7 @@ CLI::Option* add_model_flag(CLI::App* cmd, std::string& model) {
 }
 
 CLI::Option* add_tokenizer_flag(CLI::App* cmd, std::string& tokenizer) {
-  return cmd->add_option("--tokenizer", tokenizer, "sentencepiece model overriding the one inside the model file");
+  return cmd->add_option("--tokenizer", tokenizer, "sentencepiece model overriding the one inside the model file (same vocabulary)");
 }
 
 CLI::Option* add_text_flag(CLI::App* cmd, std::string& text) {
@@ -52,12 +53,12 @@ void add_output_flags(CLI::App* cmd, std::string& output, bool& force) {
   cmd->add_option("--output,-o", output,
                   "Write the result to this file, atomically (complete or not at all); reports otherwise go to "
                   "standard output");
-  cmd->add_flag("--force", force, "Replace an existing output file");
+  cmd->add_flag("--force", force, "Replace an existing output file (only a regular file is ever replaced)");
 }
 
 void add_layer_filter_flags(CLI::App* cmd, std::string& include, std::string& exclude) {
   cmd->add_option("--include", include,
-                  "Only Linear layers whose name matches this regex (ECMAScript, searched anywhere in the name)");
+                  "Only Linear layers whose name matches this regex (RE2 syntax: no backreferences or lookaround; searched anywhere in the name)");
   cmd->add_option("--exclude", exclude,
                   "Leave out Linear layers whose name matches this regex (applied after --include)");
 }
@@ -65,18 +66,25 @@ void add_layer_filter_flags(CLI::App* cmd, std::string& include, std::string& ex
 CLI::Option* add_threads_flag(CLI::App* cmd, int64_t& threads) {
   return cmd
       ->add_option("--threads", threads,
-                   "Threads for LibTorch's intra-op pool and OpenBLAS (both are set; default: all cores)")
+                   "Threads for LibTorch's intra-op pool and OpenBLAS (both are set; default: all cores; capped at 2 x the cores)")
       ->check(integer_at_least(1))
       ->capture_default_str();
 }
 
 CLI::Option* add_quiet_flag(CLI::App* cmd, bool& quiet) { return cmd->add_flag("--quiet,-q", quiet, "No progress bar"); }
 
-void emit_output(const std::string& rendered, const std::string& output_path, bool force) {
+void emit_output(const std::string& rendered, const std::string& output_path, bool force,
+                 const std::vector<std::string>& inputs) {
   if (output_path.empty()) {
+    errno = 0;
     std::cout << rendered << std::flush;
+    // A full disk or closed pipe under a redirection: not a success (stdout > /dev/full exited 0).
+    if (!std::cout) {
+      throw IoError(std::string("cannot write the result to standard output: ") +
+                    (errno != 0 ? std::strerror(errno) : "write failed"));
+    }
   } else {
-    write_file_atomically(output_path, rendered, force);
+    write_file_atomically(output_path, rendered, force, inputs);
   }
 }
 

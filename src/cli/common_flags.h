@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 #include <type_traits>
 
 #include <CLI/CLI.hpp>
@@ -73,19 +74,22 @@ void add_layer_filter_flags(CLI::App* cmd, std::string& include, std::string& ex
 CLI::Option* add_threads_flag(CLI::App* cmd, int64_t& threads);  // --threads
 CLI::Option* add_quiet_flag(CLI::App* cmd, bool& quiet);         // --quiet,-q
 
-// Prints `rendered` to standard output, or writes it atomically to
-// `output_path` when one is given (replacing an existing file only with force).
-void emit_output(const std::string& rendered, const std::string& output_path, bool force);
+// Prints `rendered` to standard output (a failed write, e.g. a full disk under
+// a redirection, is an IoError), or writes it atomically to `output_path` when
+// one is given (replacing an existing regular file only with force, never one
+// of `inputs`: output_file.h).
+void emit_output(const std::string& rendered, const std::string& output_path, bool force,
+                 const std::vector<std::string>& inputs = {});
 
 // Renders `report` with the renderer `format` names, then emit_output.
 template <typename Report>
 void emit_report(const Report& report, OutputFormat format, const std::string& output_path, bool force,
-                 std::string (*table)(const Report&), std::string (*json)(const Report&),
-                 std::string (*csv)(const Report&)) {
+                 const std::vector<std::string>& inputs, std::string (*table)(const Report&),
+                 std::string (*json)(const Report&), std::string (*csv)(const Report&)) {
   std::string (*render)(const Report&) = table;
   if (format == OutputFormat::kJson) render = json;
   if (format == OutputFormat::kCsv) render = csv;
-  emit_output(render(report), output_path, force);
+  emit_output(render(report), output_path, force, inputs);
 }
 
 }  // namespace quantppl::cli

@@ -91,7 +91,10 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
     throw UsageError("--stats: only with --format table, got --format " + std::string(kOutputFormatNames.name(c.format)) +
                      " (JSON and CSV always carry every statistic)");
   }
-  if (!c.output.empty()) check_output_path(c.output, c.force);
+  // What the run reads, which --output must not replace.
+  const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer,
+                                           c.text.empty() ? default_text_path() : c.text, c.check};
+  if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
   ExpectedRun expected;
   std::string variant_specs = c.variants;
   if (!c.check.empty()) {
@@ -116,7 +119,7 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
     options.gate_bands = gate_bands(expected.variants);
   }
   options.seed = static_cast<uint64_t>(c.seed);
-  setup_runtime(c.threads, c.verbose);
+  options.threads = setup_runtime(c.threads, c.verbose);
 
   ProgressBar bar(!c.quiet);
   const CompareReport report = run_compare(
@@ -135,9 +138,9 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   }
 
   if (c.stats) {
-    emit_output(format_table(report) + format_stats(report), c.output, c.force);
+    emit_output(format_table(report) + format_stats(report), c.output, c.force, inputs);
   } else {
-    emit_report(report, c.format, c.output, c.force, format_table, format_json, format_csv);
+    emit_report(report, c.format, c.output, c.force, inputs, format_table, format_json, format_csv);
   }
 
   if (!expected.variants.empty()) {

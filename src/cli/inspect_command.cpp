@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "progress.h"
+#include "quantppl/compare.h"
 #include "quantppl/layer_inspection.h"
 #include "quantppl/output_file.h"
 #include "quantppl/variant_spec.h"
@@ -29,7 +30,8 @@ CLI::App* setup_inspect(CLI::App& app, InspectCommand& c) {
 }
 
 int run_inspect_command(const InspectCommand& c) {
-  if (!c.output.empty()) check_output_path(c.output, c.force);
+  const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer};
+  if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
   InspectOptions options;
   options.model_path = c.model;
   options.tokenizer_path = c.tokenizer;
@@ -42,7 +44,7 @@ int run_inspect_command(const InspectCommand& c) {
       run_inspect(options, [&](size_t done, size_t total) { bar.update("inspecting layers", done, total); });
   bar.finish();
 
-  emit_report(report, c.format, c.output, c.force, format_inspection_table, format_inspection_json,
+  emit_report(report, c.format, c.output, c.force, inputs, format_inspection_table, format_inspection_json,
               format_inspection_csv);
   return 0;
 }

@@ -4,13 +4,16 @@
 //   0  success
 //   1  `compare --check`: a perplexity drifted beyond its tolerance
 //   2  usage error: a malformed flag, variant spec or option combination
-//   3  data error: the model, tokenizer or text is unusable
+//   3  data error: the model, tokenizer or text is unusable (also: out of memory
+//        while loading it, std::bad_alloc, naming what was being loaded)
 //   4  I/O error: a file could not be read or written
 //   5  internal error (a bug: please report it)
 //   130 / 143 / 129  interrupted by SIGINT / SIGTERM / SIGHUP (output_file.h:
 //        temporary output files are removed, nothing half-written is left)
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
+#include <new>
 #include <string>
 
 #include <unistd.h>
@@ -64,6 +67,14 @@ int run(int argc, char** argv) {
 }  // namespace
 }  // namespace quantppl::cli
 
+// Exit 3 like any input that cannot be used: a file that asks for more memory than there is
+// (a hostile size field, or a model too large for this machine) is unusable here. Names what was
+// being loaded when ActivityScope knows it (error.h).
+static std::string out_of_memory_message() {
+  const std::string& activity = quantppl::ActivityScope::failed_activity();
+  return "quantppl: error: out of memory" + (activity.empty() ? std::string() : " while " + activity) +
+         ": the input needs more memory than is available";
+}
 int main(int argc, char** argv) {
   using namespace quantppl;
   // OMP_WAIT_POLICY=PASSIVE unless the user set it (src/openmp_wait_policy.h). Before the
@@ -81,14 +92,22 @@ int main(int argc, char** argv) {
   } catch (const IoError& e) {
     std::cerr << "quantppl: error: " << e.what() << "\n";
     return cli::kExitIo;
+  } catch (const std::bad_alloc&) {
+    std::cerr << out_of_memory_message() << "\n";
+    return cli::kExitData;
   } catch (const c10::Error& e) {
+    // LibTorch's allocator reports exhaustion as c10::Error ("DefaultCPUAllocator: not enough memory").
+    const std::string what = e.what_without_backtrace();
+    if (what.find("not enough memory") != std::string::npos) {
+      std::cerr << out_of_memory_message() << "\n";
+      return cli::kExitData;
+    }
     // LibTorch errors that escaped the library's own checks: first line only.
-    const std::string what = e.what();
-    std::cerr << "quantppl: internal error (LibTorch): " << what.substr(0, what.find('\n')) << "\n";
+    std::cerr << "quantppl: internal error (LibTorch): " << printable(what.substr(0, what.find('\n'))) << "\n";
     return cli::kExitInternal;
   } catch (const std::exception& e) {
     const std::string what = e.what();
-    std::cerr << "quantppl: internal error: " << what.substr(0, what.find('\n')) << "\n";
+    std::cerr << "quantppl: internal error: " << printable(what.substr(0, what.find('\n'))) << "\n";
     return cli::kExitInternal;
   }
 }

@@ -42,9 +42,9 @@ int run_quantize_command(const QuantizeCommand& q) {
     if (!q.tokenizer.empty()) {
       throw UsageError("--tokenizer cannot be stored in a --packed file; pass it when evaluating the .qpack");
     }
-    check_output_path(q.packed, q.force);
     const Variant variant = parse_variant(q.variant);
     const std::string model = q.model.empty() ? default_model_path() : q.model;
+    check_output_path(q.packed, q.force, {model});
     const PackedModelSummary s =
         write_packed_model(model, variant, q.include, q.exclude, q.packed, q.force, /*embed=*/!q.no_embed);
     std::cerr << fmt::format(
@@ -54,7 +54,7 @@ int run_quantize_command(const QuantizeCommand& q) {
         q.no_embed ? ", model referenced" : ", model embedded");
     return 0;
   }
-  check_output_path(q.output, q.force);
+  check_output_path(q.output, q.force, {q.model.empty() ? default_model_path() : q.model, q.tokenizer});
   QuantizeModelOptions options;
   options.model_path = q.model;
   options.tokenizer_path = q.tokenizer;

@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "progress.h"
+#include "quantppl/compare.h"
 #include "quantppl/output_file.h"
 #include "quantppl/sensitivity.h"
 #include "quantppl/variant_spec.h"
@@ -48,7 +49,9 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   SensitivityOptions options;
   options.keep = parse_keep_list(c.keep);
   options.variant = parse_variant(c.variant);
-  if (!c.output.empty()) check_output_path(c.output, c.force);
+  const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer,
+                                           c.text.empty() ? default_text_path() : c.text};
+  if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
   options.model_path = c.model;
   options.tokenizer_path = c.tokenizer;
   options.text_path = c.text;
@@ -61,14 +64,14 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   options.exclude = c.exclude;
   if (c.ci_target > 0) options.ci_target_pct = c.ci_target;
   options.seed = static_cast<uint64_t>(c.seed);
-  setup_runtime(c.threads, /*verbose=*/false);
+  options.threads = setup_runtime(c.threads, /*verbose=*/false);
 
   ProgressBar bar(!c.quiet);
   const SensitivityReport report = run_sensitivity(
       options, [&](const std::string& stage, size_t done, size_t total) { bar.update(stage, done, total); });
   bar.finish();
 
-  emit_report(report, c.format, c.output, c.force, format_sensitivity_table, format_sensitivity_json,
+  emit_report(report, c.format, c.output, c.force, inputs, format_sensitivity_table, format_sensitivity_json,
               format_sensitivity_csv);
   return 0;
 }

@@ -120,8 +120,8 @@ def slow_fsync(tmp_path_factory):
                          "#include <unistd.h>\nint fsync(int fd) { (void)fd; sleep(60); return 0; }\n")
 
 
-# Files LibTorch writes itself (ContractModel::save through an std::ofstream) or that are handed to
-# a loader by path (an embedded .qpack model) are never fsync()ed: to hold a run in the middle of
+# Files LibTorch writes (ContractModel::save, through output_file.h's stream: fsync()ed only at the
+# end) or that are handed to a loader by path (an embedded .qpack model, never fsync()ed): to hold a run in the middle of
 # writing one, write() and writev() sleep once, right after the first write to a file whose path
 # contains $SLOW_WRITE_PATH_CONTAINS. The file is then on disk, partly written.
 SLOW_WRITE_SOURCE = r"""
@@ -213,12 +213,12 @@ def test_signal_while_the_output_is_written_removes_the_temporary_file(tmp_path,
 
 @pytest.mark.parametrize("sig,code,name", SIGNALS)
 def test_signal_while_quantize_writes_the_model_removes_the_temporary_file(tmp_path, slow_write, sig, code, name):
-    # ContractModel::save: LibTorch writes ".q.pt.XXXXXXXX.tmp" beside q.pt, then it is renamed.
+    # ContractModel::save: LibTorch's archive goes to "q.pt.tmp.XXXXXXXX" beside q.pt (output_file.h), then it is renamed.
     out = tmp_path / "q.pt"
     interrupt_while_writing(["quantize", "--model", TINY, "--variant", "absmax:4", "--output", str(out)],
-                            preload_env(slow_write, SLOW_WRITE_PATH_CONTAINS="/.q.pt."), tmp_path,
-                            lambda n: n.startswith(".q.pt.") and n.endswith(".tmp"), sig, code, name, "write()")
-    assert list(tmp_path.iterdir()) == []  # neither q.pt nor .q.pt.*.tmp
+                            preload_env(slow_write, SLOW_WRITE_PATH_CONTAINS="/q.pt.tmp."), tmp_path,
+                            lambda n: n.startswith("q.pt.tmp."), sig, code, name, "write()")
+    assert list(tmp_path.iterdir()) == []  # neither q.pt nor q.pt.tmp.*
 
 
 @pytest.mark.parametrize("sig,code,name", SIGNALS)
