@@ -126,8 +126,6 @@ std::vector<Candidate> evaluate_subsets(ContractModel& model, const std::vector<
   return candidates;
 }
 
-double delta_pct(double ppl, double fp32_ppl) { return 100.0 * (ppl / fp32_ppl - 1.0); }
-
 std::string part_of(const std::string& name) {
   if (name.rfind("encoder.", 0) == 0) return "encoder";
   if (name.rfind("decoder.", 0) == 0) return "decoder";

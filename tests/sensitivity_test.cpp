@@ -87,7 +87,9 @@ TEST_F(SensitivityTest, SingleLayerRunsMatchApplyVariantOnThatLayerAlone) {
   }
   for (size_t r = 0; r < report.layers.size(); ++r) {
     EXPECT_EQ(report.layers[r].rank, static_cast<int64_t>(r + 1));
-    if (r > 0) EXPECT_GE(report.layers[r - 1].ppl, report.layers[r].ppl);
+    if (r > 0) {
+      EXPECT_GE(report.layers[r - 1].ppl, report.layers[r].ppl);
+    }
   }
 }
 
@@ -280,7 +282,9 @@ TEST(SensitivityRunTest, EarlyStoppingStopsSubsetsAndRecordsTheSeed) {
   for (const LayerSensitivity& l : s.layers) {
     EXPECT_EQ(l.stopped_early, l.tokens < s.tokens) << l.name;
     stopped += l.stopped_early ? 1 : 0;
-    if (l.stopped_early) EXPECT_NEAR(l.delta_ppl_pct, 100.0 * std::expm1(l.delta_nll_mean), 1e-12) << l.name;
+    if (l.stopped_early) {
+      EXPECT_NEAR(l.delta_ppl_pct, 100.0 * std::expm1(l.delta_nll_mean), 1e-12) << l.name;
+    }
   }
   EXPECT_GT(stopped, 0);  // 8 bits on single layers: well within 5% after the first look
 }
