@@ -172,11 +172,13 @@ bool ends_with(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// A name as shown in messages: printable ASCII, at most 80 characters.
+// A name as shown in messages: printable ASCII, at most 200 characters (real member names, e.g.
+// code/__torch__/quantppl_tools/t5_torchscript/___torch_mangle_10.py.debug_pkl, reach ~100).
+constexpr size_t kShownNameChars = 200;
 std::string shown_name(const std::string& name) {
   std::string out;
-  for (const char c : name.substr(0, 80)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
-  return name.size() > 80 ? out + "..." : out;
+  for (const char c : name.substr(0, kShownNameChars)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  return name.size() > kShownNameChars ? out + "..." : out;
 }
 
 // Streaming check of one member's data: CRC-32 of the stored bytes, or inflate (bounded by the

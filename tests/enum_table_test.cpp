@@ -89,7 +89,8 @@ TEST(EnumTableTest, EveryLibraryTableRoundTrips) {
   expect_complete_round_trip(kZeroPointCodesNames, {ZeroPointCodes::kUnsigned, ZeroPointCodes::kSigned});
   expect_complete_round_trip(kArithmeticNames, {Arithmetic::kNumpy, Arithmetic::kTutorial});
   expect_complete_round_trip(kPerplexityModeNames, {PerplexityMode::kReconstruct, PerplexityMode::kPrefix});
-  expect_complete_round_trip(kBackupStorageNames, {BackupStorage::kAuto, BackupStorage::kMemory, BackupStorage::kFile});
+  expect_complete_round_trip(kBackupStorageNames, {BackupStorage::kAuto, BackupStorage::kMemory, BackupStorage::kFile,
+                                                  BackupStorage::kModel});
 }
 
 // The names files and reports already carry must not change: .qpack headers
@@ -101,7 +102,7 @@ TEST(EnumTableTest, StoredNamesAreTheHistoricalOnes) {
   EXPECT_EQ(kScaleFormNames.choices(), "step, inverse_step");
   EXPECT_EQ(kZeroPointCodesNames.choices(), "unsigned, signed");
   EXPECT_EQ(kPerplexityModeNames.choices(), "reconstruct, prefix");
-  EXPECT_EQ(kBackupStorageNames.choices(), "auto, memory, file");
+  EXPECT_EQ(kBackupStorageNames.choices(), "auto, memory, file, model");
   // The default arithmetic comes first and is what a spec without ARITH gets.
   EXPECT_EQ(kArithmeticNames.entries[0].value, Arithmetic::kNumpy);
 }
@@ -117,7 +118,7 @@ TEST(EnumTableTest, ParseFunctionsNameTheirFlag) {
     parse_backup_storage("disk");
     FAIL();
   } catch (const UsageError& e) {
-    EXPECT_STREQ(e.what(), "--backup: unknown weight backup 'disk'; expected auto, memory or file");
+    EXPECT_STREQ(e.what(), "--backup: unknown weight backup 'disk'; expected auto, memory, file or model");
   }
   EXPECT_EQ(to_string(PerplexityMode::kPrefix), "prefix");
   EXPECT_EQ(to_string(BackupStorage::kFile), "file");

@@ -8,24 +8,19 @@ Run like tests/cli/test_cli.py, with QUANTPPL_BIN and QUANTPPL_FIXTURES in the e
 """
 
 import json
-import os
 import re
 import struct
-import subprocess
 
 import pytest
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
+from .conftest import EXIT_USAGE, TINY, run
 
-EXIT_USAGE = 2
 
 # The tables' names, written here independently of the code under test.
 CHOICES = {
     "--format": ["table", "json", "csv"],
     "--mode": ["reconstruct", "prefix"],
-    "--backup": ["auto", "memory", "file"],
+    "--backup": ["auto", "memory", "file", "model"],
 }
 ENUM_FLAGS = {
     "compare": ["--format", "--mode", "--backup"],
@@ -35,10 +30,6 @@ ENUM_FLAGS = {
 SHARED_FLAGS = ["--model", "--tokenizer", "--text", "--format", "--output", "--force", "--include", "--exclude",
                 "--threads", "--quiet"]
 COMMANDS = ["compare", "quantize", "inspect", "sensitivity"]
-
-
-def run(*args):
-    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=600)
 
 
 def assert_usage_error(result, *needles):

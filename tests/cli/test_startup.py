@@ -15,9 +15,8 @@ import subprocess
 
 import pytest
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
+from .conftest import BIN, TINY
+
 BEGIN = "OPENMP DISPLAY ENVIRONMENT BEGIN"
 
 

@@ -17,10 +17,8 @@ import subprocess
 import pytest
 import torch
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .conftest import BIN, REPO, TINY
+
 DEFAULT_MODEL = os.path.join(REPO, "models", "default.pt")
 
 

@@ -20,10 +20,8 @@ import zipfile
 
 import pytest
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
-EXIT_DATA, EXIT_IO = 3, 4
+from cli.conftest import BIN, EXIT_DATA, EXIT_IO, TINY
+
 # Every hostile input must fail fast: well under this (the tiny model loads in ~1 s).
 TIMEOUT = 60
 

@@ -28,15 +28,12 @@ import time
 
 import pytest
 
-BIN = os.environ.get("QUANTPPL_BIN", "build/quantppl")
-FIXTURES = os.environ.get("QUANTPPL_FIXTURES", "build/fixtures")
-TINY = os.path.join(FIXTURES, "tiny.pt")
+from cli.conftest import BIN, EXIT_DATA, EXIT_IO, EXIT_USAGE, FIXTURES, REPO, TINY
+
 TINY_TOKENIZER = os.path.join(FIXTURES, "tiny.model")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_MODEL = os.path.join(REPO, "models", "default.pt")
 DEFAULT_TEXT = os.path.join(REPO, "data", "default_eval.txt")
 
-EXIT_USAGE, EXIT_DATA, EXIT_IO = 2, 3, 4
 MIB = 1 << 20
 # Stated maxima (include/quantppl/input_file.h, README "Limits").
 MAX_TEXT, MAX_TOKENIZER, MAX_CHECK = 64 * MIB, 64 * MIB, 16 * MIB
