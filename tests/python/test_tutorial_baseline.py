@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-import make_bench_models as mbm
-import python_baseline as pb
+from quantppl_tools import bench_models as mbm
+from quantppl_tools import python_baseline as pb
 from quantppl_tools import tutorial_baseline as tb
 
 TINY = dict(vocab_size=128, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,

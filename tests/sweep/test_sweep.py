@@ -256,9 +256,11 @@ def test_resume_computes_only_missing_variants(sweep_dir, text_file, tmp_path):
     assert sorted(progress_variants(r.stderr)) == sorted([removed, last])
     rows = read_csv(copy / "results.csv")
     assert sorted(x["variant"] for x in rows) == sorted(["fp32", *VARIANTS])
-    for x in rows:  # finished rows were kept, not recomputed
-        if x["variant"] in before:
-            assert x["seconds"] == before[x["variant"]]
+    # Finished rows were kept, not recomputed. (The cut-short last row may still hold its
+    # "seconds" cell, depending on where the cut falls among the columns: it was redone.)
+    for x in rows:
+        if x["variant"] in before and x["variant"] not in (removed, last):
+            assert x["seconds"] == before[x["variant"]], x["variant"]
 
     again = run_sweep(copy, text_file, *GRID)
     assert again.returncode == 0, again.stderr
