@@ -30,10 +30,14 @@ double variance_from_sums(double sum, double sq_sum, double n) {
 }
 
 // sd(x) / sqrt(N) with the sample (N - 1) standard deviation; NaN for N < 2.
+// Written as sqrt(var * N / (N - 1) / N), the order of operations of the
+// versions before the llama.cpp statistics, so that delta_nll_ci95 stays the
+// same number to the last bit (tests/cli/test_early_stopping.py).
 double sample_sd_of_mean(double sum, double sq_sum, int64_t n) {
   if (n < 2) return kNaN;
   const auto count = static_cast<double>(n);
-  return std::sqrt(variance_from_sums(sum, sq_sum, count) / (count - 1));
+  const double sample_variance = variance_from_sums(sum, sq_sum, count) * count / (count - 1);
+  return std::sqrt(sample_variance / count);
 }
 
 // Pearson correlation of x and y from their sums; NaN for N < 2 or a constant
