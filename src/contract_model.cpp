@@ -12,7 +12,7 @@
 #include <mutex>
 #include <unordered_map>
 #include <optional>
-#include <regex>
+#include <string_view>
 #include <sstream>
 #include <unordered_set>
 
@@ -256,9 +256,27 @@ void check_all_tensors(const torch::jit::Module& module, const std::string& path
 
 }  // namespace
 
+// Removes every "___torch_mangle_<digits>." in one left-to-right scan. A scan, not
+// std::regex: libstdc++'s regex executor recurses once per character matched by \d+, so a
+// hostile type name with a very long digit run could overflow the stack (issue 20).
 std::string demangle_torchscript_type(const std::string& qualified_name) {
-  static const std::regex kMangle(R"(___torch_mangle_\d+\.)");
-  return std::regex_replace(qualified_name, kMangle, "");
+  static constexpr std::string_view kMangle = "___torch_mangle_";
+  std::string out;
+  out.reserve(qualified_name.size());
+  size_t i = 0;
+  while (i < qualified_name.size()) {
+    if (qualified_name.compare(i, kMangle.size(), kMangle) == 0) {
+      size_t j = i + kMangle.size();
+      const size_t digits_start = j;
+      while (j < qualified_name.size() && qualified_name[j] >= '0' && qualified_name[j] <= '9') ++j;
+      if (j > digits_start && j < qualified_name.size() && qualified_name[j] == '.') {
+        i = j + 1;
+        continue;
+      }
+    }
+    out += qualified_name[i++];
+  }
+  return out;
 }
 
 ContractModel::ContractModel(std::string path, torch::jit::Module module, ModelMetadata metadata, Tokenizer tokenizer)

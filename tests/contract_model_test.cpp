@@ -77,6 +77,16 @@ TEST(ContractModelTest, DemanglesTorchScriptTypeNames) {
   EXPECT_EQ(demangle_torchscript_type("__torch__.torch.nn.modules.linear.Linear"),
             "__torch__.torch.nn.modules.linear.Linear");
   EXPECT_EQ(demangle_torchscript_type("__torch__.t5.___torch_mangle_1.___torch_mangle_22.Foo"), "__torch__.t5.Foo");
+  // What the pattern ___torch_mangle_\d+\. does not match stays (no digits, no dot, one
+  // underscore more in front: the match starts one later, as a regex search would).
+  EXPECT_EQ(demangle_torchscript_type("a.___torch_mangle_.B"), "a.___torch_mangle_.B");
+  EXPECT_EQ(demangle_torchscript_type("a.___torch_mangle_12"), "a.___torch_mangle_12");
+  EXPECT_EQ(demangle_torchscript_type("a.____torch_mangle_3.B"), "a._B");
+  // Issue 20: a hostile type name with a digit run of a million characters is scanned, not
+  // matched by a recursive regex executor (which overflowed the stack).
+  const std::string hostile = "x.___torch_mangle_" + std::string(1000000, '7') + ".Linear";
+  EXPECT_EQ(demangle_torchscript_type(hostile), "x.Linear");
+  EXPECT_EQ(demangle_torchscript_type(hostile.substr(0, hostile.size() - 7)), hostile.substr(0, hostile.size() - 7));
 }
 
 TEST(ContractModelTest, LinearLayersMatchPythonsNamedModulesOrder) {
