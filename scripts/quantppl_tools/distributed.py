@@ -41,8 +41,8 @@ import time
 
 from . import distributed_task
 from .paths import REPO
-from .sweep_grid import (PINNED_SETTINGS, build_grid, canonical_name, cli_args, effective_bits, fmt_duration,
-                         group_size, linear_shapes, progress_line)
+from .sweep_grid import (PINNED_SETTINGS, build_grid, cli_args, fmt_duration,
+                         group_size, linear_shapes, progress_line, rows_of_results)
 from .sweep_results import (BASE_COLUMNS, EXIT_IO, SweepError, atomic_write, columns_for, log,
                             read_results, variant_columns, write_csv)
 
@@ -148,24 +148,10 @@ class Ship:
 
 def rows_of_report(batch, report, canonical, fp32_row, extra_order, host):
     """The rows of one batch's compare JSON, as sweep.run_sweep builds them, plus provenance."""
-    rows = []
-    for v, r in zip(batch, report.get("results", [])):  # the CLI reports the variants in the order given
-        name = canonical_name(r)
-        canonical[v] = name
-        row = {"variant": name, **variant_columns(name)}
-        for k, val in r.items():
-            if k not in ("variant", "spec"):
-                row[k] = val
-                if k not in BASE_COLUMNS and k not in extra_order:
-                    extra_order.append(k)
-        if name == "fp32":
-            fp32_row = row
-        if fp32_row and isinstance(row.get("ppl"), (int, float)) and row.get("delta_ppl_pct") is None:
-            row["delta_ppl_pct"] = 100.0 * (row["ppl"] / fp32_row["ppl"] - 1.0)
-        row["effective_bits_per_weight"] = effective_bits(r)
+    rows, _ = rows_of_results(batch, report.get("results", []), canonical, fp32_row, extra_order)
+    for row in rows:
         row.update(status="ok", host=host, threads=report.get("threads"), model_sha256=report.get("model_sha256"),
                    text_sha256=report.get("text_sha256"), quantppl_version=report.get("quantppl_version"))
-        rows.append(row)
     return rows
 
 

@@ -51,11 +51,11 @@ import time
 
 from . import distributed, report
 from .paths import REPO
-from .sweep_grid import (PINNED_SETTINGS, build_grid, canonical_name, cli_args, effective_bits, fmt_duration,
-                         group_size, linear_shapes, progress_line)
+from .sweep_grid import (PINNED_SETTINGS, build_grid, cli_args, fmt_duration,
+                         group_size, linear_shapes, progress_line, rows_of_results)
 from .sweep_plots import plot_all
 from .sweep_results import (BASE_COLUMNS, EXIT_INTERRUPTED, EXIT_IO, EXIT_USAGE, SweepError, atomic_write,
-                            columns_for, log, read_results, variant_columns, write_csv)
+                            columns_for, log, read_results, write_csv)
 
 DEFAULT_BIN = os.environ.get("QUANTPPL_BIN") or os.path.join(REPO, "build", "quantppl")
 
@@ -194,22 +194,7 @@ def run_sweep(args):
         results = cli_report.get("results", [])
         if len(results) != len(batch):
             raise SweepError(f"quantppl returned {len(results)} results for {len(batch)} variants", 5)
-        new_rows = []
-        for v, r in zip(batch, results):  # the CLI reports the variants in the order given
-            name = canonical_name(r)
-            canonical[v] = name
-            row = {"variant": name, **variant_columns(name)}
-            for k, val in r.items():
-                if k not in ("variant", "spec"):
-                    row[k] = val
-                    if k not in BASE_COLUMNS and k not in extra_order:
-                        extra_order.append(k)
-            if name == "fp32":
-                fp32_row = row
-            if fp32_row and isinstance(row.get("ppl"), (int, float)) and row.get("delta_ppl_pct") is None:
-                row["delta_ppl_pct"] = 100.0 * (row["ppl"] / fp32_row["ppl"] - 1.0)
-            row["effective_bits_per_weight"] = effective_bits(r)
-            new_rows.append(row)
+        new_rows, fp32_row = rows_of_results(batch, results, canonical, fp32_row, extra_order)
         # a spec written two ways (absmax:4, absmax:4:tensor:minmax) is one row: the newer one
         renamed = {row["variant"] for row in new_rows}
         rows = [row for row in rows if row["variant"] not in renamed] + new_rows

@@ -6,7 +6,7 @@ of every compare call, storage per weight, progress lines. Formulas: sweep.py's 
 import math
 import re
 
-from .sweep_results import SweepError, log
+from .sweep_results import BASE_COLUMNS, SweepError, log, variant_columns
 
 # Settings recorded in run.json; a resumed sweep must match them.
 PINNED_SETTINGS = ["model_sha256", "text_sha256", "mode", "max_length", "include", "exclude"]
@@ -137,3 +137,26 @@ def canonical_name(result):
     """The canonical spec of one result of the CLI's JSON (`spec`; `variant` from a CLI too old
     to report it, which then labels the row as the spec was written)."""
     return result.get("spec") or result.get("variant")
+
+
+def rows_of_results(batch, results, canonical, fp32_row, extra_order):
+    """The results.csv rows of one batch's `compare --format json` results (one per spec of
+    `batch`, in the order given), keyed by the CLI's canonical name; records spec -> name in
+    `canonical` and new JSON fields in `extra_order`. Returns (rows, the fp32 row seen last)."""
+    rows = []
+    for v, r in zip(batch, results):  # the CLI reports the variants in the order given
+        name = canonical_name(r)
+        canonical[v] = name
+        row = {"variant": name, **variant_columns(name)}
+        for k, val in r.items():
+            if k not in ("variant", "spec"):
+                row[k] = val
+                if k not in BASE_COLUMNS and k not in extra_order:
+                    extra_order.append(k)
+        if name == "fp32":
+            fp32_row = row
+        if fp32_row and isinstance(row.get("ppl"), (int, float)) and row.get("delta_ppl_pct") is None:
+            row["delta_ppl_pct"] = 100.0 * (row["ppl"] / fp32_row["ppl"] - 1.0)
+        row["effective_bits_per_weight"] = effective_bits(r)
+        rows.append(row)
+    return rows, fp32_row

@@ -22,7 +22,7 @@ import sys
 
 import pytest
 
-from quantppl_tools import sweep
+from quantppl_tools import sweep, sweep_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("QUANTPPL_BIN", os.path.join(REPO, "build", "quantppl")))
@@ -167,10 +167,10 @@ def test_storage_columns_are_the_clis_and_match_the_qpack_formula(sweep_dir):
 
 
 def test_effective_bits_prefer_the_clis_bits_per_weight():
-    assert sweep.effective_bits({"bits_per_weight": 4.5, "packed_bytes": 1, "fp32_bytes": 4}) == 4.5
-    assert sweep.effective_bits({"packed_bytes": 36, "fp32_bytes": 256}) == pytest.approx(32 * 36 / 256)
-    assert sweep.effective_bits({"packed_bytes": None, "fp32_bytes": 256}) is None
-    assert sweep.effective_bits({}) is None
+    assert sweep_grid.effective_bits({"bits_per_weight": 4.5, "packed_bytes": 1, "fp32_bytes": 4}) == 4.5
+    assert sweep_grid.effective_bits({"packed_bytes": 36, "fp32_bytes": 256}) == pytest.approx(32 * 36 / 256)
+    assert sweep_grid.effective_bits({"packed_bytes": None, "fp32_bytes": 256}) is None
+    assert sweep_grid.effective_bits({}) is None
 
 
 def test_short_specs_are_keyed_by_their_canonical_name_and_resume(sweep_dir, text_file, tmp_path):
