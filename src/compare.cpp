@@ -62,18 +62,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
   const auto run_started = Clock::now();
   const bool any_quantized =
       std::any_of(options.variants.begin(), options.variants.end(), [](const Variant& v) { return !v.is_fp32; });
-  EvalSetupOptions setup_options;
-  setup_options.model_path = options.model_path;
-  setup_options.tokenizer_path = options.tokenizer_path;
-  setup_options.text_path = options.text_path;
-  setup_options.mode = options.mode;
-  setup_options.max_length = options.max_length;
-  setup_options.batch_size = options.batch_size;
-  setup_options.threads = options.threads;
-  setup_options.include = options.include;
-  setup_options.exclude = options.exclude;
-  setup_options.ci_target_pct = options.ci_target_pct;
-  setup_options.seed = options.seed;
+  EvalSetupOptions setup_options = common_setup_options(options);
   setup_options.backup = any_quantized;  // fp32 alone changes no weight: no copy
   setup_options.backup_storage = options.backup;
   EvalSetup setup = prepare_evaluation(setup_options);

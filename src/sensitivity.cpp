@@ -186,19 +186,8 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
   if (options.max_length < 0) throw UsageError(fmt::format("--max-length must be >= 0, got {}", options.max_length));
   if (options.max_tokens < 0) throw UsageError(fmt::format("--max-tokens must be >= 0, got {}", options.max_tokens));
 
-  EvalSetupOptions setup_options;
-  setup_options.model_path = options.model_path;
-  setup_options.tokenizer_path = options.tokenizer_path;
-  setup_options.text_path = options.text_path;
-  setup_options.mode = options.mode;
-  setup_options.max_length = options.max_length;
-  setup_options.batch_size = options.batch_size;
-  setup_options.threads = options.threads;
-  setup_options.include = options.include;
-  setup_options.exclude = options.exclude;
+  EvalSetupOptions setup_options = common_setup_options(options);
   setup_options.max_tokens = options.max_tokens;
-  setup_options.ci_target_pct = options.ci_target_pct;
-  setup_options.seed = options.seed;
   setup_options.backup = false;  // measure_sensitivity keeps its own copy of the selected layers
   EvalSetup setup = prepare_evaluation(setup_options);
 

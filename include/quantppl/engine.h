@@ -65,6 +65,26 @@ struct EvalSetupOptions {
   BackupStorage backup_storage = BackupStorage::kAuto;
 };
 
+// The settings a command's options share with EvalSetupOptions (CompareOptions,
+// SensitivityOptions: same field names); the caller sets the rest (backup,
+// max_tokens).
+template <typename CommandOptions>
+EvalSetupOptions common_setup_options(const CommandOptions& o) {
+  EvalSetupOptions s;
+  s.model_path = o.model_path;
+  s.tokenizer_path = o.tokenizer_path;
+  s.text_path = o.text_path;
+  s.mode = o.mode;
+  s.max_length = o.max_length;
+  s.batch_size = o.batch_size;
+  s.threads = o.threads;
+  s.include = o.include;
+  s.exclude = o.exclude;
+  s.ci_target_pct = o.ci_target_pct;
+  s.seed = o.seed;
+  return s;
+}
+
 struct EvalSetup {
   std::unique_ptr<ContractModel> model;
   std::vector<EvalBatch> batches;          // in evaluation order
