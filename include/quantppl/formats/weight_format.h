@@ -1,0 +1,120 @@
+// A weight format: how one Linear weight W [out, in] is rounded, block by
+// block, to a number format, and what it costs to store.
+//
+// Every quantized variant names one WeightFormat (formats/format_table.h maps
+// spec text to formats): the uniform integer grids of quantize.h
+// (absmax/zeropoint, any granularity and range) are one family; NF4, FP4/FP8,
+// OCP MX, NVFP4 and llama.cpp's block formats (issue 14) are others.
+// Methods that decide *how* to round (GPTQ, AWQ, HQQ: include/quantppl/methods/)
+// reach a format only through this interface, so a new format works with every
+// method and a new method with every format.
+//
+// Conventions shared by every format:
+// * Blocks run along a row (the input dimension, dim 1): a block is G
+//   consecutive inputs of one output row (group_columns(in) == G), or a whole
+//   row (per channel: G == in), or the whole tensor (per tensor: G == 0).
+// * fake_quantize_into computes x_hat = dequantize(quantize(x)) in float32,
+//   with the format's own rounding; an all-zero block stays zero; NaN or Inf in
+//   the input is a DataError naming the weight.
+// * pack/unpack store the same x_hat at the format's real width; unpack(pack(W))
+//   is bit-identical with fake_quantize_into(W).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace quantppl {
+
+// One stored array of a packed weight, e.g. {"codes", "u4", ...},
+// {"scales", "e8m0", ...}, {"scales", "f16", ...}, {"zero_points", "i16", ...}.
+// `dtype` is a short tag the .qpack header records: "uN" (N-bit unsigned codes
+// in one LSB-first bit stream, packed_model.h), "i16", "f16", "f32", "e8m0",
+// "e4m3", "u8". `count` is the number of elements, `bytes` their storage.
+struct PackedSection {
+  std::string name;
+  std::string dtype;
+  int64_t count = 0;
+  std::string bytes;
+};
+
+struct PackedWeight {
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+  std::vector<PackedSection> sections;
+};
+
+// The quantizer of one column group, with its parameters already fixed: what
+// GPTQ (methods/gptq.h) needs, since it quantizes one column at a time, each
+// after the error of the previous columns has been spread onto it.
+class ColumnGroupQuantizer {
+ public:
+  virtual ~ColumnGroupQuantizer() = default;
+  // x_hat of one column (float32 [out]) that lies at position `j` within the
+  // group (0 <= j < group width), with the group's fixed parameters.
+  virtual torch::Tensor fake_quantize_column(const torch::Tensor& column, int64_t j) const = 0;
+};
+
+// One weight with its parameters chosen (the costly part for percentile and
+// MSE ranges, GPTQ's error compensation, AWQ's search): compare applies every
+// variant once per batch, so parameters are chosen once and applied many times.
+// A method's result (methods/) is also a PreparedWeight.
+class PreparedWeight {
+ public:
+  virtual ~PreparedWeight() = default;
+  // dst = x_hat. `src` is the weight prepare() was given (the original, from
+  // the backup); dst: contiguous float32 of its shape; src == dst allowed.
+  // One read of src and one write of dst.
+  virtual void fake_quantize_into(const torch::Tensor& src, torch::Tensor& dst) const = 0;
+  // The weight at its real width (the .qpack sections); exact size.
+  virtual PackedWeight pack(const torch::Tensor& src) const = 0;
+};
+
+class WeightFormat {
+ public:
+  virtual ~WeightFormat() = default;
+
+  // The canonical spec (every field explicit), e.g. "absmax:4:group64:minmax",
+  // "nf4:group64:minmax", "mxfp4", "q4_0". parse(spec()) gives an equal format.
+  virtual std::string spec() const = 0;
+
+  // Inputs per block along a row: G, in_features (per channel), or 0 (one
+  // block for the whole tensor). UsageError naming `name` if the format cannot
+  // cut a row of in_features inputs (e.g. 32 does not divide it).
+  virtual int64_t group_columns(int64_t in_features, const std::string& name) const = 0;
+
+  // All stored bits (codes and every scale, zero point and global scale) over
+  // the number of weights, for a weight of this shape: 4.25 for mxfp4, 4.5 for
+  // q4_0 and nvfp4, 8.5 for q8_0.
+  virtual double bits_per_weight(int64_t out_features, int64_t in_features) const = 0;
+  // The bytes pack() writes for a weight of this shape (sum of its sections'
+  // bytes). Exact for every format whose size does not depend on the values.
+  virtual int64_t packed_bytes(int64_t out_features, int64_t in_features) const = 0;
+
+  // Chooses the weight's parameters (NaN/Inf: DataError naming `name`).
+  virtual std::unique_ptr<PreparedWeight> prepare(const torch::Tensor& weight, const std::string& name) const = 0;
+
+  // prepare(src)->fake_quantize_into(src, dst), for one-off use. src, dst: contiguous float32 [out, in], same shape;
+  // src == dst allowed (in place). The fast path: fused, no per-element
+  // pow/log2, parallel over LibTorch's intra-op threads.
+  virtual void fake_quantize_into(const torch::Tensor& src, torch::Tensor& dst, const std::string& name) const = 0;
+
+  // GPTQ's view. `whole_weight` is the original W (tensor-level parameters,
+  // such as a per-tensor scale or NVFP4's global scale, come from it);
+  // `group_cols` is the current (error-updated) W[:, c0 : c0 + G) of the group
+  // whose first column c0 GPTQ has reached (the whole W per tensor). The
+  // returned quantizer fake-quantizes that group's columns.
+  virtual std::unique_ptr<ColumnGroupQuantizer> begin_group(const torch::Tensor& whole_weight,
+                                                            const torch::Tensor& group_cols,
+                                                            const std::string& name) const = 0;
+
+  // The inverse of PreparedWeight::pack: x_hat, bit-identical with
+  // fake_quantize_into. DataError naming `name` for sections that do not
+  // match the format and shape (a hostile .qpack must not crash it).
+  virtual torch::Tensor unpack(const PackedWeight& packed, const std::string& name) const = 0;
+};
+
+}  // namespace quantppl
