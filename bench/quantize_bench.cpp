@@ -10,6 +10,10 @@
 //                                             backup into the live weight (what a variant costs once)
 //   BM_ApplyVariantParams/<variant>/threads:T parameters known: fake_quantize_into only (per batch in compare)
 //   BM_FakeQuantizeReference/<variant>/threads:T  restore + the plain tensor-op reference, in place
+//   BM_FormatFakeQuantize/<spec>/threads:T    WeightFormat::fake_quantize_into of every weight from the
+//                                             backup into the live weight, for every example spec of
+//                                             every row of formats/format_table.h (issue 14: within 2x
+//                                             a copy; new rows appear here without edits)
 //   BM_Sgemm/threads:T                        512x512 @ 512x2048 float32 matmul; counter flops_per_second
 //   BM_JitLoad                                torch::jit::load alone
 //   BM_LoadContractModel                      load_model_file: jit::load + metadata + tokenizer + layers
@@ -30,6 +34,7 @@
 
 #include "quantppl/compare.h"
 #include "quantppl/contract_model.h"
+#include "quantppl/formats/format_table.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/packed_model.h"
 #include "quantppl/quantize.h"
@@ -118,6 +123,21 @@ void BM_FakeQuantizeReference(benchmark::State& state, const quantppl::QuantConf
   state.SetBytesProcessed(state.iterations() * f.bytes);
 }
 
+void BM_FormatFakeQuantize(benchmark::State& state, const std::string& spec, int threads) {
+  Fixture& f = fixture();
+  set_threads(threads);
+  const std::shared_ptr<const quantppl::WeightFormat> format = quantppl::parse_format(spec);
+  torch::NoGradGuard no_grad;
+  for (auto _ : state) {
+    for (size_t i = 0; i < f.backup->layers().size(); ++i) {
+      torch::Tensor weight = f.backup->layers()[i].weight;
+      format->fake_quantize_into(f.backup->original(i), weight, f.backup->layers()[i].name);
+    }
+  }
+  f.backup->restore();
+  state.SetBytesProcessed(state.iterations() * f.bytes);
+}
+
 void BM_Sgemm(benchmark::State& state, int threads) {
   set_threads(threads);
   torch::manual_seed(0);
@@ -168,6 +188,12 @@ void register_all() {
       if (config.range != quantppl::RangeMethod::kMse) {  // the reference MSE search takes seconds a pass
         ms(benchmark::RegisterBenchmark(("BM_FakeQuantizeReference" + name).c_str(), BM_FakeQuantizeReference, config,
                                         t));
+      }
+    }
+    for (const quantppl::FormatFamily& family : quantppl::format_families()) {
+      for (const std::string& spec : family.examples) {
+        ms(benchmark::RegisterBenchmark(("BM_FormatFakeQuantize/" + spec + suffix).c_str(), BM_FormatFakeQuantize,
+                                        spec, t));
       }
     }
     ms(benchmark::RegisterBenchmark(("BM_Sgemm" + suffix).c_str(), BM_Sgemm, t));

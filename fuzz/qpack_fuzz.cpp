@@ -38,12 +38,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (size_t i = 0; i < m.layers.size(); ++i) {
       const quantppl::PackedLayer& l = m.layers[i];
       if (!names.insert(l.name).second) std::abort();
-      if (!inside(l.codes_offset, l.codes_bytes) || !inside(l.scales_offset, 4 * l.num_blocks)) std::abort();
-      // Unpacking what was accepted must work and stay in range.
-      const quantppl::QuantizedTensor q = m.quantized(i);
-      if (q.codes.numel() != l.out_features * l.in_features) std::abort();
+      for (const quantppl::PackedLayerSection& s : l.sections) {
+        if (!inside(s.offset, s.bytes)) std::abort();
+      }
+      // What was accepted was unpacked: one weight of the layer's shape per layer.
+      if (m.weights.size() <= i || m.weights[i].numel() != l.out_features * l.in_features) std::abort();
     }
-    if (m.embedded && !inside(m.embedded_offset, m.source_bytes)) std::abort();
+    if (m.embedded && !inside(m.embedded_offset, m.embedded_bytes)) std::abort();
   } catch (const quantppl::Error&) {
   }
   return 0;

@@ -22,6 +22,8 @@
 #       load times. Skipped with a message if the binary or its benchmarks are missing. The GEMM
 #       rate is also measured through torch.mm (python_baseline.py --sgemm, same OpenBLAS) at the
 #       start and the end; the report uses the best rate seen.
+#       BM_FormatFakeQuantize/<spec>/threads:T runs every example spec of every row of the format
+#       table (formats/format_table.h): the report's target 6 is each over the copy, <= 2.
 #   (b) quantppl compare --variants fp32 --format json -q for B in 1,8 and T in 1,2 on the text
 #       (data/default_eval.txt repeated 4 times: 17,349 tokens, 34 windows of <= 512), and
 #       scripts/python_baseline.py on the same (interleaved, --reps times).
@@ -217,7 +219,8 @@ fi
 # ---------------------------------------------------------------------------------------------
 # (a) micro-benchmarks
 # ---------------------------------------------------------------------------------------------
-WANT_BENCH=(BM_CopyLinearWeights BM_FakeQuantize BM_RestoreWeights BM_Sgemm BM_JitLoad BM_LoadContractModel)
+WANT_BENCH=(BM_CopyLinearWeights BM_FakeQuantize BM_FormatFakeQuantize BM_RestoreWeights BM_Sgemm BM_JitLoad
+            BM_LoadContractModel)
 if [[ -x $BENCH ]] && LIST=$("$BENCH" --benchmark_list_tests 2>/dev/null); then
   missing=()
   for b in "${WANT_BENCH[@]}"; do grep -q "^$b/\|^$b\$" <<< "$LIST" || missing+=("$b"); done

@@ -28,23 +28,22 @@ namespace {
 // variant's weights are in place.
 class VariantWeights : public WeightStates {
  public:
-  VariantWeights(WeightBackup* backup, const std::vector<Variant>& variants,
-                 const std::vector<std::vector<QParams>>& params, bool original)
-      : backup_(backup), variants_(variants), params_(params), original_(original) {}
+  VariantWeights(WeightBackup* backup, const std::vector<std::vector<std::unique_ptr<PreparedWeight>>>& prepared,
+                 bool original)
+      : backup_(backup), prepared_(prepared), original_(original) {}
   void put_fp32() override {
     if (!original_) backup_->restore();
     original_ = true;
   }
   void put(size_t i) override {
-    apply_variant_params(*backup_, variants_[i].config, params_[i]);
+    apply_prepared(*backup_, prepared_[i]);
     original_ = false;
   }
   void finish() { put_fp32(); }
 
  private:
   WeightBackup* backup_;
-  const std::vector<Variant>& variants_;
-  const std::vector<std::vector<QParams>>& params_;
+  const std::vector<std::vector<std::unique_ptr<PreparedWeight>>>& prepared_;
   bool original_;
 };
 
@@ -81,7 +80,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
 
   // Per variant: its parameters (chosen once) and its running comparison with fp32.
   report.load_seconds = seconds_since(run_started);
-  std::vector<std::vector<QParams>> params(options.variants.size());
+  std::vector<std::vector<std::unique_ptr<PreparedWeight>>> prepared(options.variants.size());
   std::vector<Candidate> candidates(options.variants.size());
   for (size_t i = 0; i < options.variants.size(); ++i) {
     const Variant& variant = options.variants[i];
@@ -98,8 +97,8 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     if (!variant.is_fp32) {
       if (progress) progress("choosing parameters", 0, 1, i, options.variants.size());
       const auto started = Clock::now();
-      params[i] = choose_variant_params(*backup, variant.config);
-      apply_variant_params(*backup, variant.config, params[i]);
+      prepared[i] = prepare_variant(*backup, *variant.format);
+      apply_prepared(*backup, prepared[i]);
       ErrorMetrics total;
       for (size_t l = 0; l < backup->layers().size(); ++l) {
         total.merge(error_metrics(backup->original(l), backup->layers()[l].weight));
@@ -107,15 +106,18 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
       }
       result.weight_mse = total.mse();
       result.weight_sqnr_db = total.sqnr_db();
-      result.packed_bytes = packed_size_bytes(backup->layers(), variant.config, params[i]);
+      result.packed_bytes = prepared_packed_bytes(*backup, *variant.format, prepared[i]);
       candidate.seconds += seconds_since(started);
+    }
+    if (setup.selected_parameters > 0) {
+      result.bits_per_weight = 8.0 * static_cast<double>(*result.packed_bytes) / static_cast<double>(setup.selected_parameters);
     }
     report.results.push_back(result);
   }
 
   // Batch-major evaluation: fp32 first, then every variant on the same batch.
   // Choosing parameters left the last variant's weights in place.
-  VariantWeights weights(backup, options.variants, params, /*original=*/!any_quantized);
+  VariantWeights weights(backup, prepared, /*original=*/!any_quantized);
   const size_t batch_count = setup.batches.size();
   const size_t evaluations_per_batch = 1 + static_cast<size_t>(std::count_if(
       options.variants.begin(), options.variants.end(), [](const Variant& v) { return !v.is_fp32; }));

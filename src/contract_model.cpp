@@ -283,6 +283,32 @@ ContractModel::ContractModel(std::string path, torch::jit::Module module, ModelM
     : path_(std::move(path)), module_(std::move(module)), metadata_(std::move(metadata)), tokenizer_(std::move(tokenizer)) {}
 
 ContractModel ContractModel::load(const std::string& path, const std::string& tokenizer_override) {
+  return load_impl(path, tokenizer_override, nullptr);
+}
+
+namespace {
+
+// A .qpack (version 2) embeds the model with each quantized Linear weight
+// replaced by a zero-stride view of one float (packed_model.h). Such a weight
+// gets a fresh contiguous zero tensor of its shape, which load_packed_model
+// overwrites with the unpacked values; its name goes to `rebuilt`.
+void rebuild_stripped_weights(torch::jit::Module& module, std::vector<std::string>* rebuilt) {
+  for (const auto& item : module.named_modules()) {
+    const auto type_name = item.value.type()->name();
+    if (!type_name || demangle_torchscript_type(type_name->qualifiedName()) != kLinearType) continue;
+    if (!item.value.hasattr("weight") || !item.value.attr("weight").isTensor()) continue;
+    const torch::Tensor weight = item.value.attr("weight").toTensor();
+    if (weight.dim() != 2 || weight.is_contiguous() || weight.stride(0) != 0 || weight.stride(1) != 0) continue;
+    torch::jit::Module owner = item.value;
+    owner.setattr("weight", torch::zeros(weight.sizes(), weight.options()));
+    rebuilt->push_back(item.name.empty() ? "<root>" : item.name);
+  }
+}
+
+}  // namespace
+
+ContractModel ContractModel::load_impl(const std::string& path, const std::string& tokenizer_override,
+                                       std::vector<std::string>* rebuilt_stripped) {
   const ActivityScope activity("loading " + describe(path));
   if (path.empty()) throw IoError("model path is empty");
   const RegularFile file(path, "model", kMaxModelFileBytes);
@@ -337,6 +363,7 @@ ContractModel ContractModel::load(const std::string& path, const std::string& to
     if (own) check_same_vocabulary(tokenizer, *own);
   }
 
+  if (rebuilt_stripped != nullptr) rebuild_stripped_weights(module, rebuilt_stripped);
   for (const LinearLayer& layer : find_linear_layers(module, path)) {
     if (!all_finite(layer.weight)) {
       throw DataError(describe(path) + ": Linear layer '" + layer.name + "' has NaN or Inf weights");

@@ -13,6 +13,7 @@
 #include "quantppl/contract_model.h"
 #include "quantppl/default_paths.h"
 #include "quantppl/error.h"
+#include "quantppl/formats/uniform_format.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/packed_model.h"
 #include "quantppl/sha256.h"
@@ -59,7 +60,17 @@ ordered_json layer_json(const LayerInspection& l, bool shape_as_list) {
   j["kurtosis"] = l.stats.kurtosis;
   j["outlier_fraction_6sigma"] = l.stats.outlier_fraction_6sigma;
   const bool per_tensor = l.damage && l.damage->blocks == 1;
-  if (l.damage) {
+  if (l.damage && !l.damage->uniform_grid) {
+    const VariantDamage& d = *l.damage;
+    j["blocks"] = d.blocks;
+    for (const char* key : {"scale", "zero_point", "scale_min", "scale_median", "scale_max", "zero_point_min",
+                            "zero_point_median", "zero_point_max", "clipped_fraction"}) {
+      j[key] = nullptr;
+    }
+    j["mse"] = d.error.mse();
+    j["max_abs_error"] = d.error.max_abs_error;
+    j["sqnr_db"] = number_or_null(d.error.sqnr_db());
+  } else if (l.damage) {
     const VariantDamage& d = *l.damage;
     j["blocks"] = d.blocks;
     j["scale"] = per_tensor ? ordered_json(d.scale.min) : ordered_json(nullptr);
@@ -97,7 +108,7 @@ ordered_json summary_json(const InspectionReport& r) {
   j["mse"] = r.summary.error.mse();
   j["max_abs_error"] = r.summary.error.max_abs_error;
   j["sqnr_db"] = number_or_null(r.summary.error.sqnr_db());
-  j["clipped_fraction"] = r.summary.clipped_fraction;
+  j["clipped_fraction"] = r.summary.clipped_known ? ordered_json(r.summary.clipped_fraction) : ordered_json(nullptr);
   j["worst_layer"] = r.summary.worst_layer;
   j["worst_sqnr_db"] = number_or_null(r.summary.worst_sqnr_db);
   return j;
@@ -155,6 +166,20 @@ VariantDamage variant_damage(const torch::Tensor& w, const QuantConfig& config, 
   return d;
 }
 
+VariantDamage variant_damage(const torch::Tensor& w, const WeightFormat& format, const std::string& name) {
+  if (const auto* uniform = dynamic_cast<const UniformFormat*>(&format)) return variant_damage(w, uniform->config(), name);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor src = w.detach().contiguous();
+  torch::Tensor w_hat = torch::empty_like(src, torch::MemoryFormat::Contiguous);
+  format.fake_quantize_into(src, w_hat, name);
+  VariantDamage d;
+  d.uniform_grid = false;
+  const int64_t g = format.group_columns(src.size(1), name);
+  d.blocks = g == 0 ? 1 : src.numel() / g;
+  d.error = error_metrics(w, w_hat);
+  return d;
+}
+
 InspectionReport run_inspect(const InspectOptions& options, const InspectProgress& progress) {
   InspectionReport report;
   const std::string model_path = options.model_path.empty() ? default_model_path() : options.model_path;
@@ -173,8 +198,9 @@ InspectionReport run_inspect(const InspectOptions& options, const InspectProgres
     li.shape = layer.weight.sizes().vec();
     li.stats = weight_stats(layer.weight, layer.name);
     if (!report.is_fp32) {
-      li.damage = variant_damage(layer.weight, options.variant.config, layer.name);
+      li.damage = variant_damage(layer.weight, *options.variant.format, layer.name);
       summary.error.merge(li.damage->error);
+      if (!li.damage->uniform_grid) summary.clipped_known = false;
       clipped += li.damage->clipped_fraction * static_cast<double>(li.stats.parameters);
       const double sqnr = li.damage->error.sqnr_db();
       if (summary.worst_layer.empty() || sqnr < summary.worst_sqnr_db) {
@@ -229,7 +255,11 @@ std::string format_inspection_table(const InspectionReport& r) {
       blocks = std::to_string(d.blocks);
       scale = d.blocks == 1 ? fmt::format("{:.4e}", d.scale.min) : fmt::format("~{:.4e}", d.scale.median);
       zero = d.blocks == 1 ? fmt::format("{:g}", d.zero_point.min) : fmt::format("~{:g}", d.zero_point.median);
-      clipped = fmt::format("{:.3f}%", 100.0 * d.clipped_fraction);
+      if (d.uniform_grid) {
+        clipped = fmt::format("{:.3f}%", 100.0 * d.clipped_fraction);
+      } else {
+        scale = zero = "-";
+      }
       mse = fmt::format("{:.3e}", d.error.mse());
       maxerr = fmt::format("{:.3e}", d.error.max_abs_error);
       sqnr = db_string(d.error.sqnr_db());
@@ -242,10 +272,11 @@ std::string format_inspection_table(const InspectionReport& r) {
   if (r.is_fp32) {
     out += fmt::format("\nsummary  {} layers, {} weights (fp32: nothing quantized)\n", s.layers, s.parameters);
   } else {
-    out += fmt::format("\nsummary  {} layers, {} weights: MSE {:.3e}, max|err| {:.3e}, SQNR {} dB, clipped {:.3f}%; "
+    const std::string clipped = s.clipped_known ? fmt::format("{:.3f}%", 100.0 * s.clipped_fraction) : "-";
+    out += fmt::format("\nsummary  {} layers, {} weights: MSE {:.3e}, max|err| {:.3e}, SQNR {} dB, clipped {}; "
                        "worst layer {} ({} dB)\n",
                        s.layers, s.parameters, s.error.mse(), s.error.max_abs_error, db_string(s.error.sqnr_db()),
-                       100.0 * s.clipped_fraction, s.worst_layer, db_string(s.worst_sqnr_db));
+                       clipped, s.worst_layer, db_string(s.worst_sqnr_db));
     out += "(per-channel/group rows show the median scale and zero point, marked ~; JSON/CSV carry min/median/max)\n";
   }
   return out;

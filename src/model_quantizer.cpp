@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "quantppl/error.h"
+#include "quantppl/formats/uniform_format.h"
 #include "quantppl/output_file.h"
 
 namespace quantppl {
@@ -54,8 +55,7 @@ std::vector<LinearLayer> select_layers(const std::vector<LinearLayer>& layers, c
   return selected;
 }
 
-ModelQuantization apply_variant(WeightBackup& backup, const QuantConfig& config) {
-  validate(config);
+ModelQuantization apply_variant(WeightBackup& backup, const WeightFormat& format) {
   torch::NoGradGuard no_grad;
   ModelQuantization result;
   for (size_t i = 0; i < backup.layers().size(); ++i) {
@@ -63,8 +63,8 @@ ModelQuantization apply_variant(WeightBackup& backup, const QuantConfig& config)
     torch::Tensor weight = layer.weight;
     LayerQuantization lq;
     lq.name = layer.name;
-    lq.params = choose_qparams(backup.original(i), config, layer.name);
-    fake_quantize_into(backup.original(i), weight, lq.params, config, layer.name);
+    lq.prepared = format.prepare(backup.original(i), layer.name);
+    lq.prepared->fake_quantize_into(backup.original(i), weight);
     lq.error = error_metrics(backup.original(i), weight);
     backup.release(i);
     result.total.merge(lq.error);
@@ -73,20 +73,42 @@ ModelQuantization apply_variant(WeightBackup& backup, const QuantConfig& config)
   return result;
 }
 
-std::vector<QParams> choose_variant_params(const WeightBackup& backup, const QuantConfig& config) {
+ModelQuantization apply_variant(WeightBackup& backup, const QuantConfig& config) {
+  return apply_variant(backup, UniformFormat(config));
+}
+
+std::vector<std::unique_ptr<PreparedWeight>> prepare_variant(const WeightBackup& backup, const WeightFormat& format) {
+  torch::NoGradGuard no_grad;
   std::vector<std::string> names;
   for (const LinearLayer& layer : backup.layers()) names.push_back(layer.name);
   if (!backup.pages_dropped()) {
     std::vector<torch::Tensor> originals;
     for (size_t i = 0; i < backup.layers().size(); ++i) originals.push_back(backup.original(i));
-    return choose_qparams_many(originals, config, names);
+    return format.prepare_many(originals, names);
   }
   // Pages dropped after use: one layer resident at a time.
-  std::vector<QParams> params;
+  std::vector<std::unique_ptr<PreparedWeight>> prepared;
   for (size_t i = 0; i < backup.layers().size(); ++i) {
-    params.push_back(choose_qparams(backup.original(i), config, names[i]));
+    prepared.push_back(format.prepare(backup.original(i), names[i]));
     backup.release(i);
   }
+  return prepared;
+}
+
+void apply_prepared(WeightBackup& backup, const std::vector<std::unique_ptr<PreparedWeight>>& prepared) {
+  if (prepared.size() != backup.layers().size()) throw UsageError("apply_prepared: one PreparedWeight per layer expected");
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < prepared.size(); ++i) {
+    torch::Tensor weight = backup.layers()[i].weight;
+    prepared[i]->fake_quantize_into(backup.original(i), weight);
+    backup.release(i);
+  }
+}
+
+std::vector<QParams> choose_variant_params(const WeightBackup& backup, const QuantConfig& config) {
+  const std::vector<std::unique_ptr<PreparedWeight>> prepared = prepare_variant(backup, UniformFormat(config));
+  std::vector<QParams> params;
+  for (const auto& p : prepared) params.push_back(static_cast<const UniformPreparedWeight&>(*p).params());
   return params;
 }
 
@@ -98,6 +120,18 @@ void apply_variant_params(WeightBackup& backup, const QuantConfig& config, const
     fake_quantize_into(backup.original(i), weight, params[i], config, backup.layers()[i].name);
     backup.release(i);
   }
+}
+
+int64_t prepared_packed_bytes(const WeightBackup& backup, const WeightFormat& format,
+                              const std::vector<std::unique_ptr<PreparedWeight>>& prepared) {
+  if (prepared.size() != backup.layers().size()) throw UsageError("prepared_packed_bytes: one PreparedWeight per layer expected");
+  int64_t total = 0;
+  for (size_t i = 0; i < prepared.size(); ++i) {
+    const torch::Tensor& w = backup.layers()[i].weight;
+    const std::optional<int64_t> exact = prepared[i]->packed_bytes();
+    total += exact ? *exact : format.packed_bytes(w.size(0), w.size(1));
+  }
+  return total;
 }
 
 }  // namespace quantppl

@@ -13,12 +13,16 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
+#include <stdexcept>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "quantppl/error.h"
+#include "quantppl/formats/packed_sections.h"
+#include "quantppl/formats/uniform_format.h"
 #include "quantppl/regular_file.h"
 #include "quantppl/json_input.h"
 #include "quantppl/model_quantizer.h"
@@ -76,70 +80,6 @@ ordered_json section_json(int64_t offset, int64_t bytes) {
 }  // namespace
 
 // ---------------------------------------------------------------------------
-// Bit packing
-// ---------------------------------------------------------------------------
-
-std::string pack_codes(const int32_t* codes, int64_t count, int bits) {
-  if (bits < 1 || bits > 8) throw UsageError(fmt::format("pack_codes: bits must be in [1, 8], got {}", bits));
-  const int32_t max_code = (1 << bits) - 1;
-  std::string out(static_cast<size_t>(code_bytes(count, bits)), '\0');
-  uint64_t acc = 0;
-  int filled = 0;
-  size_t pos = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    const int32_t c = codes[i];
-    if (c < 0 || c > max_code) {
-      throw UsageError(fmt::format("pack_codes: code {} at index {} does not fit {} bits", c, i, bits));
-    }
-    acc |= static_cast<uint64_t>(c) << filled;
-    filled += bits;
-    while (filled >= 8) {
-      out[pos++] = static_cast<char>(acc & 0xff);
-      acc >>= 8;
-      filled -= 8;
-    }
-  }
-  if (filled > 0) out[pos++] = static_cast<char>(acc & 0xff);
-  return out;
-}
-
-std::string pack_codes(const std::vector<int32_t>& codes, int bits) {
-  return pack_codes(codes.data(), static_cast<int64_t>(codes.size()), bits);
-}
-
-namespace {
-
-// Unpacks into `out`; returns false if a trailing padding bit is set.
-bool unpack_into(const uint8_t* data, int64_t count, int bits, int32_t* out) {
-  const uint64_t mask = (uint64_t{1} << bits) - 1;
-  uint64_t acc = 0;
-  int filled = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    while (filled < bits) {
-      acc |= static_cast<uint64_t>(*data++) << filled;
-      filled += 8;
-    }
-    out[i] = static_cast<int32_t>(acc & mask);
-    acc >>= bits;
-    filled -= bits;
-  }
-  return acc == 0;
-}
-
-}  // namespace
-
-std::vector<int32_t> unpack_codes(std::string_view bytes, int64_t count, int bits) {
-  if (bits < 1 || bits > 8) throw UsageError(fmt::format("unpack_codes: bits must be in [1, 8], got {}", bits));
-  if (static_cast<int64_t>(bytes.size()) != code_bytes(count, bits)) {
-    throw UsageError(fmt::format("unpack_codes: {} codes of {} bits need {} bytes, got {}", count, bits,
-                                 code_bytes(count, bits), bytes.size()));
-  }
-  std::vector<int32_t> out(static_cast<size_t>(count));
-  unpack_into(reinterpret_cast<const uint8_t*>(bytes.data()), count, bits, out.data());
-  return out;
-}
-
-// ---------------------------------------------------------------------------
 // Sizes
 // ---------------------------------------------------------------------------
 
@@ -192,14 +132,41 @@ bool is_packed_model_file(const std::string& path) {
   }
 }
 
-PackedModelSummary write_packed_model(const std::string& model_path, const Variant& variant,
-                                      const std::string& include, const std::string& exclude,
-                                      const std::string& out_path, bool force, bool embed) {
+namespace {
+
+void check_packing_inputs(const std::string& model_path, const Variant& variant, const std::string& out_path,
+                          bool force) {
   if (variant.is_fp32) throw UsageError("--packed needs a quantized --variant, got fp32");
   check_output_path(out_path, force, {model_path});
   if (is_packed_model_file(model_path)) {
     throw UsageError(fmt::format("--model '{}' is already a .qpack; pack from the original contract model",
                                  model_path));
+  }
+}
+
+// The file: preamble, header, zero padding to 64, payload.
+std::string assemble_file(uint32_t version, const std::string& header_text, const std::string& payload) {
+  std::string file;
+  file.reserve(static_cast<size_t>(align_up(kQpackPreambleBytes + static_cast<int64_t>(header_text.size()))) + payload.size());
+  file.append(kQpackMagic, sizeof kQpackMagic);
+  put<uint32_t>(file, version);
+  put<uint32_t>(file, 0);
+  put<uint64_t>(file, header_text.size());
+  file += sha256(header_text);
+  file += header_text;
+  file.resize(static_cast<size_t>(align_up(static_cast<int64_t>(file.size()))), '\0');
+  file += payload;
+  return file;
+}
+
+}  // namespace
+
+PackedModelSummary write_packed_model_v1(const std::string& model_path, const Variant& variant,
+                                         const std::string& include, const std::string& exclude,
+                                         const std::string& out_path, bool force, bool embed) {
+  check_packing_inputs(model_path, variant, out_path, force);
+  if (dynamic_cast<const UniformFormat*>(variant.format.get()) == nullptr) {
+    throw UsageError(fmt::format("version 1 .qpack files hold absmax/zeropoint variants only, got '{}'", variant.name));
   }
   const QuantConfig& config = variant.config;
   validate(config);
@@ -264,7 +231,7 @@ PackedModelSummary write_packed_model(const std::string& model_path, const Varia
 
   ordered_json header;
   header["format"] = "quantppl packed model (docs/qpack-format.md)";
-  header["format_version"] = kQpackFormatVersion;
+  header["format_version"] = 1;
   header["variant"] = canonical_spec(variant);
   header["scheme"] = std::string(kSchemeNames.name(config.scheme));
   header["bits"] = config.bits;
@@ -285,21 +252,132 @@ PackedModelSummary write_packed_model(const std::string& model_path, const Varia
   header["payload_sha256"] = sha256(payload);
   const std::string header_text = header.dump(1) + "\n";
 
-  std::string file;
-  file.reserve(static_cast<size_t>(align_up(kQpackPreambleBytes + static_cast<int64_t>(header_text.size()))) + payload.size());
-  file.append(kQpackMagic, sizeof kQpackMagic);
-  put<uint32_t>(file, kQpackFormatVersion);
-  put<uint32_t>(file, 0);
-  put<uint64_t>(file, header_text.size());
-  file += sha256(header_text);
-  file += header_text;
-  file.resize(static_cast<size_t>(align_up(static_cast<int64_t>(file.size()))), '\0');
-  file += payload;
+  const std::string file = assemble_file(1, header_text, payload);
   write_file_atomically(out_path, file, force, {model_path});
 
   summary.layers = static_cast<int64_t>(layers.size());
   summary.fp32_bytes = 4 * summary.parameters;
+  summary.bits_per_weight = 8.0 * static_cast<double>(summary.packed_bytes) / static_cast<double>(summary.parameters);
   summary.file_bytes = static_cast<int64_t>(file.size());
+  summary.source_bytes = static_cast<int64_t>(source.size());
+  return summary;
+}
+
+namespace {
+
+// The model's archive with every layer of `layers` holding, instead of its
+// weight, a zero-stride view of one float (TorchScript serializes a tensor's
+// storage, so each costs 4 bytes, and all share one storage record). The
+// weights are put back before returning.
+std::string stripped_model_bytes(ContractModel& model, const std::vector<LinearLayer>& layers) {
+  std::set<std::string> names;
+  for (const LinearLayer& layer : layers) names.insert(layer.name);
+  const torch::Tensor one = torch::zeros({1}, torch::kFloat32);
+  std::vector<std::pair<torch::jit::Module, torch::Tensor>> originals;
+  for (const auto& item : model.module().named_modules()) {
+    const std::string name = item.name.empty() ? "<root>" : item.name;
+    if (names.count(name) == 0 || !item.value.hasattr("weight")) continue;
+    torch::jit::Module module = item.value;
+    const torch::Tensor weight = module.attr("weight").toTensor();
+    originals.emplace_back(module, weight);
+    module.setattr("weight", one.expand(weight.sizes()));
+  }
+  std::ostringstream out;
+  std::optional<std::string> error;
+  try {
+    const torch::jit::ExtraFilesMap extra{{"quantppl.json", model.metadata().json_text},
+                                          {"tokenizer.model", model.tokenizer().serialized_model()}};
+    model.module().save(out, extra);
+  } catch (const c10::Error& e) {
+    error = e.what_without_backtrace();
+  }
+  for (auto& [module, weight] : originals) module.setattr("weight", weight);
+  if (error) throw IoError(fmt::format("cannot serialize the model without its quantized weights: {}", *error));
+  return out.str();
+}
+
+}  // namespace
+
+PackedModelSummary write_packed_model(const std::string& model_path, const Variant& variant,
+                                      const std::string& include, const std::string& exclude,
+                                      const std::string& out_path, bool force, bool embed) {
+  check_packing_inputs(model_path, variant, out_path, force);
+  const WeightFormat& format = *variant.format;
+  ContractModel model = ContractModel::load(model_path);
+  const std::vector<LinearLayer> layers = select_layers(model.linear_layers(), include, exclude);
+  const std::string source = read_regular_file(model_path, "model", kMaxModelFileBytes);
+
+  std::string payload;
+  const auto add_section = [&payload](const char* data, size_t size) {
+    payload.resize(static_cast<size_t>(align_up(static_cast<int64_t>(payload.size()))), '\0');
+    const int64_t offset = static_cast<int64_t>(payload.size());
+    payload.append(data, size);
+    return offset;
+  };
+
+  PackedModelSummary summary;
+  ordered_json layer_entries = ordered_json::array();
+  for (const LinearLayer& layer : layers) {
+    const torch::Tensor weight = layer.weight.contiguous();
+    const PackedWeight packed = format.prepare(weight, layer.name)->pack(weight);
+    ordered_json entry;
+    entry["name"] = layer.name;
+    entry["shape"] = {weight.size(0), weight.size(1)};
+    entry["numel"] = weight.numel();
+    ordered_json sections = ordered_json::array();
+    for (const PackedSection& section : packed.sections) {
+      // A format's pack() that disagrees with the tags' sizes is a bug, not bad input.
+      if (section_bytes(section.dtype, section.count) != static_cast<int64_t>(section.bytes.size())) {
+        throw std::logic_error(fmt::format("format '{}' packed section '{}' of '{}' as {} {} in {} bytes", format.spec(),
+                                           section.name, layer.name, section.count, section.dtype, section.bytes.size()));
+      }
+      ordered_json s;
+      s["name"] = section.name;
+      s["dtype"] = section.dtype;
+      s["count"] = section.count;
+      s["offset"] = add_section(section.bytes.data(), section.bytes.size());
+      s["bytes"] = static_cast<int64_t>(section.bytes.size());
+      sections.push_back(s);
+      summary.packed_bytes += static_cast<int64_t>(section.bytes.size());
+    }
+    entry["sections"] = sections;
+    layer_entries.push_back(entry);
+    summary.parameters += weight.numel();
+  }
+  summary.layers = static_cast<int64_t>(layers.size());
+  summary.fp32_bytes = 4 * summary.parameters;
+  summary.bits_per_weight = 8.0 * static_cast<double>(summary.packed_bytes) / static_cast<double>(summary.parameters);
+
+  ordered_json source_json;
+  source_json["path"] = model_path;
+  source_json["sha256"] = sha256(source);
+  source_json["bytes"] = static_cast<int64_t>(source.size());
+  source_json["embedded"] = embed;
+  if (embed) {
+    const std::string stripped = stripped_model_bytes(model, layers);
+    ordered_json section = section_json(add_section(stripped.data(), stripped.size()), static_cast<int64_t>(stripped.size()));
+    section["sha256"] = sha256(stripped);
+    source_json["section"] = section;
+  }
+
+  ordered_json header;
+  header["format"] = "quantppl packed model (docs/qpack-format.md)";
+  header["format_version"] = kQpackFormatVersion;
+  header["variant"] = canonical_spec(variant);
+  header["weight_format"] = format.spec();
+  header["bits_per_weight"] = summary.bits_per_weight;
+  header["packed_bytes"] = summary.packed_bytes;
+  header["fp32_bytes"] = summary.fp32_bytes;
+  header["include"] = include;
+  header["exclude"] = exclude;
+  header["source_model"] = source_json;
+  header["layers"] = layer_entries;
+  header["payload_bytes"] = static_cast<int64_t>(payload.size());
+  header["payload_sha256"] = sha256(payload);
+  const std::string file = assemble_file(kQpackFormatVersion, header.dump(1) + "\n", payload);
+  write_file_atomically(out_path, file, force, {model_path});
+  summary.file_bytes = static_cast<int64_t>(file.size());
+  summary.source_bytes = static_cast<int64_t>(source.size());
   return summary;
 }
 
@@ -328,9 +406,11 @@ PackedModel parse_packed_model(std::string bytes, const std::string& path) {
     fail(fmt::format("truncated: {} bytes, shorter than the {}-byte preamble", size, kQpackPreambleBytes));
   }
   const uint32_t version = get<uint32_t>(b, 8);
-  if (version != kQpackFormatVersion) {
-    fail(fmt::format("format version {} is not supported (this quantppl reads version {})", version, kQpackFormatVersion));
+  if (version < kQpackOldestReadableVersion || version > kQpackFormatVersion) {
+    fail(fmt::format("format version {} is not supported (this quantppl reads versions {} to {})", version,
+                     kQpackOldestReadableVersion, kQpackFormatVersion));
   }
+  m.version = version;
   if (get<uint32_t>(b, 12) != 0) fail("reserved preamble field (bytes 12-15) is not 0");
   const uint64_t header_len = get<uint64_t>(b, 16);
   if (header_len > static_cast<uint64_t>(size - kQpackPreambleBytes)) {
@@ -357,10 +437,31 @@ PackedModel parse_packed_model(std::string bytes, const std::string& path) {
   const JsonReader r(fmt::format("packed model '{}': header", path));
   const json header = parse_json(header_text, r.source());
   r.require_object(header, "");
-  r.integer(header, "format_version", "", kQpackFormatVersion, kQpackFormatVersion);
-
-  // The quantization config, checked against the canonical spec.
+  r.integer(header, "format_version", "", version, version);
+  // Version 2: the variant and its format, each in canonical spelling.
+  std::shared_ptr<const WeightFormat> v2_format;
+  if (version >= 2) {
+    const std::string spec = r.string(header, "variant", "");
+    try {
+      m.variant = parse_variant(spec);
+    } catch (const UsageError& e) {
+      r.fail("variant", std::string("is not a variant this quantppl knows: ") + e.what());
+    }
+    if (m.variant.is_fp32) r.fail("variant", "is fp32: a packed model holds a quantized variant");
+    if (canonical_spec(m.variant) != spec) {
+      r.fail("variant", fmt::format("\"{}\" is not in canonical spelling (\"{}\")", spec, canonical_spec(m.variant)));
+    }
+    m.variant.name = spec;
+    v2_format = m.variant.format;
+    const std::string weight_format = r.string(header, "weight_format", "");
+    if (weight_format != v2_format->spec()) {
+      r.fail("weight_format", fmt::format("is \"{}\" but the variant's format is \"{}\"", weight_format, v2_format->spec()));
+    }
+  }
+  // Version 1: the quantization config, checked against the canonical spec.
   QuantConfig& config = m.variant.config;
+  CodeRange codes_range{0, 0};
+  if (version == 1) {
   const auto enum_field = [&](const auto& table, const char* key) {
     const std::string name = r.string(header, key, "");
     const auto value = table.find(name);
@@ -389,20 +490,22 @@ PackedModel parse_packed_model(std::string bytes, const std::string& path) {
   } catch (const UsageError& e) {
     fail(std::string("invalid quantization config: ") + e.what());
   }
-  const CodeRange codes_range = code_range(config);
+  codes_range = code_range(config);
   if (r.integer(header, "qmin", "", INT32_MIN, INT32_MAX) != codes_range.qmin ||
       r.integer(header, "qmax", "", INT32_MIN, INT32_MAX) != codes_range.qmax) {
     r.fail("qmin", fmt::format("/qmax must be {}/{} for this config", codes_range.qmin, codes_range.qmax));
   }
+  m.variant.format = std::make_shared<UniformFormat>(config);
   m.variant.name = canonical_spec(m.variant);
   const std::string spec = r.string(header, "variant", "");
   // Writers before the ARITH field spelled a tutorial-arithmetic variant
   // without it; its scale_form and zero_point_codes fields were always stored.
-  Variant without_arithmetic = m.variant;
-  set_arithmetic(without_arithmetic.config, Arithmetic::kNumpy);
-  if (spec != m.variant.name && spec != canonical_spec(without_arithmetic)) {
+  QuantConfig without_arithmetic = config;
+  set_arithmetic(without_arithmetic, Arithmetic::kNumpy);
+  if (spec != m.variant.name && spec != uniform_spec(without_arithmetic)) {
     r.fail("variant", fmt::format("is \"{}\" but the config fields say \"{}\"", spec, m.variant.name));
   }
+  }  // version 1
   m.include = r.string(header, "include", "");
   m.exclude = r.string(header, "exclude", "");
 
@@ -441,7 +544,6 @@ PackedModel parse_packed_model(std::string bytes, const std::string& path) {
   const json& layers = r.array(header, "layers", "");
   if (layers.empty()) r.fail("layers", fmt::format("is empty, but the header names the variant \"{}\"", m.variant.name));
   std::set<std::string> layer_names;
-  std::vector<int32_t> scratch;
   for (size_t i = 0; i < layers.size(); ++i) {
     const std::string field = fmt::format("layers[{}]", i);
     const json& entry = layers[i];
@@ -464,49 +566,87 @@ PackedModel parse_packed_model(std::string bytes, const std::string& path) {
     if (r.integer(entry, "numel", field, 0, INT64_MAX) != numel) {
       r.fail(field + ".numel", fmt::format("must be {} for shape {}", numel, JsonReader::shown(shape)));
     }
-    if (config.granularity == Granularity::kPerGroup && layer.in_features % config.group_size != 0) {
-      r.fail(field + ".shape", fmt::format("in_features {} is not a multiple of group_size {}", layer.in_features,
-                                           config.group_size));
-    }
-    layer.num_blocks = blocks_of(layer.out_features, layer.in_features, config);
-    if (r.integer(entry, "num_blocks", field, 0, INT64_MAX) != layer.num_blocks) {
-      r.fail(field + ".num_blocks", fmt::format("must be {} for shape {} and granularity {}", layer.num_blocks,
-                                                JsonReader::shown(shape), kGranularityNames.name(config.granularity)));
-    }
-    const json& codes = r.member(entry, "codes", field);
-    if (r.integer(codes, "bits", field + ".codes", 0, 64) != config.bits) {
-      r.fail(field + ".codes.bits", fmt::format("must equal bits {}", config.bits));
-    }
-    layer.codes_bytes = code_bytes(numel, config.bits);
-    layer.codes_offset = section(codes, field + ".codes", layer.codes_bytes);
-    const json& scales = r.member(entry, "scales", field);
-    if (r.string(scales, "dtype", field + ".scales") != "f32") r.fail(field + ".scales.dtype", "must be \"f32\"");
-    layer.scales_offset = section(scales, field + ".scales", 4 * layer.num_blocks);
-    const json& zps = r.member(entry, "zero_points", field);
-    if (config.scheme == Scheme::kAbsmax) {
-      if (!zps.is_null()) r.fail(field + ".zero_points", "must be null for absmax (z = 0)");
+    if (version == 1) {
+      if (config.granularity == Granularity::kPerGroup && layer.in_features % config.group_size != 0) {
+        r.fail(field + ".shape", fmt::format("in_features {} is not a multiple of group_size {}", layer.in_features,
+                                             config.group_size));
+      }
+      const int64_t num_blocks = blocks_of(layer.out_features, layer.in_features, config);
+      if (r.integer(entry, "num_blocks", field, 0, INT64_MAX) != num_blocks) {
+        r.fail(field + ".num_blocks", fmt::format("must be {} for shape {} and granularity {}", num_blocks,
+                                                  JsonReader::shown(shape), kGranularityNames.name(config.granularity)));
+      }
+      const json& codes = r.member(entry, "codes", field);
+      if (r.integer(codes, "bits", field + ".codes", 0, 64) != config.bits) {
+        r.fail(field + ".codes.bits", fmt::format("must equal bits {}", config.bits));
+      }
+      const int64_t codes_bytes = code_bytes(numel, config.bits);
+      layer.sections.push_back({"codes", code_dtype(config.bits), numel, section(codes, field + ".codes", codes_bytes),
+                                codes_bytes});
+      const json& scales = r.member(entry, "scales", field);
+      if (r.string(scales, "dtype", field + ".scales") != "f32") r.fail(field + ".scales.dtype", "must be \"f32\"");
+      layer.sections.push_back({"scales", "f32", num_blocks, section(scales, field + ".scales", 4 * num_blocks),
+                                4 * num_blocks});
+      const json& zps = r.member(entry, "zero_points", field);
+      if (config.scheme == Scheme::kAbsmax) {
+        if (!zps.is_null()) r.fail(field + ".zero_points", "must be null for absmax (z = 0)");
+      } else {
+        const std::string dtype = r.string(zps, "dtype", field + ".zero_points");
+        if (dtype != "i16" && dtype != "f32") r.fail(field + ".zero_points.dtype", "must be \"i16\" or \"f32\", got \"" + dtype + "\"");
+        const int64_t zp_bytes = (dtype == "f32" ? 4 : 2) * num_blocks;
+        layer.sections.push_back({"zero_points", dtype, num_blocks, section(zps, field + ".zero_points", zp_bytes), zp_bytes});
+      }
     } else {
-      const std::string dtype = r.string(zps, "dtype", field + ".zero_points");
-      if (dtype != "i16" && dtype != "f32") r.fail(field + ".zero_points.dtype", "must be \"i16\" or \"f32\", got \"" + dtype + "\"");
-      layer.zero_points_f32 = dtype == "f32";
-      layer.zero_points_offset = section(zps, field + ".zero_points", (layer.zero_points_f32 ? 4 : 2) * layer.num_blocks);
-    }
-
-    // Every code in [0, qmax - qmin], zero padding bits, positive finite scales.
-    scratch.resize(static_cast<size_t>(numel));
-    if (!unpack_into(reinterpret_cast<const uint8_t*>(b.data() + layer.codes_offset), numel, config.bits, scratch.data())) {
-      r.fail(field + ".codes", "has non-zero padding bits after the last code");
-    }
-    const int32_t max_code = static_cast<int32_t>(codes_range.qmax - codes_range.qmin);
-    for (int64_t k = 0; k < numel; ++k) {
-      if (scratch[static_cast<size_t>(k)] > max_code) {
-        r.fail(field + ".codes", fmt::format("code {} at index {} exceeds qmax - qmin = {}", scratch[static_cast<size_t>(k)],
-                                             k, max_code));
+      // Generic sections: a known dtype, bytes that agree with count, in the payload (section()).
+      const json& sections = r.array(entry, "sections", field);
+      if (sections.empty() || sections.size() > 16) {
+        r.fail(field + ".sections", fmt::format("must list 1 to 16 sections, got {}", sections.size()));
+      }
+      for (size_t k = 0; k < sections.size(); ++k) {
+        const std::string sfield = fmt::format("{}.sections[{}]", field, k);
+        PackedLayerSection ls;
+        ls.name = r.string(sections[k], "name", sfield);
+        ls.dtype = r.string(sections[k], "dtype", sfield);
+        if (dtype_bits(ls.dtype) == 0) {
+          r.fail(sfield + ".dtype", fmt::format("\"{}\" is not a dtype this quantppl knows (u1..u8, i16, f16, f32, e8m0, e4m3)",
+                                                ls.dtype));
+        }
+        // At most 8 * payload_bytes elements of at least one bit each.
+        ls.count = r.integer(sections[k], "count", sfield, 0, m.payload_bytes * 8);
+        ls.bytes = section_bytes(ls.dtype, ls.count);
+        ls.offset = section(sections[k], sfield, ls.bytes);
+        layer.sections.push_back(ls);
       }
     }
-    for (int64_t k = 0; k < layer.num_blocks; ++k) {
-      const float s = get<float>(b, static_cast<size_t>(layer.scales_offset + 4 * k));
-      if (!std::isfinite(s) || s <= 0) r.fail(field + ".scales", fmt::format("scale {} of block {} is not a positive finite number", s, k));
+
+    // Every section as the format expects it (names, dtypes, counts, sizes), and every value it
+    // holds valid (codes in range, finite scales): the format's unpack checks both.
+    const WeightFormat& format = *m.variant.format;
+    PackedWeight packed;
+    packed.out_features = layer.out_features;
+    packed.in_features = layer.in_features;
+    int64_t total = 0;
+    bool wide_zero_points = false;
+    for (const PackedLayerSection& ls : layer.sections) {
+      packed.sections.push_back({ls.name, ls.dtype, ls.count, b.substr(static_cast<size_t>(ls.offset), static_cast<size_t>(ls.bytes))});
+      total += ls.bytes;
+      wide_zero_points = wide_zero_points || (ls.name == "zero_points" && ls.dtype == "f32");
+    }
+    try {
+      format.group_columns(layer.in_features, layer.name);
+      // The uniform format stores zero points as float32 when one does not fit int16: the one
+      // case where a layer takes more than packed_bytes (uniform_format.h).
+      const int64_t expected = format.packed_bytes(layer.out_features, layer.in_features);
+      if (total != expected && !wide_zero_points) {
+        r.fail(field + ".sections", fmt::format("hold {} bytes, but {} stores a [{}, {}] weight in {}", total, format.spec(),
+                                                layer.out_features, layer.in_features, expected));
+      }
+      m.weights.push_back(format.unpack(packed, layer.name));
+    } catch (const DataError& e) {
+      if (std::string_view(e.what()).rfind(r.source(), 0) == 0) throw;  // already names the file and field
+      r.fail(field, e.what());
+    } catch (const UsageError& e) {
+      r.fail(field, e.what());
     }
     m.layers.push_back(std::move(layer));
   }
@@ -516,10 +656,20 @@ PackedModel parse_packed_model(std::string bytes, const std::string& path) {
   m.source_sha256 = r.string(source, "sha256", "source_model");
   m.source_bytes = r.integer(source, "bytes", "source_model", 0, kMaxModelFileBytes);
   m.embedded = r.boolean(source, "embedded", "source_model");
-  if (m.embedded) {
+  if (m.embedded && version == 1) {
+    m.embedded_bytes = m.source_bytes;
     m.embedded_offset = section(r.member(source, "section", "source_model"), "source_model.section", m.source_bytes);
     if (sha256(m.embedded_model()) != m.source_sha256) {
       r.fail("source_model.sha256", "does not match the embedded model's bytes");
+    }
+  } else if (m.embedded) {
+    // The original model minus its quantized weights: its own size and digest.
+    const json& embedded = r.member(source, "section", "source_model");
+    m.embedded_stripped = true;
+    m.embedded_bytes = r.integer(embedded, "bytes", "source_model.section", 1, m.payload_bytes);
+    m.embedded_offset = section(embedded, "source_model.section", m.embedded_bytes);
+    if (sha256(m.embedded_model()) != r.string(embedded, "sha256", "source_model.section")) {
+      r.fail("source_model.section.sha256", "does not match the embedded model's bytes");
     }
   }
   if (section_end != m.payload_bytes) {
@@ -531,29 +681,34 @@ PackedModel parse_packed_model(std::string bytes, const std::string& path) {
 
 std::string_view PackedModel::embedded_model() const {
   if (!embedded) return {};
-  return std::string_view(bytes).substr(static_cast<size_t>(embedded_offset), static_cast<size_t>(source_bytes));
+  return std::string_view(bytes).substr(static_cast<size_t>(embedded_offset), static_cast<size_t>(embedded_bytes));
+}
+
+int64_t PackedLayer::offset_of(const std::string& section) const {
+  for (const PackedLayerSection& s : sections) {
+    if (s.name == section) return s.offset;
+  }
+  return -1;
+}
+
+PackedWeight PackedModel::packed(size_t i) const {
+  const PackedLayer& layer = layers.at(i);
+  PackedWeight packed;
+  packed.out_features = layer.out_features;
+  packed.in_features = layer.in_features;
+  for (const PackedLayerSection& s : layer.sections) {
+    packed.sections.push_back({s.name, s.dtype, s.count, bytes.substr(static_cast<size_t>(s.offset), static_cast<size_t>(s.bytes))});
+  }
+  return packed;
 }
 
 QuantizedTensor PackedModel::quantized(size_t i) const {
-  const PackedLayer& layer = layers.at(i);
-  const QuantConfig& config = variant.config;
-  const int64_t numel = layer.out_features * layer.in_features;
-  torch::Tensor codes = torch::empty({layer.out_features, layer.in_features}, torch::kInt32);
-  unpack_into(reinterpret_cast<const uint8_t*>(bytes.data() + layer.codes_offset), numel, config.bits,
-              codes.data_ptr<int32_t>());
-  codes.add_(static_cast<int32_t>(code_range(config).qmin));
-  QParams params;
-  params.scale = torch::empty({layer.num_blocks, 1}, torch::kFloat32);
-  std::memcpy(params.scale.data_ptr(), bytes.data() + layer.scales_offset, static_cast<size_t>(4 * layer.num_blocks));
-  if (layer.zero_points_offset < 0) {
-    params.zero_point = torch::zeros({layer.num_blocks, 1}, torch::kFloat32);
-  } else {
-    torch::Tensor zp = torch::empty({layer.num_blocks, 1}, layer.zero_points_f32 ? torch::kFloat32 : torch::kInt16);
-    std::memcpy(zp.data_ptr(), bytes.data() + layer.zero_points_offset,
-                static_cast<size_t>((layer.zero_points_f32 ? 4 : 2) * layer.num_blocks));
-    params.zero_point = zp.to(torch::kFloat32);
+  const auto* uniform = dynamic_cast<const UniformFormat*>(variant.format.get());
+  if (uniform == nullptr) {
+    throw UsageError(fmt::format("packed model '{}': format {} has no integer codes and QParams (not absmax/zeropoint)",
+                                 path, variant.format ? variant.format->spec() : "none"));
   }
-  return {std::move(codes), std::move(params), config};
+  return uniform->unpack_codes(packed(i), layers.at(i).name);
 }
 
 // ---------------------------------------------------------------------------
@@ -563,17 +718,27 @@ QuantizedTensor PackedModel::quantized(size_t i) const {
 namespace {
 
 // The embedded model goes through ContractModel::load (which takes a path) as
-// a temporary file, removed again as soon as it is loaded. It is registered
-// with the interrupt handler (output_file.h) until then, so that a Ctrl-C while
-// a large model is written or loaded leaves nothing in $TMPDIR.
-ContractModel load_embedded(const PackedModel& m, const std::string& tokenizer_override) {
+// a temporary file, removed again as soon as it is loaded (the destructor). It
+// is registered with the interrupt handler (output_file.h) until then, so that
+// a Ctrl-C while a large model is written or loaded leaves nothing in $TMPDIR.
+struct EmbeddedModelFile {
+  std::string path;
+  EmbeddedModelFile() = default;
+  EmbeddedModelFile(const EmbeddedModelFile&) = delete;
+  EmbeddedModelFile& operator=(const EmbeddedModelFile&) = delete;
+  ~EmbeddedModelFile() {
+    if (!path.empty()) ::unlink(path.c_str());
+  }
+};
+
+void write_embedded(const PackedModel& m, EmbeddedModelFile* out) {
   namespace fs = std::filesystem;
   const TempFile temp_file = create_temp_file((fs::path(temp_directory()) / "quantppl-embedded-").string(), "", 0600);
   if (temp_file.fd < 0) {
     throw IoError(fmt::format("packed model '{}': cannot create a temporary file: {}", m.path,
                               std::strerror(temp_file.error)));
   }
-  const std::string& temp = temp_file.path;
+  out->path = temp_file.path;
   const int fd = temp_file.fd;
   const std::string_view data = m.embedded_model();
   size_t written = 0;
@@ -582,23 +747,11 @@ ContractModel load_embedded(const PackedModel& m, const std::string& tokenizer_o
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       ::close(fd);
-      ::unlink(temp.c_str());
       throw IoError(fmt::format("packed model '{}': cannot write a temporary file: {}", m.path, std::strerror(errno)));
     }
     written += static_cast<size_t>(n);
   }
   ::close(fd);
-  try {
-    ContractModel model = ContractModel::load(temp, tokenizer_override);
-    ::unlink(temp.c_str());
-    return model;
-  } catch (const DataError& e) {
-    ::unlink(temp.c_str());
-    throw DataError(fmt::format("packed model '{}': embedded contract model: {}", m.path, e.what()));
-  } catch (...) {
-    ::unlink(temp.c_str());
-    throw;
-  }
 }
 
 ContractModel load_referenced(const PackedModel& m, const std::string& tokenizer_override) {
@@ -643,7 +796,20 @@ ContractModel load_referenced(const PackedModel& m, const std::string& tokenizer
 
 ContractModel load_packed_model(const std::string& path, const std::string& tokenizer_override) {
   const PackedModel m = read_packed_model(path);
-  ContractModel model = m.embedded ? load_embedded(m, tokenizer_override) : load_referenced(m, tokenizer_override);
+  std::vector<std::string> rebuilt;  // stripped weights of the embedded model: each must be restored below
+  std::optional<ContractModel> loaded;
+  if (m.embedded) {
+    EmbeddedModelFile temp;
+    write_embedded(m, &temp);
+    try {
+      loaded.emplace(ContractModel::load_impl(temp.path, tokenizer_override, m.embedded_stripped ? &rebuilt : nullptr));
+    } catch (const DataError& e) {
+      throw DataError(fmt::format("packed model '{}': embedded contract model: {}", m.path, e.what()));
+    }
+  } else {
+    loaded.emplace(load_referenced(m, tokenizer_override));
+  }
+  ContractModel& model = *loaded;
   std::map<std::string, torch::Tensor> weights;
   for (const LinearLayer& layer : model.linear_layers()) weights.emplace(layer.name, layer.weight);
   torch::NoGradGuard no_grad;
@@ -660,10 +826,18 @@ ContractModel load_packed_model(const std::string& path, const std::string& toke
                                   path, i, layer.name, layer.out_features, layer.in_features, weight.size(0),
                                   weight.size(1)));
     }
-    weight.copy_(dequantize(m.quantized(i)));
+    weight.copy_(m.weights[i]);
+  }
+  std::set<std::string> restored;
+  for (const PackedLayer& layer : m.layers) restored.insert(layer.name);
+  for (const std::string& name : rebuilt) {
+    if (restored.count(name) == 0) {
+      throw DataError(fmt::format("packed model '{}': the embedded model's Linear layer '{}' has no weight (stripped) "
+                                  "and no packed layer restores it", path, name));
+    }
   }
   model.file_sha256_ = m.file_sha256;
-  return model;
+  return std::move(*loaded);
 }
 
 ContractModel load_model_file(const std::string& path, const std::string& tokenizer_override) {

@@ -16,13 +16,21 @@ QuantizeModelSummary quantize_model_file(const QuantizeModelOptions& options) {
   check_output_path(options.output_path, options.force, {model_path, options.tokenizer_path});
   ContractModel model = load_model_file(model_path, options.tokenizer_path);
   WeightBackup backup(select_layers(model.linear_layers(), options.include, options.exclude));
-  const ModelQuantization quantization = apply_variant(backup, options.variant.config);
+  const ModelQuantization quantization = apply_variant(backup, *options.variant.format);
   model.save(options.output_path, metadata_with_variant(model.metadata().json_text, canonical_spec(options.variant)));
   QuantizeModelSummary summary;
   summary.layers = static_cast<int64_t>(quantization.layers.size());
   summary.parameters = backup.parameter_count();
   summary.weight_mse = quantization.total.mse();
   summary.weight_sqnr_db = quantization.total.sqnr_db();
+  for (size_t i = 0; i < quantization.layers.size(); ++i) {
+    const torch::Tensor& w = backup.layers()[i].weight;
+    const std::optional<int64_t> exact = quantization.layers[i].prepared->packed_bytes();
+    summary.packed_bytes += exact ? *exact : options.variant.format->packed_bytes(w.size(0), w.size(1));
+  }
+  if (summary.parameters > 0) {
+    summary.bits_per_weight = 8.0 * static_cast<double>(summary.packed_bytes) / static_cast<double>(summary.parameters);
+  }
   return summary;
 }
 

@@ -83,6 +83,7 @@ ordered_json result_json(const VariantResult& v) {
   j["compression_ratio"] = v.packed_bytes && *v.packed_bytes > 0
                                ? ordered_json(static_cast<double>(v.fp32_bytes) / static_cast<double>(*v.packed_bytes))
                                : ordered_json(nullptr);
+  j["bits_per_weight"] = v.bits_per_weight ? ordered_json(*v.bits_per_weight) : ordered_json(nullptr);
   j["seconds"] = v.seconds;
   j["stopped_early"] = v.stopped_early;
   return j;
@@ -133,8 +134,8 @@ std::string format_table(const CompareReport& r) {
     out += fmt::format("early stopping: --ci-target {}%, windows shuffled with seed {}, {} looks at z = {:.3f}\n",
                        *p.ci_target_pct, p.seed.value_or(0), r.looks, r.stop_z);
   }
-  out += fmt::format("\n{:<26} {:>18} {:>9} {:>20} {:>10} {:>7} {:>10} {:>8} {:>17} {:>8}\n", "variant", "perplexity",
-                     "vs fp32", "dNLL/token (95% CI)", "KL mean", "top-1", "weight MSE", "SQNR dB", "packed", "seconds");
+  out += fmt::format("\n{:<26} {:>18} {:>9} {:>20} {:>10} {:>7} {:>10} {:>8} {:>17} {:>6} {:>8}\n", "variant", "perplexity",
+                     "vs fp32", "dNLL/token (95% CI)", "KL mean", "top-1", "weight MSE", "SQNR dB", "packed", "bits/w", "seconds");
   for (const VariantResult& v : r.results) {
     const std::string delta = v.delta_ppl_pct ? fmt::format("{:+.2f}%", *v.delta_ppl_pct) : "-";
     const std::string mse = v.weight_mse ? fmt::format("{:.3e}", *v.weight_mse) : "-";
@@ -145,10 +146,11 @@ std::string format_table(const CompareReport& r) {
                                    ? fmt::format("{} (x{:.2f})", human_bytes(*v.packed_bytes),
                                                  static_cast<double>(v.fp32_bytes) / static_cast<double>(*v.packed_bytes))
                                    : "-";
-    out += fmt::format("{:<26} {:>18} {:>9} {:>20} {:>10.3g} {:>6.2f}% {:>10} {:>8} {:>17} {:>8.2f}\n", v.variant,
+    const std::string bits = v.bits_per_weight ? fmt::format("{:.3g}", *v.bits_per_weight) : "-";
+    out += fmt::format("{:<26} {:>18} {:>9} {:>20} {:>10.3g} {:>6.2f}% {:>10} {:>8} {:>17} {:>6} {:>8.2f}\n", v.variant,
                        fmt::format("{:.4f} ± {:.3f}", v.ppl, v.ppl_stderr), delta,
                        fmt::format("{:+.5f} ± {:.5f}", v.delta_nll_mean, v.delta_nll_ci95), v.kl_mean,
-                       100.0 * v.top1_agreement, mse, sqnr, packed, v.seconds);
+                       100.0 * v.top1_agreement, mse, sqnr, packed, bits, v.seconds);
   }
   out += fmt::format("\n{} tokens predicted per variant; ± is one standard error for perplexity and the 95% "
                      "interval of the paired per-token NLL change against fp32. --stats: every statistic per variant.\n",

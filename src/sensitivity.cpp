@@ -18,6 +18,7 @@
 #include "quantppl/default_paths.h"
 #include "quantppl/engine.h"
 #include "quantppl/error.h"
+#include "quantppl/formats/uniform_format.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/packed_model.h"
 #include "quantppl/sha256.h"
@@ -36,12 +37,15 @@ using Subset = std::vector<bool>;  // subset[i]: layer i is fake-quantized
 // Puts subsets of the layers in place by copying only the layers whose state changes.
 class LayerSwitch {
  public:
-  LayerSwitch(WeightBackup& backup, const QuantConfig& config) : backup_(backup) {
+  LayerSwitch(WeightBackup& backup, const WeightFormat& format) : backup_(backup) {
     torch::NoGradGuard no_grad;
     backup_.restore();
     quantized_.reserve(backup_.layers().size());
     for (size_t i = 0; i < backup_.layers().size(); ++i) {
-      quantized_.push_back(fake_quantize(backup_.original(i), config, backup_.layers()[i].name));
+      const torch::Tensor original = backup_.original(i).contiguous();
+      torch::Tensor quantized = torch::empty_like(original, torch::MemoryFormat::Contiguous);
+      format.fake_quantize_into(original, quantized, backup_.layers()[i].name);
+      quantized_.push_back(quantized);
     }
     current_.assign(backup_.layers().size(), false);
   }
@@ -181,7 +185,6 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
   if (options.variant.is_fp32) {
     throw UsageError("--variant: sensitivity needs a quantized variant, got fp32");
   }
-  validate(options.variant.config);
   if (options.batch_size <= 0) throw UsageError(fmt::format("--batch-size must be >= 1, got {}", options.batch_size));
   if (options.max_length < 0) throw UsageError(fmt::format("--max-length must be >= 0, got {}", options.max_length));
   if (options.max_tokens < 0) throw UsageError(fmt::format("--max-tokens must be >= 0, got {}", options.max_tokens));
@@ -194,7 +197,7 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
   SensitivityStopping stopping;
   stopping.looks = setup.looks ? &*setup.looks : nullptr;
   stopping.ci_target_pct = options.ci_target_pct;
-  SensitivityReport report = measure_sensitivity(*setup.model, setup.batches, setup.selected, options.variant.config,
+  SensitivityReport report = measure_sensitivity(*setup.model, setup.batches, setup.selected, *options.variant.format,
                                                  options.keep, progress, stopping);
   report.provenance = setup.provenance;
   report.variant = options.variant.name;
@@ -207,7 +210,7 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
 }
 
 SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<EvalBatch>& batches,
-                                      const std::vector<LinearLayer>& selected, const QuantConfig& config,
+                                      const std::vector<LinearLayer>& selected, const WeightFormat& format,
                                       const std::vector<int64_t>& keep, const SensitivityProgress& progress,
                                       const SensitivityStopping& stopping) {
   for (const int64_t k : keep) {
@@ -228,7 +231,7 @@ SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<Ev
   const size_t n = backup.layers().size();
   report.tokens = count_label_tokens(batches);
 
-  LayerSwitch layers(backup, config);
+  LayerSwitch layers(backup, format);
 
   // Phase 1: every single layer, all layers, each part.
   SubsetTable phase1;
@@ -484,6 +487,13 @@ std::string format_sensitivity_table(const SensitivityReport& r) {
                      "reliably ranked.\n",
                      r.tokens);
   return out;
+}
+
+SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<EvalBatch>& batches,
+                                      const std::vector<LinearLayer>& layers, const QuantConfig& config,
+                                      const std::vector<int64_t>& keep, const SensitivityProgress& progress,
+                                      const SensitivityStopping& stopping) {
+  return measure_sensitivity(model, batches, layers, UniformFormat(config), keep, progress, stopping);
 }
 
 }  // namespace quantppl

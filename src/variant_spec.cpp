@@ -1,13 +1,13 @@
 #include "quantppl/variant_spec.h"
 
-#include <cerrno>
-#include <cmath>
-#include <cstdlib>
-#include <limits>
+#include <algorithm>
 
 #include <fmt/format.h>
 
 #include "quantppl/error.h"
+#include "quantppl/formats/format_table.h"
+#include "quantppl/formats/spec_fields.h"
+#include "quantppl/formats/uniform_format.h"
 
 namespace quantppl {
 
@@ -21,6 +21,12 @@ std::string spec_choices(const Table& table, Spell spell) {
   return out;
 }
 
+std::string method_choices() {
+  std::string out;
+  for (const MethodInfo& m : method_table()) out += (out.empty() ? "" : "|") + std::string(m.name) + std::string(m.args);
+  return out;
+}
+
 std::string make_grammar() {
   const auto plain = [](const auto& e) { return std::string(e.name); };
   const std::string granularities = spec_choices(kGranularityNames, [](const auto& e) {
@@ -29,12 +35,17 @@ std::string make_grammar() {
   const std::string ranges = spec_choices(kRangeMethodNames, [](const auto& e) {
     return e.value == RangeMethod::kPercentile ? std::string(kPercentileSpecPrefix) + "P" : std::string(e.name);
   });
+  std::string others;
+  for (const FormatFamily& family : format_families()) {
+    if (family.parse != parse_uniform_format) others += " | " + family.syntax;
+  }
   return fmt::format(
-      "fp32 | SCHEME:BITS[:GRANULARITY[:RANGE[:ARITH]]] with SCHEME {}, BITS {}..{}, GRANULARITY {}, RANGE {}, "
-      "ARITH {} (default: the first of each; e.g. absmax:8, zeropoint:4:group64, absmax:4:channel:mse, "
-      "zeropoint:8:tensor:p99.9, zeropoint:8:tensor:minmax:tutorial)",
-      spec_choices(kSchemeNames, plain), kMinBits, kMaxBits, granularities, ranges,
-      spec_choices(kArithmeticNames, plain));
+      "fp32 | FORMAT[+METHOD[:ARG]...] with FORMAT SCHEME:BITS[:GRANULARITY[:RANGE[:ARITH]]]{} and SCHEME {}, "
+      "BITS {}..{}, GRANULARITY {}, RANGE {}, ARITH {} (GRAN and RANGE of the other formats likewise; default: the first of each; e.g. absmax:8, "
+      "zeropoint:4:group64, absmax:4:channel:mse, zeropoint:8:tensor:p99.9, zeropoint:8:tensor:minmax:tutorial), "
+      "METHOD {}",
+      others, spec_choices(kSchemeNames, plain), kMinBits, kMaxBits, granularities, ranges,
+      spec_choices(kArithmeticNames, plain), method_choices());
 }
 
 }  // namespace
@@ -65,21 +76,54 @@ std::vector<std::string> split(const std::string& s, char sep) {
   }
 }
 
-bool all_digits(const std::string& s) {
-  return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+void set_uniform_config(Variant& variant) {
+  if (const auto* uniform = dynamic_cast<const UniformFormat*>(variant.format.get())) variant.config = uniform->config();
 }
 
-// A plain decimal number: digits with at most one '.', no sign, exponent or spaces.
-bool parse_decimal(const std::string& s, double* out) {
-  if (s.empty() || s.find_first_not_of("0123456789.") != std::string::npos) return false;
-  if (s.find('.') != s.rfind('.') || s == ".") return false;
-  errno = 0;
-  char* end = nullptr;
-  *out = std::strtod(s.c_str(), &end);
-  return errno == 0 && end == s.c_str() + s.size() && std::isfinite(*out);
+MethodSpec parse_method(const std::string& spec, const std::string& text) {
+  const std::vector<std::string> fields = split(text, ':');
+  const auto it = std::find_if(method_table().begin(), method_table().end(),
+                               [&](const MethodInfo& m) { return m.name == fields[0]; });
+  if (it == method_table().end()) {
+    std::string known;
+    for (const MethodInfo& m : method_table()) known += (known.empty() ? "" : ", ") + std::string(m.name);
+    fail(spec, fmt::format("unknown method '{}' (known methods: {})", fields[0], known));
+  }
+  const int args = static_cast<int>(fields.size()) - 1;
+  if (args < it->min_args || args > it->max_args) {
+    fail(spec, fmt::format("method '{}' takes {} to {} ':'-separated arguments, got {}", it->name, it->min_args,
+                           it->max_args, args));
+  }
+  for (const std::string& arg : fields) {
+    if (arg.empty()) fail(spec, fmt::format("method '{}' has an empty argument", it->name));
+  }
+  return {fields[0], std::vector<std::string>(fields.begin() + 1, fields.end())};
 }
 
 }  // namespace
+
+std::string variant_help_table() {
+  std::string out =
+      "Variants: fp32 | FORMAT[+METHOD[:ARG]...]  (GRAN tensor|channel|groupN, RANGE minmax|pP|mse, ARITH "
+      "numpy|tutorial; bits per weight = all stored bits of codes and scales over the weights; G = inputs per "
+      "block: N for groupN, in_features per channel, all weights per tensor)\n";
+  out += format_table_text();
+  out += "Methods:";
+  for (const MethodInfo& m : method_table()) {
+    out += fmt::format(" +{}{}: {}.", m.name, m.args, m.meaning);
+  }
+  return out + "\n";
+}
+
+Variant make_variant(std::shared_ptr<const WeightFormat> format) {
+  Variant variant;
+  variant.name = format->spec();
+  variant.format = std::move(format);
+  set_uniform_config(variant);
+  return variant;
+}
+
+Variant make_variant(const QuantConfig& config) { return make_variant(std::make_shared<UniformFormat>(config)); }
 
 Variant parse_variant(const std::string& raw_spec) {
   const std::string spec = trim(raw_spec);
@@ -90,57 +134,21 @@ Variant parse_variant(const std::string& raw_spec) {
     variant.is_fp32 = true;
     return variant;
   }
-  const std::vector<std::string> parts = split(spec, ':');
-  if (parts.size() < 2 || parts.size() > 5) fail(spec, fmt::format("expected 2 to 5 ':'-separated fields, got {}", parts.size()));
-
-  QuantConfig& config = variant.config;
-  const auto field = [&](const auto& table, const std::string& name) {
-    const auto value = table.find(name);
-    if (!value) fail(spec, fmt::format("unknown {} '{}' (expected {})", table.what, name, table.choices_in_words()));
-    return *value;
-  };
-  config.scheme = field(kSchemeNames, parts[0]);
-
-  if (!all_digits(parts[1]) || parts[1].size() > 2) fail(spec, fmt::format("bits must be an integer in [2, 8], got '{}'", parts[1]));
-  config.bits = std::stoi(parts[1]);
-  if (config.bits < kMinBits || config.bits > kMaxBits) fail(spec, fmt::format("bits must be an integer in [2, 8], got '{}'", parts[1]));
-
-  if (parts.size() >= 3) {
-    const std::string& g = parts[2];
-    const std::string group(kGranularityNames.name(Granularity::kPerGroup));
-    if (g.size() > group.size() && g.compare(0, group.size(), group) == 0) {
-      const std::string n = g.substr(group.size());
-      if (!all_digits(n) || n.size() > 9 || std::stoll(n) == 0) {
-        fail(spec, fmt::format("group size must be a positive integer (e.g. group64), got '{}'", g));
-      }
-      config.granularity = Granularity::kPerGroup;
-      config.group_size = std::stoll(n);
-    } else if (g == group) {
-      fail(spec, fmt::format("group size must be a positive integer (e.g. group64), got '{}'", g));
-    } else {
-      config.granularity = field(kGranularityNames, g);
-    }
+  const std::vector<std::string> pieces = split(spec, '+');
+  if (pieces[0] == "fp32") fail(spec, "fp32 takes no method");
+  try {
+    variant.format = parse_format(pieces[0]);
+  } catch (const UsageError& e) {
+    fail(spec, e.what());
   }
-
-  if (parts.size() >= 4) {
-    const std::string& r = parts[3];
-    const std::string prefix(kPercentileSpecPrefix);
-    if (r.size() > prefix.size() && r.compare(0, prefix.size(), prefix) == 0 && !kRangeMethodNames.find(r)) {
-      double p = 0;
-      if (!parse_decimal(r.substr(prefix.size()), &p) || !(p > 0.0 && p <= 100.0)) {
-        fail(spec, fmt::format("percentile must be a number in (0, 100] (e.g. p99.9), got '{}'", r));
-      }
-      config.range = RangeMethod::kPercentile;
-      config.percentile = p;
-    } else if (r == kRangeMethodNames.name(RangeMethod::kPercentile)) {
-      fail(spec, fmt::format("a percentile range is written p followed by P in (0, 100] (e.g. p99.9), got '{}'", r));
-    } else {
-      config.range = field(kRangeMethodNames, r);
-    }
+  for (size_t i = 1; i < pieces.size(); ++i) {
+    if (pieces[i].empty()) fail(spec, "empty method after '+'");
+    MethodSpec method = parse_method(spec, pieces[i]);
+    const auto info = std::find_if(method_table().begin(), method_table().end(),
+                                   [&](const MethodInfo& m) { return m.name == method.name; });
+    if (!info->no_op) variant.methods.push_back(std::move(method));
   }
-
-  if (parts.size() == 5) set_arithmetic(config, field(kArithmeticNames, parts[4]));
-  validate(config);
+  set_uniform_config(variant);
   return variant;
 }
 
@@ -156,16 +164,17 @@ std::vector<Variant> parse_variant_list(const std::string& specs) {
 
 std::string canonical_spec(const Variant& variant) {
   if (variant.is_fp32) return "fp32";
-  const QuantConfig& c = variant.config;
-  const std::optional<Arithmetic> arithmetic = arithmetic_of(c);
-  if (!arithmetic) {
-    throw UsageError(fmt::format("variant '{}': scale form {} with {} zero-point codes has no spec spelling "
-                                 "(ARITH {})", variant.name, kScaleFormNames.name(c.scale_form),
-                                 kZeroPointCodesNames.name(c.zero_point_codes), kArithmeticNames.described()));
+  if (!variant.format) throw UsageError(fmt::format("variant '{}' has no format", variant.name));
+  std::string spec;
+  try {
+    spec = variant.format->spec();
+  } catch (const UsageError& e) {
+    throw UsageError(fmt::format("variant '{}': {}", variant.name, e.what()));
   }
-  std::string spec = fmt::format("{}:{}:{}:{}", to_string(c.scheme), c.bits, to_string(c.granularity, c.group_size),
-                                 to_string(c.range, c.percentile));
-  if (*arithmetic != Arithmetic::kNumpy) spec += ":" + std::string(kArithmeticNames.name(*arithmetic));
+  for (const MethodSpec& m : variant.methods) {
+    spec += "+" + m.name;
+    for (const std::string& arg : m.args) spec += ":" + arg;
+  }
   return spec;
 }
 

@@ -137,23 +137,36 @@ TEST_P(PackedModelTest, LoadReproducesFakeQuantizedWeightsBitForBit) {
   // The size formula, from the layers and from the written file.
   EXPECT_EQ(s.packed_bytes, packed_size_bytes(original_layers, variant.config));
   const PackedModel m = read_packed_model(out);
+  EXPECT_EQ(m.version, 2u);
   std::vector<int64_t> sections;
   int64_t formula = 0;
   for (const PackedLayer& layer : m.layers) {
     const int64_t numel = layer.out_features * layer.in_features;
+    const int64_t blocks = variant.config.granularity == Granularity::kPerTensor    ? 1
+                           : variant.config.granularity == Granularity::kPerChannel ? layer.out_features
+                                                                                    : numel / variant.config.group_size;
     const int64_t codes = (numel * variant.config.bits + 7) / 8;
     sections.push_back(codes);
-    sections.push_back(4 * layer.num_blocks);
-    formula += codes + 4 * layer.num_blocks;
+    sections.push_back(4 * blocks);
+    formula += codes + 4 * blocks;
     if (variant.config.scheme == Scheme::kZeroPoint) {
-      sections.push_back(2 * layer.num_blocks);
-      formula += 2 * layer.num_blocks;
+      sections.push_back(2 * blocks);
+      formula += 2 * blocks;
     }
+    int64_t stored = 0;
+    for (const PackedLayerSection& section : layer.sections) stored += section.bytes;
+    EXPECT_EQ(stored, codes + 4 * blocks + (variant.config.scheme == Scheme::kZeroPoint ? 2 * blocks : 0)) << layer.name;
   }
   EXPECT_EQ(formula, s.packed_bytes);
-  sections.push_back(static_cast<int64_t>(fs::file_size(tiny)));
+  EXPECT_DOUBLE_EQ(s.bits_per_weight, 8.0 * static_cast<double>(formula) / static_cast<double>(s.parameters));
+  // The embedded model is the original without its quantized Linear weights: smaller by about
+  // their float32 bytes (each stripped weight keeps 4 bytes at most).
+  ASSERT_TRUE(m.embedded_stripped);
+  EXPECT_LT(m.embedded_bytes, static_cast<int64_t>(fs::file_size(tiny)) - s.fp32_bytes + 4096);
+  sections.push_back(m.embedded_bytes);
   EXPECT_EQ(static_cast<int64_t>(fs::file_size(out)), qpack_file_bytes(m.header_bytes, sections));
   EXPECT_EQ(s.file_bytes, static_cast<int64_t>(fs::file_size(out)));
+  EXPECT_LT(s.file_bytes, static_cast<int64_t>(fs::file_size(tiny)));
   EXPECT_EQ(m.variant.name, canonical_spec(variant));
 }
 
@@ -260,7 +273,8 @@ class PackedCorruptionTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     good_path_ = temp_path("good.qpack");
-    write_packed_model(testing::fixture("tiny.pt"), parse_variant("zeropoint:4:group32"), "", "", good_path_, true, true);
+    // Version 1 files stay readable: this suite checks the version 1 reader (QpackV2CorruptionTest the version 2 one).
+    write_packed_model_v1(testing::fixture("tiny.pt"), parse_variant("zeropoint:4:group32"), "", "", good_path_, true, true);
     good_ = read_bytes(good_path_);
   }
   // Writes `bytes` and returns the DataError message of loading it.
@@ -291,8 +305,8 @@ TEST_F(PackedCorruptionTest, BadMagic) {
 
 TEST_F(PackedCorruptionTest, UnknownVersionAndReserved) {
   std::string b = good_;
-  b[8] = 2;
-  EXPECT_NE(error_of(b).find("format version 2 is not supported"), std::string::npos) << error_of(b);
+  b[8] = 3;
+  EXPECT_NE(error_of(b).find("format version 3 is not supported"), std::string::npos) << error_of(b);
   b = good_;
   b[13] = 1;
   EXPECT_NE(error_of(b).find("reserved"), std::string::npos) << error_of(b);
@@ -411,7 +425,7 @@ TEST_F(PackedCorruptionTest, InconsistentHeaderFieldsAreNamed) {
 
 TEST_F(PackedCorruptionTest, SectionBytesAreChecked) {
   const PackedModel m = read_packed_model(good_path_);
-  const std::string e = error_of(flipped(static_cast<size_t>(m.layers[3].codes_offset + 5)));
+  const std::string e = error_of(flipped(static_cast<size_t>(m.layers[3].offset_of("codes") + 5)));
   EXPECT_NE(e.find("payload_sha256 mismatch"), std::string::npos) << e;
   EXPECT_NE(error_of(flipped(good_.size() - 1)).find("payload_sha256"), std::string::npos);
 }
@@ -419,7 +433,7 @@ TEST_F(PackedCorruptionTest, SectionBytesAreChecked) {
 TEST_F(PackedCorruptionTest, TruncatedFilesAreRejected) {
   const PackedModel m = read_packed_model(good_path_);
   for (const size_t at : {size_t{0}, size_t{5}, size_t{20}, size_t{kQpackPreambleBytes}, size_t{200},
-                          static_cast<size_t>(m.payload_offset), static_cast<size_t>(m.layers[5].scales_offset + 1),
+                          static_cast<size_t>(m.payload_offset), static_cast<size_t>(m.layers[5].offset_of("scales") + 1),
                           good_.size() / 2, good_.size() - 1}) {
     const std::string e = error_of(good_.substr(0, at));
     EXPECT_NE(e, "") << "truncated at " << at;
@@ -429,6 +443,128 @@ TEST_F(PackedCorruptionTest, TruncatedFilesAreRejected) {
   }
   // Extra bytes after the payload are also an error.
   EXPECT_NE(error_of(good_ + std::string(3, '\0')).find("truncated or padded"), std::string::npos);
+}
+
+// ---- version 1 files stay readable; version 2 corruption ----
+
+TEST(PackedModelFileTest, Version1FilesLoadBitForBit) {
+  const std::string tiny = testing::fixture("tiny.pt");
+  for (const std::string spec : {"absmax:4:group32", "zeropoint:3:channel:mse:tutorial"}) {
+    const Variant variant = parse_variant(spec);
+    const std::string out = temp_path("v1.qpack");
+    write_packed_model_v1(tiny, variant, "", "", out, true, true);
+    std::string b = read_bytes(out);
+    ASSERT_EQ(b[8], 1);
+    const PackedModel m = read_packed_model(out);
+    EXPECT_EQ(m.version, 1u);
+    EXPECT_FALSE(m.embedded_stripped);
+    EXPECT_EQ(m.variant.name, canonical_spec(variant));
+    ContractModel original = ContractModel::load(tiny);
+    ContractModel loaded = load_packed_model(out);
+    const auto a = original.linear_layers();
+    const auto l = loaded.linear_layers();
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_TRUE(torch::equal(l[i].weight, fake_quantize(a[i].weight, variant.config, a[i].name))) << spec << a[i].name;
+    }
+  }
+}
+
+class QpackV2CorruptionTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    good_path_ = temp_path("good-v2.qpack");
+    // The encoder's layers only: the decoder's keep their float32 weights in the embedded model.
+    write_packed_model(testing::fixture("tiny.pt"), parse_variant("zeropoint:4:group32"), "^encoder", "", good_path_,
+                       true, true);
+    good_ = read_bytes(good_path_);
+    const PackedModel m = read_packed_model(good_path_);
+    header_text_ = good_.substr(kQpackPreambleBytes, static_cast<size_t>(m.header_bytes));
+  }
+  static std::string error_of(const std::string& bytes) {
+    const std::string path = temp_path("bad-v2.qpack");
+    write_bytes(path, bytes);
+    return load_error(path);
+  }
+  // Rewrites the header (same length, matching digest) so that only the field checks catch it.
+  static std::string rewrite(const std::function<void(nlohmann::json&)>& change) {
+    nlohmann::json h = nlohmann::json::parse(header_text_);
+    h["format"] = "";  // free text: room for longer values
+    change(h);
+    std::string text = h.dump(1) + "\n";
+    if (text.size() > header_text_.size()) return std::string("header grew");
+    text.insert(text.size() - 1, header_text_.size() - text.size(), ' ');
+    std::string b = good_;
+    b.replace(kQpackPreambleBytes, header_text_.size(), text);
+    b.replace(24, 64, sha256(text));
+    return error_of(b);
+  }
+  static inline std::string good_path_;
+  static inline std::string good_;
+  static inline std::string header_text_;
+};
+
+TEST_F(QpackV2CorruptionTest, TheGoodFileLoads) {
+  EXPECT_EQ(load_error(good_path_), "");
+  EXPECT_EQ(rewrite([](auto&) {}), "");
+}
+
+TEST_F(QpackV2CorruptionTest, HostileSectionsAreDataErrorsNamingTheField) {
+  const auto expect = [](const std::string& e, const std::string& needle) {
+    EXPECT_NE(e.find(needle), std::string::npos) << e;
+    EXPECT_NE(e.find("bad-v2.qpack"), std::string::npos) << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  };
+  expect(rewrite([](auto& h) { h["layers"][0]["sections"][1]["dtype"] = "f64"; }), "layers[0].sections[1].dtype");
+  expect(rewrite([](auto& h) { h["layers"][0]["sections"][1]["dtype"] = "i16"; }), "layers[0]");
+  expect(rewrite([](auto& h) { h["layers"][0]["sections"][1]["count"] = 3; }), "layers[0].sections[1].bytes");
+  expect(rewrite([](auto& h) { h["layers"][0]["sections"][0]["bytes"] = 10; }), "layers[0].sections[0].bytes");
+  expect(rewrite([](auto& h) {
+           h["layers"][0]["sections"][1]["offset"] = h["layers"][0]["sections"][0]["offset"];
+         }),
+         "overlaps");
+  expect(rewrite([](auto& h) { h["layers"][0]["sections"][2]["name"] = "zeros"; }), "layers[0]");
+  expect(rewrite([](auto& h) { h["layers"][0]["sections"] = nlohmann::json::array(); }), "layers[0].sections");
+  expect(rewrite([](auto& h) { h["layers"][0]["sections"].erase(2); }), "layers[0]");
+  expect(rewrite([](auto& h) { h["layers"][0]["sections"][0]["count"] = -1; }), "layers[0].sections[0].count");
+  expect(rewrite([](auto& h) { h["variant"] = "nosuch:4"; }), "field 'variant'");
+  expect(rewrite([](auto& h) { h["variant"] = "zeropoint:4:group32"; }), "canonical");
+  expect(rewrite([](auto& h) { h["variant"] = "fp32"; }), "field 'variant'");
+  expect(rewrite([](auto& h) { h["weight_format"] = "zeropoint:4:group64:minmax"; }), "field 'weight_format'");
+  // A different format with the same sections: the byte counts no longer agree.
+  expect(rewrite([](auto& h) {
+           h["variant"] = "zeropoint:8:group32:minmax";
+           h["weight_format"] = "zeropoint:8:group32:minmax";
+         }),
+         "layers[0]");
+  // A layer renamed to an unpacked one of the same shape: the stripped weight is restored by nothing.
+  expect(rewrite([](auto& h) {
+           std::string name = h["layers"][0]["name"];
+           ASSERT_EQ(name.rfind("encoder.", 0), 0u);
+           h["layers"][0]["name"] = "decoder." + name.substr(8);
+         }),
+         "stripped");
+  expect(rewrite([](auto& h) { h["source_model"]["section"]["sha256"] = std::string(64, '0'); }),
+         "source_model.section.sha256");
+}
+
+TEST_F(QpackV2CorruptionTest, CodesOutOfRangeAreDataErrors) {
+  // absmax:4 codes are 0..14 (q + 7): a 15 is corrupt even with a matching payload digest.
+  const std::string out = temp_path("a4-v2.qpack");
+  write_packed_model(testing::fixture("tiny.pt"), parse_variant("absmax:4:channel"), "", "", out, true, true);
+  std::string b = read_bytes(out);
+  const PackedModel m = read_packed_model(out);
+  b[static_cast<size_t>(m.layers[0].offset_of("codes"))] = static_cast<char>(0xff);
+  const std::string header(b.substr(kQpackPreambleBytes, static_cast<size_t>(m.header_bytes)));
+  nlohmann::json h = nlohmann::json::parse(header);
+  h["payload_sha256"] = sha256(std::string_view(b).substr(static_cast<size_t>(m.payload_offset)));
+  std::string text = h.dump(1) + "\n";
+  ASSERT_LE(text.size(), header.size());
+  text.insert(text.size() - 1, header.size() - text.size(), ' ');
+  b.replace(kQpackPreambleBytes, header.size(), text);
+  b.replace(24, 64, sha256(text));
+  const std::string e = error_of(b);
+  EXPECT_NE(e.find("exceeds qmax - qmin"), std::string::npos) << e;
+  EXPECT_NE(e.find("layers[0]"), std::string::npos) << e;
 }
 
 }  // namespace

@@ -175,10 +175,10 @@ TEST(VariantSpecTest, GrammarListsEveryTableName) {
 }
 
 TEST(VariantSpecTest, ConfigWithoutASpecSpellingIsAUsageError) {
-  Variant v = parse_variant("zeropoint:8");
-  v.config.zero_point_codes = ZeroPointCodes::kSigned;  // step with signed codes: no ARITH names it
+  QuantConfig config = parse_variant("zeropoint:8").config;
+  config.zero_point_codes = ZeroPointCodes::kSigned;  // step with signed codes: no ARITH names it
   try {
-    canonical_spec(v);
+    canonical_spec(make_variant(config));
     FAIL();
   } catch (const UsageError& e) {
     EXPECT_THAT(e.what(), HasSubstr("step with signed zero-point codes"));

@@ -88,6 +88,9 @@ struct VariantResult {
   // packed_bytes equals its fp32_bytes.
   std::optional<int64_t> packed_bytes;
   int64_t fp32_bytes = 0;
+  // All stored bits (codes, scales, zero points) over the number of quantized
+  // weights: 8 * packed_bytes / weights (32 for fp32; absmax:4:group64 = 4.5).
+  std::optional<double> bits_per_weight;
   // distribution_metrics.h, against fp32 on the same positions
   double kl_mean = 0;
   double kl_p99 = 0;

@@ -81,6 +81,11 @@ class ContractModel {
 
  private:
   ContractModel(std::string path, torch::jit::Module module, ModelMetadata metadata, Tokenizer tokenizer);
+  // load(), and with `rebuilt_stripped`: a Linear weight stored as a zero-stride
+  // view (a .qpack's embedded model, packed_model.h) becomes zeros of its shape
+  // and its name is appended (load_packed_model then fills it).
+  static ContractModel load_impl(const std::string& path, const std::string& tokenizer_override,
+                                 std::vector<std::string>* rebuilt_stripped);
 
   // load_packed_model reports the .qpack's digest, not the embedded model's.
   friend ContractModel load_packed_model(const std::string& path, const std::string& tokenizer_override);

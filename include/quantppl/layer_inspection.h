@@ -39,6 +39,7 @@
 #include <torch/types.h>
 
 #include "quantppl/error_metrics.h"
+#include "quantppl/formats/weight_format.h"
 #include "quantppl/provenance.h"
 #include "quantppl/quantize.h"
 #include "quantppl/variant_spec.h"
@@ -66,6 +67,11 @@ struct Summary3 {
 };
 
 struct VariantDamage {
+  // The uniform integer grid (absmax/zeropoint) has one scale and zero point
+  // per block, and (6)-(7) define its clipped fraction. Other formats
+  // (formats/format_table.h) report the error metrics and blocks only: their
+  // scale, zero_point and clipped_fraction fields are null.
+  bool uniform_grid = true;
   int64_t blocks = 0;
   Summary3 scale;       // per tensor: min = median = max = the scale
   Summary3 zero_point;
@@ -75,6 +81,8 @@ struct VariantDamage {
 
 // (6)-(7) and the error metrics of fake-quantizing `w` with `config`.
 VariantDamage variant_damage(const torch::Tensor& w, const QuantConfig& config, const std::string& name = "tensor");
+// Any format: the uniform one as above; others error metrics and blocks only.
+VariantDamage variant_damage(const torch::Tensor& w, const WeightFormat& format, const std::string& name = "tensor");
 
 // (7) alone, for given parameters (as choose_qparams returns them for `w`).
 double clipped_fraction(const torch::Tensor& w, const QParams& params, const QuantConfig& config,
@@ -92,6 +100,7 @@ struct InspectionSummary {
   int64_t parameters = 0;
   ErrorMetrics error;                 // merged over every layer (absent values when fp32)
   double clipped_fraction = 0;        // clipped weights / parameters, over all layers
+  bool clipped_known = true;          // false when a layer's format has no clipped fraction (JSON: null)
   std::string worst_layer;            // lowest SQNR ("" for fp32)
   double worst_sqnr_db = 0;
 };
@@ -126,6 +135,8 @@ InspectionReport run_inspect(const InspectOptions& options, const InspectProgres
 // clipped_fraction, mse, max_abs_error, sqnr_db}], "summary": {...}}.
 // scale and zero_point are the exact values per tensor and null for
 // per-channel/group (see the _min/_median/_max fields). Infinite SQNR is null.
+// Formats other than absmax/zeropoint have null scale, zero_point, their
+// _min/_median/_max and clipped_fraction (also in the summary).
 // CSV: one row per layer, same fields, shape as "512x1024", then variant and
 // the provenance columns. Table: for people.
 std::string format_inspection_json(const InspectionReport& report);

@@ -1,15 +1,17 @@
 // Real low-bit storage: the `.qpack` file format (docs/qpack-format.md).
 //
 // A .qpack holds a quantized variant of a contract model at its real width:
-// every selected Linear weight as b-bit integer codes plus its per-block
-// scales (and zero points), with the original contract model embedded (or
-// referenced by path + SHA-256) for everything that is not quantized.
+// every selected Linear weight as its format's packed sections (codes at
+// their width, scales in their real type: formats/weight_format.h's
+// PackedWeight), with the contract model embedded (the graph and every
+// parameter that stays float32, but NOT the quantized Linear weights) or
+// referenced by path + SHA-256.
 //
 // ---------------------------------------------------------------------------
 // Layout (all integers little-endian; offsets in bytes)
 // ---------------------------------------------------------------------------
 //   0   8   magic "QPPLPACK"
-//   8   4   u32 format version (1)
+//   8   4   u32 format version (2; version 1 files are still read)
 //   12  4   u32 reserved, 0
 //   16  8   u64 H, the length of the JSON header
 //   24  64  SHA-256 of the JSON header, 64 lowercase ASCII hex digits
@@ -19,44 +21,42 @@
 //           (so at a multiple of 64 in the file), zero bytes between them,
 //           none after the last. File size = P + payload_bytes.
 //
-// The JSON header: {format, format_version, variant (canonical spec), scheme,
-// bits, granularity ("tensor"|"channel"|"group"), group_size, range
-// ("minmax"|"percentile"|"mse"), percentile, scale_form ("step"|
-// "inverse_step"), zero_point_codes ("unsigned"|"signed"), qmin, qmax,
-// include, exclude, source_model: {path, sha256, bytes, embedded, section?},
-// layers: [{name, shape: [out, in], numel, num_blocks, codes: {offset, bytes,
-// bits}, scales: {offset, bytes, dtype: "f32"}, zero_points: null | {offset,
-// bytes, dtype: "i16"|"f32"}}], payload_bytes, payload_sha256}. Section
-// offsets are relative to P. The names are those of quantize.h's tables;
-// the spec's ARITH is stored as scale_form + zero_point_codes (numpy: step +
-// unsigned, tutorial: inverse_step + signed, whose scales hold k = 1/s).
+// Version 2 JSON header: {format, format_version: 2, variant (canonical
+// spec, with its methods), weight_format (the format's canonical spec),
+// bits_per_weight, packed_bytes, fp32_bytes, include, exclude,
+// source_model: {path, sha256, bytes, embedded, section?: {offset, bytes,
+// sha256}}, layers: [{name, shape: [out, in], numel, sections: [{name, dtype,
+// count, offset, bytes}]}], payload_bytes, payload_sha256}. Section offsets
+// are relative to P; a layer's sections are its PackedWeight's, in order;
+// dtype tags and the code bit stream are formats/packed_sections.h's.
+// source_model describes the ORIGINAL model file (its SHA-256 and size); the
+// embedded section is that model re-saved with every quantized Linear weight
+// replaced by a zero-stride view of a single float (serialized as 4 bytes),
+// and `section.sha256` is its own digest. Loading rebuilds those weights from
+// the codes, bit for bit as the variant's fake-quantize.
 //
-// Codes: a layer's codes are ONE bit stream in row-major order, without row
-// padding: code i occupies stream bits [i*b, i*b + b), stream bit k is bit
-// (k mod 8) of byte k / 8 (LSB first), so at 4 bits code 0 is the low nibble
-// of byte 0. Codes are stored as unsigned offsets u = q - qmin (absmax 4-bit
-// [-7, 7] becomes [0, 14]); the last byte's unused high bits are zero.
-// No row padding because the formula stays one line and flan-t5's rows (512,
-// 1024, 384 inputs) are whole bytes at every width anyway.
-// Scales: float32, one per block, in QParams order (quantize.h). Zero points
-// (zeropoint scheme only; absmax has z = 0 and stores none): int16 when every
-// one of the layer's zero points fits, else float32 (exact: they are
-// integer-valued floats; only blocks far from 0 relative to their width need
-// that, e.g. a group whose values all lie in [100, 100.01]).
+// Version 1 (uniform formats only): header fields scheme, bits, granularity,
+// group_size, range, percentile, scale_form, zero_point_codes, qmin, qmax and
+// per layer num_blocks, codes: {offset, bytes, bits}, scales: {offset, bytes,
+// dtype "f32"}, zero_points: null | {offset, bytes, dtype "i16"|"f32"}, with
+// the whole float32 model embedded. Read as the equivalent sections
+// ("codes" uB, "scales" f32, "zero_points" i16|f32).
 //
-// Size of the quantized layers (what `compare` reports as packed_bytes):
-//   packed_bytes = sum over layers of  ceil(numel * b / 8)        codes
-//                                    + 4 * num_blocks             scales
-//                                    + 2 * num_blocks             zero points (zeropoint only; 4 * if float32)
-// against fp32_bytes = 4 * sum numel. Section alignment, the header and the
-// embedded model are not counted there; the file adds them (qpack_file_bytes).
+// Size of the quantized layers (what `compare` reports as packed_bytes): the
+// sum of every layer's section bytes, e.g. for absmax/zeropoint
+//   ceil(numel * b / 8) + 4 * num_blocks (+ 2 * num_blocks zero points)
+// and bits_per_weight = 8 * packed_bytes / weights. Section alignment, the
+// header and the embedded model are not counted there; the file adds them
+// (qpack_file_bytes).
 //
 // Why this design: the fixed preamble and 64-byte-aligned sections let a
 // reader mmap the file and point SIMD loads straight at codes and scales; the
 // JSON header is readable with `head -c` and any JSON tool; no protobuf, zip
 // or flatbuffers dependency. Every byte is checked on read: the header by its
 // SHA-256 in the preamble, the sections by payload_sha256, the padding must be
-// zero, and every offset + size must lie within the file.
+// zero, every offset + size must lie within the file, every section's dtype,
+// count and bytes must agree, and every layer must unpack with its format
+// (WeightFormat::unpack: codes in range, finite scales).
 #pragma once
 
 #include <cstdint>
@@ -65,58 +65,67 @@
 #include <vector>
 
 #include "quantppl/contract_model.h"
+#include "quantppl/formats/packed_sections.h"  // pack_codes, unpack_codes (declared here before)
+#include "quantppl/formats/weight_format.h"
 #include "quantppl/quantize.h"
 #include "quantppl/variant_spec.h"
 
 namespace quantppl {
 
 inline constexpr char kQpackMagic[8] = {'Q', 'P', 'P', 'L', 'P', 'A', 'C', 'K'};
-constexpr uint32_t kQpackFormatVersion = 1;
+constexpr uint32_t kQpackFormatVersion = 2;
+constexpr uint32_t kQpackOldestReadableVersion = 1;
 constexpr int64_t kQpackAlignment = 64;
 constexpr int64_t kQpackPreambleBytes = 88;  // magic, version, reserved, H, header SHA-256 (hex)
 // Largest JSON header read (flan-t5-small's 190 layers take ~60 KB).
 constexpr int64_t kMaxQpackHeaderBytes = int64_t{16} << 20;
 
-// Packs unsigned codes (each in [0, 2^bits - 1]) into ceil(n * bits / 8)
-// bytes in the bit order above. UsageError for bits outside [1, 8] or a
-// code that does not fit.
-std::string pack_codes(const int32_t* codes, int64_t count, int bits);
-std::string pack_codes(const std::vector<int32_t>& codes, int bits);
-// The inverse; `bytes` must hold exactly ceil(count * bits / 8) bytes.
-std::vector<int32_t> unpack_codes(std::string_view bytes, int64_t count, int bits);
+// One stored section of a layer, where it is in PackedModel::bytes.
+struct PackedLayerSection {
+  std::string name;
+  std::string dtype;
+  int64_t count = 0;
+  int64_t offset = 0;  // absolute file offset
+  int64_t bytes = 0;
+};
 
-// One stored layer: where its sections are in PackedModel::bytes.
+// One stored layer.
 struct PackedLayer {
   std::string name;
   int64_t out_features = 0;
   int64_t in_features = 0;
-  int64_t num_blocks = 0;
-  int64_t codes_offset = 0;  // absolute file offsets
-  int64_t codes_bytes = 0;
-  int64_t scales_offset = 0;
-  int64_t zero_points_offset = -1;  // -1: none (absmax)
-  bool zero_points_f32 = false;     // false: int16
+  std::vector<PackedLayerSection> sections;
+  // The offset of the section named `section`, or -1.
+  int64_t offset_of(const std::string& section) const;
 };
 
 struct PackedModel {
   std::string path;
-  Variant variant;  // name = canonical spec
+  uint32_t version = 0;
+  Variant variant;  // name = canonical spec; variant.format reads the sections
   std::string include;
   std::string exclude;
   std::string source_path;    // as given when packing
-  std::string source_sha256;  // of the contract model's bytes
+  std::string source_sha256;  // of the original contract model's bytes
   int64_t source_bytes = 0;
   bool embedded = false;
   int64_t embedded_offset = -1;  // absolute file offset of the embedded .pt, if embedded
+  int64_t embedded_bytes = 0;
+  // Version 2: the embedded model has its quantized Linear weights stripped (zero-stride views).
+  bool embedded_stripped = false;
   std::vector<PackedLayer> layers;
+  std::vector<torch::Tensor> weights;  // per layer: the unpacked x_hat, float32 [out, in] (checked on read)
   int64_t header_bytes = 0;   // H
   int64_t payload_offset = 0; // P
   int64_t payload_bytes = 0;
   std::string bytes;  // the whole file
   std::string file_sha256;  // of `bytes`
 
-  // The layer's codes (int32 [out, in], in [qmin, qmax]) and parameters
-  // ([num_blocks, 1] float32), ready for dequantize().
+  // The layer's sections as its format's PackedWeight (copies the bytes).
+  PackedWeight packed(size_t layer) const;
+  // Uniform formats: the layer's codes (int32 [out, in], in [qmin, qmax]) and
+  // parameters ([num_blocks, 1] float32), ready for dequantize(). UsageError
+  // for other formats.
   QuantizedTensor quantized(size_t layer) const;
   // The embedded contract model's bytes (empty if referenced).
   std::string_view embedded_model() const;
@@ -127,7 +136,9 @@ struct PackedModelSummary {
   int64_t parameters = 0;
   int64_t packed_bytes = 0;  // the formula above
   int64_t fp32_bytes = 0;
+  double bits_per_weight = 0;  // 8 * packed_bytes / parameters
   int64_t file_bytes = 0;
+  int64_t source_bytes = 0;  // the original model file's size (file_bytes / source_bytes: what packing saved)
 };
 
 // Quantizes the selected Linear layers (include/exclude as select_layers) of
@@ -139,12 +150,19 @@ struct PackedModelSummary {
 PackedModelSummary write_packed_model(const std::string& model_path, const Variant& variant,
                                       const std::string& include, const std::string& exclude,
                                       const std::string& out_path, bool force, bool embed);
+// The version 1 layout (uniform formats only, the whole float32 model
+// embedded), as quantppl wrote it before version 2: for the tests that keep
+// version 1 files readable.
+PackedModelSummary write_packed_model_v1(const std::string& model_path, const Variant& variant,
+                                         const std::string& include, const std::string& exclude,
+                                         const std::string& out_path, bool force, bool embed);
 
 // Reads and validates every byte (see above): DataError naming the file and
 // the field for bad magic, an unknown version, a truncated file, a header
-// that does not parse or is inconsistent (shape, numel, num_blocks, bytes vs
-// bits and granularity, offsets out of the file or overlapping), a checksum
-// mismatch, a code outside [qmin, qmax], an empty layer list or a layer named
+// that does not parse or is inconsistent (shape, numel, an unknown dtype, a
+// section whose count and bytes disagree or that its format does not expect,
+// offsets out of the file or overlapping), a checksum mismatch, a code outside
+// the format's range, a scale that is not finite, an empty layer list or a layer named
 // twice, a shape whose weights could not fit the payload, a header longer than
 // kMaxQpackHeaderBytes or nested deeper than kMaxJsonDepth (json_input.h).
 // IoError if it cannot be read or is not a regular file; DataError if it is
@@ -168,9 +186,10 @@ bool is_packed_model_file(const std::string& path);
 // A .qpack (by its magic) or a TorchScript contract model.
 ContractModel load_model_file(const std::string& path, const std::string& tokenizer_override = "");
 
-// packed_bytes of the formula above for these layers under `config`, assuming
-// int16 zero points. With the chosen parameters (one QParams per layer) it is
-// exact: layers whose zero points do not fit int16 count 4 bytes a block.
+// packed_bytes of these layers under the uniform `config` (formula above),
+// assuming int16 zero points; with the chosen parameters (one QParams per
+// layer) it is exact: layers whose zero points do not fit int16 count 4 bytes
+// a block. (Any format: model_quantizer.h's prepared_packed_bytes.)
 int64_t packed_size_bytes(const std::vector<LinearLayer>& layers, const QuantConfig& config);
 int64_t packed_size_bytes(const std::vector<LinearLayer>& layers, const QuantConfig& config,
                           const std::vector<QParams>& params);

@@ -30,6 +30,10 @@ struct QuantizeModelSummary {
   int64_t parameters = 0;
   double weight_mse = 0;
   double weight_sqnr_db = 0;
+  // What the quantized layers take at the format's real width (as `compare`
+  // reports them): packed_bytes, and bits_per_weight = 8 * packed_bytes / parameters.
+  int64_t packed_bytes = 0;
+  double bits_per_weight = 0;
 };
 
 QuantizeModelSummary quantize_model_file(const QuantizeModelOptions& options);

@@ -59,6 +59,7 @@
 #include "quantppl/early_stopping.h"
 #include "quantppl/perplexity.h"
 #include "quantppl/provenance.h"
+#include "quantppl/formats/weight_format.h"
 #include "quantppl/variant_spec.h"
 
 namespace quantppl {
@@ -157,6 +158,11 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
 // Linear layers to consider (aliasing the model's weights, as
 // ContractModel::linear_layers gives them); they hold their original values
 // again on return, bit-for-bit, also when it throws.
+SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<EvalBatch>& batches,
+                                      const std::vector<LinearLayer>& layers, const WeightFormat& format,
+                                      const std::vector<int64_t>& keep, const SensitivityProgress& progress = {},
+                                      const SensitivityStopping& stopping = {});
+// The uniform format of `config` (formats/uniform_format.h).
 SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<EvalBatch>& batches,
                                       const std::vector<LinearLayer>& layers, const QuantConfig& config,
                                       const std::vector<int64_t>& keep, const SensitivityProgress& progress = {},

@@ -41,6 +41,10 @@ Targets and how each ratio is formed:
                    the 1x text, <= 1.05 (independent of text length);
                    T5-XL: peak RSS <= 24 GB.
   6 startup        BM_LoadContractModel over BM_JitLoad, <= 1.2.
+  7 format / copy  (issue 14) BM_FormatFakeQuantize/<spec>/threads:T (every example spec of every row
+                   of the format table, choose + fake-quantize every Linear weight) over
+                   BM_CopyLinearWeights/threads:T, <= 2 for every min-max spec; percentile and MSE
+                   searches are reported without a target.
   6 vs tutorial    (issue 13) median wall seconds of the tutorial pipeline's whole process over
                    quantppl compare's, same model, text and threads: >= 1.15 on the ~1,000-token text,
                    >= 1.0 on the ~7,000-token text. The detail shows both medians and how far the
@@ -61,6 +65,7 @@ from . import model_flops
 from .paths import REPO
 
 FAKE_QUANT_LIMIT = 1.5
+FORMAT_LIMIT = 2.0
 RESTORE_LIMIT = 1.10
 PYTHON_LIMIT = 1.0
 GEMM_LIMITS = {1: 0.75, 2: 0.60}
@@ -501,6 +506,28 @@ def describe_machine(binary=None):
 # Report
 # ---------------------------------------------------------------------------------------------
 
+def format_rows(gb):
+    """Target 7: each format-table example's fused fake-quantize over the copy (see the module doc)."""
+    copies = {t: e["seconds"] for n, e in gb.items() for (base, _, t) in [parse_benchmark_name(n)]
+              if base == "BM_CopyLinearWeights"}
+    timed = {}
+    for n, e in gb.items():
+        base, spec, t = parse_benchmark_name(n)
+        if base == "BM_FormatFakeQuantize" and spec:
+            timed[(spec, t)] = e["seconds"]
+    rows = []
+    for (spec, t) in sorted(timed, key=lambda k: (k[1] or 0, k[0])):
+        copy = copies.get(t)
+        fields = spec.split(":")
+        searched = any(f == "mse" or re.fullmatch(r"p[0-9.]+", f) for f in fields[1:])
+        note = "%.1f ms vs copy %.1f ms" % (1e3 * timed[(spec, t)], 1e3 * copy) if copy else "no BM_CopyLinearWeights"
+        rows.append(Row("7 format / copy", "%s, %s thr" % (spec, t), timed[(spec, t)] / copy if copy else None,
+                        None if searched else FORMAT_LIMIT, "<=", note))
+    if not timed:
+        rows.append(Row("7 format / copy", "-", None, FORMAT_LIMIT, "<=", "no BM_FormatFakeQuantize results"))
+    return rows
+
+
 def collect(run_dir):
     gb_path = os.path.join(run_dir, "bench.json")
     gb = load_google_benchmark(gb_path) if os.path.exists(gb_path) else {}
@@ -510,6 +537,7 @@ def collect(run_dir):
     rows += memory_rows(run_dir)
     rows += startup_rows(gb)
     rows += tutorial_rows(run_dir)
+    rows += format_rows(gb)
     return rows
 
 

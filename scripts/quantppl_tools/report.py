@@ -21,7 +21,8 @@ from .sweep_results import EXIT_IO, EXIT_USAGE, SweepError, atomic_write, read_r
 
 PLOTS = [
     ("ppl_vs_bits.png", "Perplexity vs bits (one line per scheme and granularity; dotted: fp32)"),
-    ("ppl_vs_effective_bits.png", "Perplexity vs effective bits per weight (scales and zero points included)"),
+    ("ppl_vs_effective_bits.png", "Perplexity vs bits per weight, every format on one chart (scales and zero "
+                                  "points included)"),
     ("agreement_vs_bits.png", "KL divergence from fp32 and top-1 agreement vs bits"),
     ("sensitivity.png", "Per-layer sensitivity"),
 ]

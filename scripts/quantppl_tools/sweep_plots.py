@@ -115,14 +115,16 @@ def plot_all(out, rows, run_info, sensitivity=None):
     written.append(("ppl_vs_bits.png", f"Perplexity vs bits ({rng} range), one line per scheme and granularity; "
                                        "dotted: fp32."))
 
-    # 2. perplexity vs effective bits per weight, every variant; marker per range, colour per scheme
+    # 2. perplexity vs bits per weight, every variant of every format on one chart (the CLI's
+    #    bits_per_weight: codes and every scale); marker per range, colour per scheme / format family
     pts = [r for r in quant if _finite(r.get("effective_bits_per_weight"))]
     if pts:
         fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
         markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
         ranges = sorted({r["range"] for r in pts}, key=lambda x: (x != "minmax", x))
         schemes = sorted({r["scheme"] for r in pts})
-        palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink"]
+        palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+                   "tab:olive", "tab:cyan", "tab:red", "navy", "gold", "teal", "magenta", "sienna", "lime"]
         colours = {scheme: palette[i % len(palette)] for i, scheme in enumerate(schemes)}
         for i, rg in enumerate(ranges):
             for scheme in schemes:
@@ -130,14 +132,15 @@ def plot_all(out, rows, run_info, sensitivity=None):
                 if sel:
                     ax.scatter([r["effective_bits_per_weight"] for r in sel], [r["ppl"] for r in sel],
                                marker=markers[i % len(markers)], color=colours[scheme], alpha=0.75, s=22,
-                               label=f"{scheme}, {rg}")
+                               label=f"{scheme}, {rg}" if rg else scheme)
         if fp32:
             ax.axhline(fp32["ppl"], color="black", linewidth=1, linestyle=":", label="fp32")
         _finish_ppl_figure(plt, fig, ax, os.path.join(out, "ppl_vs_effective_bits.png"),
-                           "effective bits per weight (codes + scales + zero points)",
-                           f"Perplexity vs storage — {_title_suffix(run_info)}", legend_size=7)
-        written.append(("ppl_vs_effective_bits.png", "Perplexity vs effective bits per weight, every variant "
-                                                     "(colour: scheme, marker: range method)."))
+                           "bits per weight (codes + scales + zero points)",
+                           f"Perplexity vs bits per weight, every format — {_title_suffix(run_info)}", legend_size=7)
+        written.append(("ppl_vs_effective_bits.png", "Perplexity vs bits per weight (all stored bits of codes and "
+                                                     "scales over the weights), every variant of every format on one "
+                                                     "chart (colour: scheme or format family, marker: range method)."))
     else:
         log("sweep: no effective bits per weight known: skipping ppl_vs_effective_bits.png")
 

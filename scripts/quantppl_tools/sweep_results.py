@@ -37,16 +37,26 @@ def log(message):
 
 def variant_columns(spec):
     """The scheme/bits/granularity/group_size/range columns of a canonical spec as the CLI
-    spells it (SCHEME:BITS:GRANULARITY:RANGE, or fp32); blank for any other shape."""
+    spells it: SCHEME:BITS:GRANULARITY:RANGE[:ARITH] for the integer grids, FAMILY[:FIELD...]
+    for the other formats (scheme = the family, e.g. nf4, mxfp4, q4_0; bits when the second
+    field is a number; granularity and range wherever such a field appears), fp32; methods
+    (+NAME...) do not change them. Blank where the spec has no such field."""
     if spec == "fp32":
         return {"scheme": "fp32", "bits": 32, "granularity": "", "group_size": None, "range": ""}
-    parts = spec.split(":")
-    if len(parts) != 4 or not parts[1].isdigit():
+    parts = spec.split("+")[0].split(":")
+    if parts[0] in ("absmax", "zeropoint") and len(parts) != 4:
+        # The tutorial arithmetic (a 5th field): its own points, kept out of the numpy curves.
         return {"scheme": parts[0], "bits": None, "granularity": "", "group_size": None, "range": ""}
-    scheme, bits, gran, rng = parts
-    m = re.fullmatch(r"group([0-9]+)", gran)
-    return {"scheme": scheme, "bits": int(bits), "granularity": "group" if m else gran,
-            "group_size": int(m.group(1)) if m else None, "range": rng}
+    out = {"scheme": parts[0], "bits": int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None,
+           "granularity": "", "group_size": None, "range": ""}
+    for field in parts[1:]:
+        m = re.fullmatch(r"group([0-9]+)", field)
+        if not out["granularity"] and (m or field in ("tensor", "channel")):
+            out["granularity"] = "group" if m else field
+            out["group_size"] = int(m.group(1)) if m else None
+        elif not out["range"] and (field in ("minmax", "mse") or re.fullmatch(r"p[0-9.]+", field)):
+            out["range"] = field
+    return out
 
 
 def atomic_write(path, data):

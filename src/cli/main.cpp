@@ -22,6 +22,7 @@
 #include <c10/util/Exception.h>
 
 #include "commands.h"
+#include "quantppl/variant_spec.h"
 #include "quantppl/error.h"
 #include "quantppl/output_file.h"
 #include "../openmp_wait_policy.h"
@@ -36,6 +37,7 @@ int run(int argc, char** argv) {
       "Loads a TorchScript contract model (docs/model-contract.md), fake-quantizes its Linear weights "
       "and reports perplexity for the original and every variant."};
   app.set_version_flag("--version", std::string("quantppl ") + QUANTPPL_VERSION);
+  app.footer(variant_help_table());
   app.require_subcommand(1);
   CompareCommand compare;
   QuantizeCommand quantize;

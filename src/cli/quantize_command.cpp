@@ -25,11 +25,13 @@ CLI::App* setup_quantize(CLI::App& app, QuantizeCommand& q) {
   cmd->add_option("--variant", q.variant, std::string("One variant: ") + kVariantGrammar)->required();
   add_output_flags(cmd, q.output, q.force);
   cmd->add_option("--packed", q.packed,
-                  "Instead of --output: write a .qpack with the codes at their real width, scales and zero points "
-                  "(docs/qpack-format.md), atomically; `--model FILE.qpack` evaluates it");
+                  "Instead of --output: write a .qpack with the codes at their real width and the scales in their "
+                  "real type, and the model without its quantized float32 weights (smaller than the model; "
+                  "docs/qpack-format.md), atomically; `--model FILE.qpack` evaluates it");
   cmd->add_flag("--no-embed", q.no_embed,
                 "With --packed: reference the model by path + SHA-256 instead of embedding its bytes");
   add_layer_filter_flags(cmd, q.include, q.exclude);
+  cmd->footer(variant_help_table());
   return cmd;
 }
 
@@ -48,10 +50,12 @@ int run_quantize_command(const QuantizeCommand& q) {
     const PackedModelSummary s =
         write_packed_model(model, variant, q.include, q.exclude, q.packed, q.force, /*embed=*/!q.no_embed);
     std::cerr << fmt::format(
-        "quantppl: wrote {} ({}: {} Linear layers, {} weights; {} bytes packed vs {} fp32 (x{:.2f}); file {} bytes{})\n",
+        "quantppl: wrote {} ({}: {} Linear layers, {} weights; {} bytes packed vs {} fp32 (x{:.2f}), {:.4g} bits per "
+        "weight; file {} bytes vs the original model's {} bytes ({:.1f}%){})\n",
         q.packed, variant.name, s.layers, s.parameters, s.packed_bytes, s.fp32_bytes,
-        static_cast<double>(s.fp32_bytes) / static_cast<double>(s.packed_bytes), s.file_bytes,
-        q.no_embed ? ", model referenced" : ", model embedded");
+        static_cast<double>(s.fp32_bytes) / static_cast<double>(s.packed_bytes), s.bits_per_weight, s.file_bytes,
+        s.source_bytes, 100.0 * static_cast<double>(s.file_bytes) / static_cast<double>(s.source_bytes),
+        q.no_embed ? ", model referenced" : ", model embedded without its quantized weights");
     return 0;
   }
   check_output_path(q.output, q.force, {q.model.empty() ? default_model_path() : q.model, q.tokenizer});
@@ -64,9 +68,10 @@ int run_quantize_command(const QuantizeCommand& q) {
   options.exclude = q.exclude;
   options.force = q.force;
   const QuantizeModelSummary summary = quantize_model_file(options);
-  std::cerr << fmt::format("quantppl: wrote {} ({}: {} Linear layers, {} weights, weight MSE {:.3e}, SQNR {:.2f} dB)\n",
+  std::cerr << fmt::format("quantppl: wrote {} ({}: {} Linear layers, {} weights, weight MSE {:.3e}, SQNR {:.2f} dB; "
+                           "{:.4g} bits per weight packed)\n",
                            q.output, options.variant.name, summary.layers, summary.parameters, summary.weight_mse,
-                           summary.weight_sqnr_db);
+                           summary.weight_sqnr_db, summary.bits_per_weight);
   return 0;
 }
 

@@ -21,7 +21,7 @@ PER_VARIANT_FIELDS = ["variant", "spec", "ppl", "ppl_stderr", "nll", "tokens", "
                       "ppl_ratio_ci95_low", "ppl_ratio_ci95_high", "nll_correlation", "delta_p_mean",
                       "delta_p_mean_stderr", "delta_p_rms", "delta_p_rms_stderr", "delta_p_min",
                       *("delta_p_" + p for p in _PERCENTILES), "delta_p_max", "weight_mse", "weight_sqnr_db",
-                      "packed_bytes", "fp32_bytes", "compression_ratio", "seconds", "stopped_early"]
+                      "packed_bytes", "fp32_bytes", "compression_ratio", "bits_per_weight", "seconds", "stopped_early"]
 SETTINGS_FIELDS = ["model", "text", "mode", "max_length", "layers_quantized", "model_sha256", "text_sha256",
                    "text_tokens", "libtorch_version", "threads"]
 

@@ -23,7 +23,7 @@ def header(path):
     data = path.read_bytes()
     assert data[:8] == b"QPPLPACK"
     version, reserved, length = struct.unpack_from("<IIQ", data, 8)
-    assert (version, reserved) == (1, 0)
+    assert (version, reserved) == (2, 0)
     return json.loads(data[88:88 + length]), data
 
 
@@ -34,22 +34,31 @@ def compare_json(model, variants):
 def test_quantize_packed_writes_a_documented_file(tmp_path):
     out = pack(tmp_path, "absmax:4:group32")
     h, data = header(out)
-    assert h["variant"] == "absmax:4:group32:minmax" and h["bits"] == 4 and h["qmin"] == -7
+    assert h["variant"] == "absmax:4:group32:minmax" and h["weight_format"] == "absmax:4:group32:minmax"
     assert h["source_model"]["embedded"] is True
     length = struct.unpack_from("<Q", data, 16)[0]
     payload = (88 + length + 63) // 64 * 64
     assert len(data) == payload + h["payload_bytes"]
-    packed = 0
+    packed = weights = 0
     for layer in h["layers"]:
         out_f, in_f = layer["shape"]
-        assert layer["codes"]["bytes"] == (out_f * in_f * 4 + 7) // 8  # two codes a byte
-        assert layer["codes"]["offset"] % 64 == 0 and layer["scales"]["offset"] % 64 == 0
-        assert layer["zero_points"] is None
-        packed += layer["codes"]["bytes"] + layer["scales"]["bytes"]
+        codes, scales = layer["sections"]
+        assert (codes["name"], codes["dtype"], codes["count"]) == ("codes", "u4", out_f * in_f)
+        assert codes["bytes"] == (out_f * in_f * 4 + 7) // 8  # two codes a byte
+        assert (scales["name"], scales["dtype"], scales["count"]) == ("scales", "f32", out_f * in_f // 32)
+        assert scales["bytes"] == 4 * scales["count"]
+        assert codes["offset"] % 64 == 0 and scales["offset"] % 64 == 0
+        packed += codes["bytes"] + scales["bytes"]
+        weights += out_f * in_f
+    assert h["packed_bytes"] == packed and h["bits_per_weight"] == 8 * packed / weights == 4 + 32 / 32
     # compare reports the same size for the variant.
     results = compare_json(TINY, "absmax:4:group32")
     assert results[0]["packed_bytes"] == packed
     assert results[0]["compression_ratio"] == results[0]["fp32_bytes"] / packed
+    assert results[0]["bits_per_weight"] == 5.0
+    # The embedded model has no float32 copy of the quantized weights: the file is smaller than the model.
+    assert len(data) < os.path.getsize(TINY) - 4 * weights + packed + 64 * 1024
+    assert len(data) < os.path.getsize(TINY)
 
 
 def test_compare_on_packed_file_equals_compare_with_the_variant(tmp_path):
@@ -92,6 +101,6 @@ def test_existing_packed_file_needs_force(tmp_path):
     out = pack(tmp_path, "absmax:8")
     r = run("quantize", "--model", TINY, "--variant", "absmax:4", "--packed", str(out))
     assert r.returncode == 4 and "--force" in r.stderr
-    assert header(out)[0]["bits"] == 8
+    assert header(out)[0]["weight_format"] == "absmax:8:tensor:minmax"
     pack(tmp_path, "absmax:4", "--force")
-    assert header(out)[0]["bits"] == 4
+    assert header(out)[0]["weight_format"] == "absmax:4:tensor:minmax"

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,10 @@ class PreparedWeight {
   virtual void fake_quantize_into(const torch::Tensor& src, torch::Tensor& dst) const = 0;
   // The weight at its real width (the .qpack sections); exact size.
   virtual PackedWeight pack(const torch::Tensor& src) const = 0;
+  // The bytes pack() writes, when they depend on the values (the uniform
+  // format stores zero points as int16 or, when one does not fit, float32);
+  // nullopt: WeightFormat::packed_bytes of the weight's shape, the default.
+  virtual std::optional<int64_t> packed_bytes() const { return std::nullopt; }
 };
 
 class WeightFormat {
@@ -96,6 +101,18 @@ class WeightFormat {
 
   // Chooses the weight's parameters (NaN/Inf: DataError naming `name`).
   virtual std::unique_ptr<PreparedWeight> prepare(const torch::Tensor& weight, const std::string& name) const = 0;
+
+  // prepare() of many weights (every selected layer of a model), identical
+  // with calling it on each; names[i] names weights[i]. A format whose
+  // per-block parameter arithmetic is cheaper batched (the uniform format's
+  // ~30 small tensor ops per call) overrides it; the default loops.
+  virtual std::vector<std::unique_ptr<PreparedWeight>> prepare_many(const std::vector<torch::Tensor>& weights,
+                                                                     const std::vector<std::string>& names) const {
+    std::vector<std::unique_ptr<PreparedWeight>> out;
+    out.reserve(weights.size());
+    for (size_t i = 0; i < weights.size(); ++i) out.push_back(prepare(weights[i], names.at(i)));
+    return out;
+  }
 
   // prepare(src)->fake_quantize_into(src, dst), for one-off use. src, dst: contiguous float32 [out, in], same shape;
   // src == dst allowed (in place). The fast path: fused, no per-element
