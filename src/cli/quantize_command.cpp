@@ -30,6 +30,7 @@ CLI::App* setup_quantize(CLI::App& app, QuantizeCommand& q) {
   cmd->add_flag("--no-embed", q.no_embed,
                 "With --packed: reference the model by path + SHA-256 instead of embedding its bytes");
   add_layer_filter_flags(cmd, q.include, q.exclude);
+  add_calibration_flags(cmd, q.calibration);
   return cmd;
 }
 
