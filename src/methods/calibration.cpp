@@ -149,6 +149,15 @@ CalibrationText load_calibration_text(const std::string& path, const Tokenizer& 
   return out;
 }
 
+std::vector<CalibrationBatch> t5_calibration_batches(const CalibrationText& text, int64_t batch_size,
+                                                     const ModelMetadata& metadata) {
+  std::vector<CalibrationBatch> batches;
+  for (const EvalBatch& b : make_batches(text.windows, PerplexityMode::kReconstruct, batch_size, metadata)) {
+    batches.push_back(t5_calibration_batch(b));
+  }
+  return batches;
+}
+
 const LayerActivationStats* find_layer_stats(const CalibrationStats& stats, const std::string& name) {
   for (const LayerActivationStats& layer : stats.layers) {
     if (layer.name == name) return &layer;
@@ -213,10 +222,7 @@ CalibrationStats calibration_stats_for_run(ContractModel& model, const std::vect
   const CalibrationText text = load_calibration_text(text_path, model.tokenizer(), meta.eos_token_id, max_length,
                                                      request.tokens);
   same_text_warning(text_path, text.sha256);
-  std::vector<CalibrationBatch> batches;
-  for (const EvalBatch& b : make_batches(text.windows, PerplexityMode::kReconstruct, request.batch_size, meta)) {
-    batches.push_back(t5_calibration_batch(b));
-  }
+  const std::vector<CalibrationBatch> batches = t5_calibration_batches(text, request.batch_size, meta);
   std::vector<std::string> names;
   for (const LinearLayer& layer : layers) names.push_back(layer.name);
   stats = collect_calibration_stats(model, names, batches, progress);

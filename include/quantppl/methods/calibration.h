@@ -118,6 +118,12 @@ struct CalibrationText {
 CalibrationText load_calibration_text(const std::string& path, const Tokenizer& tokenizer, int64_t eos_id,
                                       int64_t max_length, int64_t max_tokens);
 
+// The reconstruct batches (perplexity.h) of `text`'s windows, as calibration
+// batches: what calibration_stats_for_run feeds collect_calibration_stats, and
+// what GPTQ's sequential mode reuses for every block. make_batches' errors.
+std::vector<CalibrationBatch> t5_calibration_batches(const CalibrationText& text, int64_t batch_size,
+                                                     const ModelMetadata& metadata);
+
 // Everything a run needs to obtain its statistics (the CLI's --calibration,
 // --calibration-tokens, --calibration-stats).
 struct CalibrationRequest {
