@@ -44,6 +44,9 @@
 #   (g) early stopping (issue 13): a 10-variant compare (fp32 + 9 8/6-bit variants) at B=1, T=2 on
 #       the same text, once in full and once with --ci-target 1, timed in this run; prints the
 #       speed-up and writes it to early_stopping.txt.
+#   (h) calibration (issue 15): `quantppl calibrate` of every Linear layer with 16,384 tokens of
+#       data/calibration.txt (--quick: 2,048) at T=2, on models/default.pt and on the
+#       flan-t5-small-shaped model: wall time and peak RSS, written to calibration.txt.
 #
 # Environment: quantppl sets OMP_WAIT_POLICY=PASSIVE itself; python_baseline.py sets
 # OMP_WAIT_POLICY=PASSIVE, OPENBLAS_NUM_THREADS=T and the glibc malloc tunables itself;
@@ -350,6 +353,30 @@ PYEOF
   fi
 else
   log "(g) skipped: $QUANTPPL has no --ci-target"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# (h) calibration: one 16,384-token activation-statistics pass (issue 15)
+# ---------------------------------------------------------------------------------------------
+if "$QUANTPPL" calibrate --help > /dev/null 2>&1; then
+  CAL_TOKENS=$((QUICK ? 2048 : 16384))
+  : > "$RUN/calibration.txt"
+  for cal in default:"$REPO/models/default.pt" flan:"$FLAN"; do
+    tag=${cal%%:*} model=${cal#*:}
+    log "(h) calibrate $tag, $CAL_TOKENS tokens"
+    start=$(date +%s.%N)
+    run_to "$RUN/calibrate_$tag.out" "$TIME" -f %M -o "$RUN/calibrate_$tag.kb" "$QUANTPPL" calibrate -m "$model" \
+      --calibration-tokens "$CAL_TOKENS" --threads 2 -q --force -o "$RUN/calibrate_$tag.qcal"
+    secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }')
+    if [[ -f $RUN/calibrate_$tag.out ]]; then
+      printf '(h) calibrate %-8s %6d tokens: %6.1f s, peak RSS %5d MiB, file %d MiB\n' "$tag" "$CAL_TOKENS" "$secs" \
+        $(($(cat "$RUN/calibrate_$tag.kb") / 1024)) $(($(stat -c %s "$RUN/calibrate_$tag.qcal") / 1048576)) |
+        tee -a "$RUN/calibration.txt"
+      rm -f "$RUN/calibrate_$tag.qcal"
+    fi
+  done
+else
+  log "(h) skipped: $QUANTPPL has no calibrate"
 fi
 
 sgemm end

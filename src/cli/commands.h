@@ -38,6 +38,7 @@ int64_t thread_cap();  // kMaxThreadsPerHardwareThread * default_threads()
 int64_t setup_runtime(int64_t threads, bool verbose);
 
 struct CompareCommand {
+  CalibrationFlags calibration;  // --calibration, --calibration-tokens, --calibration-stats (GPTQ/AWQ variants)
   std::string model;
   std::string tokenizer;
   std::string text;
@@ -63,6 +64,7 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c);
 int run_compare_command(const CompareCommand& c, bool variants_given);
 
 struct QuantizeCommand {
+  CalibrationFlags calibration;  // --calibration, --calibration-tokens, --calibration-stats (GPTQ/AWQ variants)
   std::string model;
   std::string tokenizer;
   std::string variant;
@@ -77,6 +79,7 @@ CLI::App* setup_quantize(CLI::App& app, QuantizeCommand& q);
 int run_quantize_command(const QuantizeCommand& q);
 
 struct InspectCommand {
+  CalibrationFlags calibration;  // --calibration, --calibration-tokens, --calibration-stats (GPTQ/AWQ variants)
   std::string model;
   std::string tokenizer;
   std::string variant = "absmax:8";
@@ -91,6 +94,7 @@ CLI::App* setup_inspect(CLI::App& app, InspectCommand& c);
 int run_inspect_command(const InspectCommand& c);
 
 struct SensitivityCommand {
+  CalibrationFlags calibration;  // --calibration, --calibration-tokens, --calibration-stats (GPTQ/AWQ variants)
   std::string model;
   std::string tokenizer;
   std::string text;
@@ -112,5 +116,21 @@ struct SensitivityCommand {
 };
 CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c);
 int run_sensitivity_command(const SensitivityCommand& c);
+
+struct CalibrateCommand {
+  std::string model;
+  std::string tokenizer;
+  CalibrationFlags calibration;  // --calibration, --calibration-tokens
+  std::string output;
+  int64_t max_length = 0;
+  int64_t batch_size = kDefaultCalibrationBatchSize;
+  int64_t threads = default_threads();
+  std::string include;
+  std::string exclude;
+  bool force = false;
+  bool quiet = false;
+};
+CLI::App* setup_calibrate(CLI::App& app, CalibrateCommand& c);
+int run_calibrate_command(const CalibrateCommand& c);
 
 }  // namespace quantppl::cli

@@ -6,6 +6,7 @@
 #include <iostream>
 #include <thread>
 
+#include "quantppl/error.h"
 #include "quantppl/output_file.h"
 
 namespace quantppl::cli {
@@ -72,6 +73,39 @@ CLI::Option* add_threads_flag(CLI::App* cmd, int64_t& threads) {
 }
 
 CLI::Option* add_quiet_flag(CLI::App* cmd, bool& quiet) { return cmd->add_flag("--quiet,-q", quiet, "No progress bar"); }
+
+void add_calibration_text_flags(CLI::App* cmd, CalibrationFlags& flags) {
+  cmd->add_option("--calibration", flags.text,
+                  "Calibration text (UTF-8) whose activations calibrate GPTQ/AWQ; default: data/calibration.txt "
+                  "(Python documentation prose, disjoint from data/default_eval.txt)");
+  cmd->add_option("--calibration-tokens", flags.tokens,
+                  "Calibration token positions: the first N tokens of the calibration text (the whole text if shorter), "
+                  "cut into windows of the model's max_length")
+      ->check(integer_at_least(1))
+      ->capture_default_str();
+}
+
+CLI::Option* add_calibration_stats_flag(CLI::App* cmd, CalibrationFlags& flags) {
+  return cmd->add_option("--calibration-stats", flags.stats,
+                         "Reuse the statistics `quantppl calibrate --output FILE` wrote for this model (no calibration "
+                         "pass; a file made from another model is an error)");
+}
+
+void add_calibration_flags(CLI::App* cmd, CalibrationFlags& flags) {
+  add_calibration_text_flags(cmd, flags);
+  add_calibration_stats_flag(cmd, flags);
+}
+
+CalibrationRequest calibration_request(const CalibrationFlags& flags, const std::string& eval_text) {
+  CalibrationRequest request;
+  request.stats_path = flags.stats;
+  request.text_path = flags.text;
+  request.tokens = flags.tokens;
+  request.eval_text_path = eval_text;
+  return request;
+}
+
+void print_warning(const std::string& message) { std::cerr << "quantppl: warning: " << printable(message) << "\n"; }
 
 void emit_output(const std::string& rendered, const std::string& output_path, bool force,
                  const std::vector<std::string>& inputs) {

@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 
 #include "quantppl/enum_table.h"
+#include "quantppl/methods/calibration.h"
 
 namespace quantppl::cli {
 
@@ -73,6 +74,25 @@ void add_output_flags(CLI::App* cmd, std::string& output, bool& force);
 void add_layer_filter_flags(CLI::App* cmd, std::string& include, std::string& exclude);
 CLI::Option* add_threads_flag(CLI::App* cmd, int64_t& threads);  // --threads
 CLI::Option* add_quiet_flag(CLI::App* cmd, bool& quiet);         // --quiet,-q
+
+// Where calibration statistics come from (methods/calibration.h): computed from
+// a calibration text, or read from a `quantppl calibrate` file.
+struct CalibrationFlags {
+  std::string stats;  // --calibration-stats FILE
+  std::string text;   // --calibration FILE ("" : data/calibration.txt)
+  int64_t tokens = kDefaultCalibrationTokens;  // --calibration-tokens N
+};
+// --calibration and --calibration-tokens.
+void add_calibration_text_flags(CLI::App* cmd, CalibrationFlags& flags);
+// --calibration-stats.
+CLI::Option* add_calibration_stats_flag(CLI::App* cmd, CalibrationFlags& flags);
+// All three (what compare, quantize, inspect and sensitivity take).
+void add_calibration_flags(CLI::App* cmd, CalibrationFlags& flags);
+// The library's request for these flags; `eval_text` (the run's text, "" for
+// none) is what the same-text warning compares with.
+CalibrationRequest calibration_request(const CalibrationFlags& flags, const std::string& eval_text = "");
+// Prints a calibration warning on stderr ("quantppl: warning: ...").
+void print_warning(const std::string& message);
 
 // Prints `rendered` to standard output (a failed write, e.g. a full disk under
 // a redirection, is an IoError), or writes it atomically to `output_path` when

@@ -68,6 +68,7 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
                   "Expected perplexities (JSON); exit 1 if any variant drifts beyond its tolerance. "
                   "Without --variants, evaluates the variants the file lists");
   add_layer_filter_flags(cmd, c.include, c.exclude);
+  add_calibration_flags(cmd, c.calibration);
   add_enum_option(cmd, "--backup", c.backup, kBackupStorageNames, "Where the original weights are kept between variants");
   add_early_stopping_flags(cmd, c.ci_target, c.seed);
   add_quiet_flag(cmd, c.quiet);

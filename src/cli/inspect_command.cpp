@@ -23,6 +23,7 @@ CLI::App* setup_inspect(CLI::App& app, InspectCommand& c) {
   cmd->add_option("--variant,-v", c.variant, std::string("One variant (fp32: statistics only): ") + kVariantGrammar)
       ->capture_default_str();
   add_layer_filter_flags(cmd, c.include, c.exclude);
+  add_calibration_flags(cmd, c.calibration);
   add_format_flag(cmd, c.format);
   add_output_flags(cmd, c.output, c.force);
   add_quiet_flag(cmd, c.quiet);

@@ -47,6 +47,8 @@ int run(int argc, char** argv) {
   SensitivityCommand sensitivity;
   CLI::App* inspect_app = setup_inspect(app, inspect);
   CLI::App* sensitivity_app = setup_sensitivity(app, sensitivity);
+  CalibrateCommand calibrate;
+  CLI::App* calibrate_app = setup_calibrate(app, calibrate);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -63,6 +65,7 @@ int run(int argc, char** argv) {
   if (quantize_app->parsed()) return run_quantize_command(quantize);
   if (inspect_app->parsed()) return run_inspect_command(inspect);
   if (sensitivity_app->parsed()) return run_sensitivity_command(sensitivity);
+  if (calibrate_app->parsed()) return run_calibrate_command(calibrate);
   return kExitUsage;
 }
 

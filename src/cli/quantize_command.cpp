@@ -32,6 +32,7 @@ CLI::App* setup_quantize(CLI::App& app, QuantizeCommand& q) {
                 "With --packed: reference the model by path + SHA-256 instead of embedding its bytes");
   add_layer_filter_flags(cmd, q.include, q.exclude);
   cmd->footer(variant_help_table());
+  add_calibration_flags(cmd, q.calibration);
   return cmd;
 }
 

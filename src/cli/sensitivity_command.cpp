@@ -38,6 +38,7 @@ CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c) {
   cmd->add_option("--batch-size", c.batch_size, "Windows per forward pass")->check(integer_at_least(1))->capture_default_str();
   add_threads_flag(cmd, c.threads);
   add_layer_filter_flags(cmd, c.include, c.exclude);
+  add_calibration_flags(cmd, c.calibration);
   add_format_flag(cmd, c.format);
   add_output_flags(cmd, c.output, c.force);
   add_early_stopping_flags(cmd, c.ci_target, c.seed);
