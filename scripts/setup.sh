@@ -27,6 +27,8 @@ packages=(
   # Python side: the exporter, the parity and reference tests, the sweep plots
   python3 python3-torch python3-numpy python3-sentencepiece python3-venv python3-pytest
   python3-matplotlib
+  # the default calibration text is generated from the installed Python documentation (data/README.md)
+  python3.11-doc
   # distributed sweeps (scripts/sweep.py --scheduler, docs/sweep.md): Dask's scheduler and workers
   python3-distributed
   # fuzzing (scripts/fuzz.sh): clang with libFuzzer and the sanitizer runtimes
@@ -49,6 +51,12 @@ fi
 
 # The venv (transformers pinned for torch 1.13) used by the parity tests.
 QUANTPPL_VENV="${QUANTPPL_VENV:-$build_dir/venv}" "$repo_root/scripts/setup_python_env.sh"
+
+# The default calibration text (data/calibration.txt) is prose extracted from the Python
+# documentation where Debian's python3.11-doc installs it: generated here, never committed.
+if [ ! -s "$repo_root/data/calibration.txt" ]; then
+  PYTHONPATH="$repo_root/scripts" /usr/bin/python3 "$repo_root/scripts/make_calibration_text.py" "$repo_root/data/calibration.txt"
+fi
 
 cmake -S "$repo_root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build_dir" -j "$(nproc)"
