@@ -53,10 +53,13 @@ ModelMetadata parse_model_metadata(const std::string& json_text, const std::stri
   m.architecture = r.string(j, "architecture");
   const bool t5 = m.architecture == "t5";
   const bool causal = m.architecture == "causal" && m.format_version >= 2;
+  if (m.architecture == "causal" && !causal) {
+    throw DataError(source_name + ": architecture 'causal' needs format_version 2, got format_version " +
+                    std::to_string(m.format_version) + " (version 1 describes only T5)");
+  }
   if (!t5 && !causal) {
-    throw DataError(source_name + ": architecture '" + m.architecture + "' is not supported by format_version " +
-                    std::to_string(m.format_version) +
-                    (m.format_version >= 2 ? " (expected \"t5\" or \"causal\")" : " (expected \"t5\")"));
+    throw DataError(source_name + ": architecture '" + m.architecture + "' is not supported (expected " +
+                    (m.format_version >= 2 ? "\"t5\" or \"causal\")" : "\"t5\")"));
   }
 
   m.vocab_size = positive_field(r, j, "vocab_size", kMaxVocabSize);

@@ -18,8 +18,9 @@ CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c) {
   auto* cmd = app.add_subcommand(
       "sensitivity",
       "Quantizes one Linear layer at a time (all others fp32), ranks layers by the perplexity damage, then reports "
-      "the perplexity when the K most damaging layers stay fp32, and the damage of quantizing only the encoder, "
-      "only the decoder, only lm_head. Cost: (layers + 5) x the text's forward passes; use --max-tokens.");
+      "the perplexity when the K most damaging layers stay fp32, and the damage of quantizing only one part (T5: "
+      "the encoder, the decoder, lm_head; causal models: each decoder block layers.N, lm_head). Cost: about "
+      "(layers + parts + 2) x the text's forward passes; use --max-tokens.");
   add_model_flag(cmd, c.model);
   add_tokenizer_flag(cmd, c.tokenizer);
   add_text_flag(cmd, c.text);
