@@ -91,7 +91,7 @@ TEST(CausalMetadataTest, EveryFieldIsChecked) {
   EXPECT_THAT(error_with(c, "eos_token_id", 1.0), HasSubstr("field 'eos_token_id' must be an integer or null"));
   EXPECT_THAT(error_with(c, "pad_token_id", 320), HasSubstr("field 'pad_token_id' must be in [0, vocab_size = 320), got 320"));
   EXPECT_THAT(error_with(c, "bos_token_id", -1), HasSubstr("got -1"));
-  EXPECT_THAT(error_with(c, "add_bos", 1), HasSubstr("field 'add_bos' must be a boolean"));
+  EXPECT_THAT(error_with(c, "add_bos", 1), HasSubstr("field 'add_bos' must be true or false, got 1"));
   EXPECT_THAT(error_with(c, "bos_token_id", nullptr), HasSubstr("field 'add_bos' is true but bos_token_id is null"));
   EXPECT_THAT(error_with(c, "tokenizer", "sentencepiece"), HasSubstr("field 'tokenizer' must be an object"));
   EXPECT_THAT(error_with(c, "tokenizer", json{{"kind", "wordpiece"}, {"file", "vocab.txt"}}),

@@ -186,12 +186,13 @@ TEST(CausalWindowsTest, BatchesShiftLabelsAndMaskTheUnscored) {
   EXPECT_FALSE(b.decoder_input_ids.defined());
   // Longest first: row 0 is window 1. Inputs drop each window's last token.
   EXPECT_EQ(b.window_indices, (std::vector<size_t>{1, 0}));
-  EXPECT_TRUE(b.input_ids.equal(torch::tensor({{20, 21, 22, 23}, {kBos, 10, 0, 0}}, torch::kInt64)));
-  EXPECT_TRUE(b.attention_mask.equal(torch::tensor({{1, 1, 1, 1}, {1, 1, 0, 0}}, torch::kInt64)));
-  EXPECT_TRUE(b.labels.slice(1, 0, 2).select(0, 1).equal(torch::tensor({10, 11}, torch::kInt64)));
-  EXPECT_TRUE(b.labels.select(0, 0).equal(torch::tensor({21, 22, 23, 24}, torch::kInt64)));
+  const auto matrix = [](std::vector<int64_t> v) { return torch::tensor(v, torch::kInt64).reshape({2, 4}); };
+  EXPECT_TRUE(b.input_ids.equal(matrix({20, 21, 22, 23, kBos, 10, 0, 0})));
+  EXPECT_TRUE(b.attention_mask.equal(matrix({1, 1, 1, 1, 1, 1, 0, 0})));
+  EXPECT_TRUE(b.labels.select(0, 1).slice(0, 0, 2).equal(torch::tensor(std::vector<int64_t>{10, 11}, torch::kInt64)));
+  EXPECT_TRUE(b.labels.select(0, 0).equal(torch::tensor(std::vector<int64_t>{21, 22, 23, 24}, torch::kInt64)));
   // Window 1 scores positions 3, 4 (labels at logits 2, 3); window 0 its two text tokens.
-  EXPECT_TRUE(b.label_mask.equal(torch::tensor({{false, false, true, true}, {true, true, false, false}})));
+  EXPECT_TRUE(b.label_mask.equal(matrix({0, 0, 1, 1, 1, 1, 0, 0}).to(torch::kBool)));
   EXPECT_EQ(count_label_tokens(batches), 4);
 }
 
