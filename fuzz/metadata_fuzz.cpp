@@ -16,11 +16,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
   try {
     const quantppl::ModelMetadata m = quantppl::parse_model_metadata(text, "model 'fuzz.pt': quantppl.json");
-    const bool ok = m.format_version == 1 && m.architecture == "t5" && m.vocab_size > 0 && m.max_length > 0 &&
-                    m.vocab_size <= quantppl::kMaxVocabSize && m.max_length <= quantppl::kMaxSequenceLength &&
-                    m.pad_token_id >= 0 && m.pad_token_id < m.vocab_size && m.eos_token_id >= 0 &&
-                    m.eos_token_id < m.vocab_size && m.decoder_start_token_id >= 0 &&
-                    m.decoder_start_token_id < m.vocab_size;
+    const auto id_ok = [&](int64_t id) { return id >= 0 && id < m.vocab_size; };
+    const auto nullable_ok = [&](int64_t id) { return id == quantppl::kNoToken || id_ok(id); };
+    const bool t5 = m.architecture == "t5" && id_ok(m.pad_token_id) && id_ok(m.eos_token_id) &&
+                    id_ok(m.decoder_start_token_id);
+    const bool causal = m.architecture == "causal" && m.format_version == 2 && nullable_ok(m.bos_token_id) &&
+                        nullable_ok(m.eos_token_id) && nullable_ok(m.pad_token_id) &&
+                        (!m.add_bos || id_ok(m.bos_token_id));
+    const bool tokenizer = (m.tokenizer_kind == "sentencepiece" && m.tokenizer_file == "tokenizer.model") ||
+                           (m.tokenizer_kind == "bpe" && m.tokenizer_file == "tokenizer.json");
+    const bool ok = (m.format_version == 1 || m.format_version == 2) && (t5 || causal) && tokenizer &&
+                    m.vocab_size > 0 && m.max_length > 0 && m.vocab_size <= quantppl::kMaxVocabSize &&
+                    m.max_length <= quantppl::kMaxSequenceLength;
     if (!ok) std::abort();
     // A rewrite with a variant must read back with the same fields.
     const quantppl::ModelMetadata again = quantppl::parse_model_metadata(

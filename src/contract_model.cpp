@@ -32,7 +32,8 @@ namespace quantppl {
 namespace {
 
 constexpr const char* kMetadataFile = "quantppl.json";
-constexpr const char* kTokenizerFile = "tokenizer.model";
+constexpr const char* kTokenizerFile = "tokenizer.model";     // sentencepiece (v1, and v2 kind "sentencepiece")
+constexpr const char* kBpeTokenizerFile = "tokenizer.json";   // v2 kind "bpe"
 constexpr const char* kLinearType = "__torch__.torch.nn.modules.linear.Linear";
 // torch::jit::load leaves an entry of the extra-files map untouched when the
 // archive lacks that file, so a value no real file can have marks "absent".
@@ -319,7 +320,7 @@ ContractModel ContractModel::load_impl(const std::string& path, const std::strin
   // pass gives the file's SHA-256.
   const VerifiedArchive archive = verify_archive(file);
 
-  torch::jit::ExtraFilesMap extra{{kMetadataFile, kAbsent}, {kTokenizerFile, kAbsent}};
+  torch::jit::ExtraFilesMap extra{{kMetadataFile, kAbsent}, {kTokenizerFile, kAbsent}, {kBpeTokenizerFile, kAbsent}};
   torch::jit::Module module;
   const auto reader = std::make_shared<VerifiedFileAdapter>(file, archive);
   try {
@@ -341,10 +342,16 @@ ContractModel ContractModel::load_impl(const std::string& path, const std::strin
     throw DataError(describe(path) + " has no " + kMetadataFile +
                     " extra file: not a quantppl model (export it with scripts/export_t5.py)");
   }
-  if (extra[kTokenizerFile] == kAbsent) {
-    throw DataError(describe(path) + " has no " + kTokenizerFile + " extra file (export it with scripts/export_t5.py)");
-  }
   ModelMetadata metadata = parse_model_metadata(extra[kMetadataFile], describe(path) + ": " + kMetadataFile);
+  // The metadata names the tokenizer's extra file (format_version 2); only a known name is looked up.
+  if (extra[metadata.tokenizer_file] == kAbsent) {
+    throw DataError(describe(path) + " has no " + metadata.tokenizer_file + " extra file (export it with " +
+                    (metadata.is_causal() ? "scripts/export_hf.py)" : "scripts/export_t5.py)"));
+  }
+  if (metadata.tokenizer_kind != "sentencepiece") {
+    throw DataError(describe(path) + ": " + kMetadataFile + ": tokenizer kind \"" + metadata.tokenizer_kind +
+                    "\" is not supported by this build (only \"sentencepiece\")");
+  }
   Tokenizer tokenizer = tokenizer_override.empty()
                             ? Tokenizer::from_bytes(std::move(extra[kTokenizerFile]), describe(path) + ": " + kTokenizerFile)
                             : Tokenizer::from_file(tokenizer_override);
@@ -384,13 +391,10 @@ std::vector<LinearLayer> ContractModel::linear_layers() { return find_linear_lay
 
 torch::Tensor ContractModel::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                      const torch::Tensor& decoder_input_ids) {
-  // InferenceMode rather than NoGradGuard: it also skips version-counter and
-  // view tracking, and it only marks tensors *created* inside it as inference
-  // tensors. The parameters were created outside, so they stay ordinary
-  // tensors and can still be edited in place under NoGradGuard between
-  // forward calls (tested in ContractModelTest.InPlaceWeightEditAfterForward).
-  // The returned logits are inference tensors: read them, don't edit them
-  // outside InferenceMode.
+  if (metadata_.is_causal()) {
+    throw UsageError("forward(input_ids, attention_mask, decoder_input_ids) called on the causal " + describe(path_) +
+                     " (use forward_causal)");
+  }
   if (input_ids.dim() != 2 || attention_mask.sizes() != input_ids.sizes() || decoder_input_ids.dim() != 2 ||
       decoder_input_ids.size(0) != input_ids.size(0) || input_ids.scalar_type() != torch::kInt64 ||
       attention_mask.scalar_type() != torch::kInt64 || decoder_input_ids.scalar_type() != torch::kInt64) {
@@ -399,10 +403,39 @@ torch::Tensor ContractModel::forward(const torch::Tensor& input_ids, const torch
                      dtype_string(attention_mask) + " " + shape_string(attention_mask) + ", " +
                      dtype_string(decoder_input_ids) + " " + shape_string(decoder_input_ids));
   }
+  return run_forward({input_ids, attention_mask, decoder_input_ids}, decoder_input_ids.size(0),
+                     decoder_input_ids.size(1), "decoder length");
+}
+
+torch::Tensor ContractModel::forward_causal(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) {
+  if (!metadata_.is_causal()) {
+    throw UsageError("forward_causal(input_ids, attention_mask) called on the " + metadata_.architecture + " " +
+                     describe(path_) + " (use forward)");
+  }
+  if (input_ids.dim() != 2 || attention_mask.sizes() != input_ids.sizes() || input_ids.scalar_type() != torch::kInt64 ||
+      attention_mask.scalar_type() != torch::kInt64 || input_ids.size(0) < 1 || input_ids.size(1) < 1 ||
+      input_ids.size(1) > metadata_.max_length) {
+    throw UsageError("forward_causal of " + describe(path_) + " needs int64 input_ids [B, S] and attention_mask [B, S] "
+                     "with B >= 1 and 1 <= S <= max_length " + std::to_string(metadata_.max_length) + "; got " +
+                     dtype_string(input_ids) + " " + shape_string(input_ids) + ", " + dtype_string(attention_mask) +
+                     " " + shape_string(attention_mask));
+  }
+  return run_forward({input_ids, attention_mask}, input_ids.size(0), input_ids.size(1), "sequence length");
+}
+
+torch::Tensor ContractModel::run_forward(std::vector<c10::IValue> inputs, int64_t batch, int64_t length,
+                                         const char* length_name) {
+  // InferenceMode rather than NoGradGuard: it also skips version-counter and
+  // view tracking, and it only marks tensors *created* inside it as inference
+  // tensors. The parameters were created outside, so they stay ordinary
+  // tensors and can still be edited in place under NoGradGuard between
+  // forward calls (tested in ContractModelTest.InPlaceWeightEditAfterForward).
+  // The returned logits are inference tensors: read them, don't edit them
+  // outside InferenceMode.
   c10::InferenceMode inference;
   c10::IValue output;
   try {
-    output = module_.forward({input_ids, attention_mask, decoder_input_ids});
+    output = module_.forward(std::move(inputs));
   } catch (const c10::Error& e) {
     throw DataError(describe(path_) + ": forward failed: " + one_line(e));
   } catch (const std::bad_alloc&) {
@@ -411,10 +444,8 @@ torch::Tensor ContractModel::forward(const torch::Tensor& input_ids, const torch
     const std::string what = one_line(std::string(e.what()));
     throw DataError(describe(path_) + ": forward failed: " + (what.empty() ? "no message" : what));
   }
-  const int64_t batch = decoder_input_ids.size(0);
-  const int64_t length = decoder_input_ids.size(1);
   const std::string expected = "expected float32 [" + std::to_string(batch) + ", " + std::to_string(length) + ", " +
-                               std::to_string(metadata_.vocab_size) + "] (batch, decoder length, vocab_size)";
+                               std::to_string(metadata_.vocab_size) + "] (batch, " + length_name + ", vocab_size)";
   if (!output.isTensor()) {
     throw DataError(describe(path_) + ": forward returned a " + output.tagKind() + ", " + expected);
   }
@@ -438,7 +469,7 @@ void ContractModel::save(const std::string& out_path, const std::string& metadat
   // writer throws again from its destructor). The caller decides about replacing (check_output_path).
   write_stream_atomically(out_path, /*force=*/true, /*inputs=*/{}, [&](std::ostream& out) {
     const torch::jit::ExtraFilesMap extra{{kMetadataFile, metadata_json},
-                                          {kTokenizerFile, tokenizer_.serialized_model()}};
+                                          {metadata_.tokenizer_file, tokenizer_.serialized_model()}};
     try {
       module_.save(out, extra);
     } catch (const c10::Error& e) {

@@ -10,6 +10,7 @@
 
 #include "quantppl/compare.h"
 #include "quantppl/error.h"
+#include "quantppl/eval/causal_windows.h"
 #include "quantppl/packed_model.h"
 #include "quantppl/sha256.h"
 #include "quantppl/text_windows.h"
@@ -21,7 +22,8 @@ constexpr double kZ95 = 1.959963984540054;  // distribution_metrics.cpp's: delta
 
 // Fisher-Yates with an unbiased draw from mt19937_64 (rejection sampling):
 // std::shuffle and std::uniform_int_distribution are implementation-defined.
-void shuffle_windows(std::vector<std::vector<int64_t>>& windows, uint64_t seed) {
+template <typename Window>
+void shuffle_windows(std::vector<Window>& windows, uint64_t seed) {
   std::mt19937_64 rng(seed);
   for (size_t i = windows.size(); i > 1; --i) {
     const uint64_t n = i;
@@ -51,14 +53,52 @@ EvalSetup prepare_evaluation(const EvalSetupOptions& options) {
     throw UsageError(fmt::format("--max-length {} exceeds the model's max_length {} ('{}')", max_length,
                                  metadata.max_length, model_path));
   }
-  EvalText text = load_eval_text(text_path, setup.model->tokenizer(), metadata.eos_token_id, max_length);
-  if (options.max_tokens > 0 && static_cast<int64_t>(text.token_ids.size()) > options.max_tokens) {
-    text.token_ids.resize(static_cast<size_t>(options.max_tokens));
-    text.windows = cut_windows(text.token_ids, max_length);
+  const PerplexityMode mode = options.mode.value_or(default_mode(metadata));
+  check_mode_fits(mode, metadata, model_path);
+  if (options.stride != 0 && mode != PerplexityMode::kCausal) {
+    throw UsageError(fmt::format("--stride applies to --mode causal (the Hugging Face sliding window), not to --mode {}",
+                                 to_string(mode)));
   }
-  std::vector<std::vector<int64_t>> windows = text.windows;
-  if (options.ci_target_pct) shuffle_windows(windows, options.seed);
-  setup.batches = make_batches(windows, options.mode, options.batch_size, metadata);
+  if (options.stride < 0) throw UsageError(fmt::format("--stride must be >= 1, got {}", options.stride));
+  if (!options.tokens_path.empty() && !options.text_path.empty()) {
+    throw UsageError("--tokens and --text both given: --tokens FILE replaces the text (give one of them)");
+  }
+  const bool from_tokens = !options.tokens_path.empty();
+
+  EvalText text;
+  std::vector<std::vector<int64_t>> windows;       // T5
+  std::vector<ScoredWindow> causal;                 // causal
+  if (!metadata.is_causal()) {
+    if (from_tokens) {
+      text = read_token_file(options.tokens_path, metadata.vocab_size);
+      text.token_ids.push_back(metadata.eos_token_id);  // as tokenize_text does
+      text.windows = cut_windows(text.token_ids, max_length);
+    } else {
+      text = load_eval_text(text_path, setup.model->tokenizer(), metadata.eos_token_id, max_length);
+    }
+    if (options.max_tokens > 0 && static_cast<int64_t>(text.token_ids.size()) > options.max_tokens) {
+      text.token_ids.resize(static_cast<size_t>(options.max_tokens));
+      text.windows = cut_windows(text.token_ids, max_length);
+    }
+    windows = text.windows;
+    if (options.ci_target_pct) shuffle_windows(windows, options.seed);
+    setup.batches = make_batches(windows, mode, options.batch_size, metadata);
+  } else {
+    text = from_tokens ? read_token_file(options.tokens_path, metadata.vocab_size)
+                       : load_eval_ids(text_path, setup.model->tokenizer());
+    if (options.max_tokens > 0 && static_cast<int64_t>(text.token_ids.size()) > options.max_tokens) {
+      text.token_ids.resize(static_cast<size_t>(options.max_tokens));
+    }
+    CausalWindowOptions w;
+    w.mode = mode;
+    w.max_length = max_length;
+    w.stride = options.stride;
+    w.add_bos = metadata.add_bos;
+    w.bos_token_id = metadata.bos_token_id;
+    causal = causal_windows(text.token_ids, w);
+    if (options.ci_target_pct) shuffle_windows(causal, options.seed);
+    setup.batches = make_causal_batches(causal, options.batch_size, metadata);
+  }
 
   setup.selected = select_layers(setup.model->linear_layers(), options.include, options.exclude);
   for (const LinearLayer& l : setup.selected) setup.selected_parameters += l.weight.numel();
@@ -72,12 +112,14 @@ EvalSetup prepare_evaluation(const EvalSetupOptions& options) {
   Provenance& p = setup.provenance;
   p = make_provenance(model_path, setup.model->file_sha256(), options.include, options.exclude);  // hashed while verified
   p.has_text = true;
-  p.text_path = text_path;
+  p.text_path = from_tokens ? options.tokens_path : text_path;
+  p.tokens_path = options.tokens_path;
+  p.stride = options.stride;
   p.text_sha256 = text.sha256;
   p.text_tokens = static_cast<int64_t>(text.token_ids.size());
   p.max_tokens = options.max_tokens;
-  p.windows = static_cast<int64_t>(text.windows.size());
-  p.mode = to_string(options.mode);
+  p.windows = static_cast<int64_t>(metadata.is_causal() ? causal.size() : text.windows.size());
+  p.mode = to_string(mode);
   p.max_length = max_length;
   p.batch_size = options.batch_size;
   p.threads = options.threads;
@@ -132,7 +174,7 @@ LoopResult evaluate_batch_major(ContractModel& model, const std::vector<EvalBatc
     auto started = Clock::now();
     weights.put_fp32();
     const ReferenceBatch reference = make_reference_batch(
-        model.forward(batch.input_ids, batch.attention_mask, batch.decoder_input_ids), batch.labels, batch.label_mask);
+        batch_logits(model, batch), batch.labels, batch.label_mask);
     result.fp32.add_reference(reference);
     result.fp32_seconds += seconds_since(started);
     result.fp32_batches += 1;
@@ -142,7 +184,7 @@ LoopResult evaluate_batch_major(ContractModel& model, const std::vector<EvalBatc
       if (c.is_fp32 || !running[i]) continue;
       started = Clock::now();
       weights.put(i);
-      c.comparison.add(reference, model.forward(batch.input_ids, batch.attention_mask, batch.decoder_input_ids));
+      c.comparison.add(reference, batch_logits(model, batch));
       c.seconds += seconds_since(started);
       if (progress) progress(++done, total);
     }

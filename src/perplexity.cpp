@@ -29,6 +29,18 @@ std::string to_string(PerplexityMode mode) { return std::string(kPerplexityModeN
 
 PerplexityMode parse_perplexity_mode(const std::string& name) { return kPerplexityModeNames.parse(name, "--mode"); }
 
+void check_mode_fits(PerplexityMode mode, const ModelMetadata& metadata, const std::string& model_path) {
+  if (is_causal_mode(mode) == metadata.is_causal()) return;
+  throw UsageError("--mode " + to_string(mode) + " is for " + (is_causal_mode(mode) ? "causal" : "T5") +
+                   " models, but model '" + model_path + "' is a " + (metadata.is_causal() ? "causal" : "T5") +
+                   " model (use --mode " + (metadata.is_causal() ? "causal or llamacpp" : "reconstruct or prefix") + ")");
+}
+
+torch::Tensor batch_logits(ContractModel& model, const EvalBatch& batch) {
+  if (!batch.decoder_input_ids.defined()) return model.forward_causal(batch.input_ids, batch.attention_mask);
+  return model.forward(batch.input_ids, batch.attention_mask, batch.decoder_input_ids);
+}
+
 double PerplexityResult::ppl() const {
   if (tokens <= 0) return std::numeric_limits<double>::quiet_NaN();
   return std::exp(mean_nll());
@@ -37,6 +49,10 @@ double PerplexityResult::ppl() const {
 std::vector<EvalBatch> make_batches(const std::vector<std::vector<int64_t>>& windows, PerplexityMode mode,
                                     int64_t batch_size, const ModelMetadata& metadata) {
   if (batch_size < 1) throw UsageError("batch size must be >= 1, got " + std::to_string(batch_size));
+  if (is_causal_mode(mode) || metadata.is_causal()) {
+    throw UsageError("make_batches builds T5 batches; --mode " + to_string(mode) + " on a " + metadata.architecture +
+                     " model goes through make_causal_batches (eval/causal_windows.h)");
+  }
   std::vector<Example> examples;
   for (size_t w = 0; w < windows.size(); ++w) {
     const auto n = static_cast<int64_t>(windows[w].size());
@@ -165,7 +181,7 @@ PerplexityResult evaluate_perplexity(ContractModel& model, const std::vector<Eva
   const auto start = std::chrono::steady_clock::now();
   for (size_t i = 0; i < batches.size(); ++i) {
     const EvalBatch& b = batches[i];
-    const torch::Tensor logits = model.forward(b.input_ids, b.attention_mask, b.decoder_input_ids);
+    const torch::Tensor logits = batch_logits(model, b);
     const torch::Tensor nll = token_nll(logits, b.labels);
     // (2): float32 terms, summed in double.
     const torch::Tensor label_nll = nll.masked_select(b.label_mask).to(torch::kFloat64);

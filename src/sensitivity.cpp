@@ -130,7 +130,30 @@ std::vector<Candidate> evaluate_subsets(ContractModel& model, const std::vector<
   return candidates;
 }
 
-std::string part_of(const std::string& name) {
+// A causal model's part: "layers.N" for a Linear inside decoder block N (Hugging Face names it
+// "model.layers.N...." for Llama/Qwen2, "transformer.h.N...." for GPT-2), "lm_head" for the head.
+std::string causal_part_of(const std::string& name) {
+  if (name.rfind("lm_head", 0) == 0) return "lm_head";
+  size_t begin = 0;
+  while (begin < name.size()) {
+    const size_t end = std::min(name.find('.', begin), name.size());
+    const std::string component = name.substr(begin, end - begin);
+    if ((component == "layers" || component == "h") && end < name.size()) {
+      const size_t digits_end = std::min(name.find('.', end + 1), name.size());
+      const std::string index = name.substr(end + 1, digits_end - end - 1);
+      if (!index.empty() && index.size() < 10 && std::all_of(index.begin(), index.end(), [](char c) {
+            return c >= '0' && c <= '9';
+          })) {
+        return "layers." + std::to_string(std::stoll(index));
+      }
+    }
+    begin = end + 1;
+  }
+  return "";
+}
+
+std::string part_of(const std::string& name, bool causal) {
+  if (causal) return causal_part_of(name);
   if (name.rfind("encoder.", 0) == 0) return "encoder";
   if (name.rfind("decoder.", 0) == 0) return "decoder";
   if (name.rfind("lm_head", 0) == 0) return "lm_head";
@@ -241,14 +264,25 @@ SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<Ev
     phase1.add(s);
   }
   const size_t all_index = phase1.add(Subset(n, true));
-  const std::vector<std::string> part_names{"encoder", "decoder", "lm_head"};
+  // T5: encoder, decoder, lm_head. Causal: layers.0, layers.1, ... (in model order), then lm_head.
+  const bool causal = model.metadata().is_causal();
+  std::vector<std::string> part_names{"encoder", "decoder", "lm_head"};
+  if (causal) {
+    part_names.clear();
+    for (size_t i = 0; i < n; ++i) {
+      const std::string part = part_of(backup.layers()[i].name, true);
+      if (part.empty() || part == "lm_head") continue;
+      if (std::find(part_names.begin(), part_names.end(), part) == part_names.end()) part_names.push_back(part);
+    }
+    part_names.push_back("lm_head");
+  }
   std::vector<std::optional<size_t>> part_index;
   std::vector<int64_t> part_layers;
   for (const std::string& part : part_names) {
     Subset s(n, false);
     int64_t count = 0;
     for (size_t i = 0; i < n; ++i) {
-      s[i] = part_of(backup.layers()[i].name) == part;
+      s[i] = part_of(backup.layers()[i].name, causal) == part;
       count += s[i] ? 1 : 0;
     }
     part_layers.push_back(count);

@@ -110,8 +110,8 @@ TEST(ModelMetadataTest, ImplausibleSizesAreDataErrors) {
 }
 
 TEST(ModelMetadataTest, UnsupportedVersionAndArchitecture) {
-  EXPECT_THAT(error_with("format_version", 2),
-              HasSubstr("format_version 2 is not supported (this quantppl reads version 1)"));
+  EXPECT_THAT(error_with("format_version", 3),
+              HasSubstr("format_version 3 is not supported (this quantppl reads version 1, 2)"));
   EXPECT_THAT(error_with("architecture", "bart"), HasSubstr("architecture 'bart' is not supported (expected \"t5\")"));
 }
 

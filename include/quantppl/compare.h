@@ -54,7 +54,9 @@ struct CompareOptions {
   std::string tokenizer_path;  // empty: the tokenizer inside the model file
   std::string text_path;       // empty: default_text_path(); "-": standard input
   std::vector<Variant> variants;
-  PerplexityMode mode = PerplexityMode::kReconstruct;
+  std::optional<PerplexityMode> mode;  // unset: the model's default (reconstruct for T5, causal for causal)
+  int64_t stride = 0;                  // --stride of --mode causal (0: none; eval/causal_windows.h)
+  std::string tokens_path;             // --tokens FILE: a JSON array of ids used instead of the text
   int64_t max_length = 0;  // 0: the model's max_length
   // 1: as fast as 8 on CPU (a 512-token window already gives GEMMs 512 rows)
   // and half the peak memory, since compare holds the fp32 and a variant's

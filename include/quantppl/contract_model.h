@@ -1,5 +1,6 @@
-// A quantppl model file (docs/model-contract.md): a TorchScript T5 with
-// quantppl.json and tokenizer.model as extra files.
+// A quantppl model file (docs/model-contract.md): a TorchScript T5 or causal
+// language model with quantppl.json and its tokenizer (tokenizer.model, or the
+// file quantppl.json's "tokenizer" names) as extra files.
 //
 // load() checks everything a later step would otherwise trip over: the file
 // is a TorchScript archive, both extra files are present, the metadata
@@ -67,9 +68,15 @@ class ContractModel {
   // The scripted forward under torch::InferenceMode (see contract_model.cpp
   // for why that is compatible with later in-place weight edits). Inputs are
   // int64 [B, S], [B, S], [B, T]; returns float32 [B, T, vocab_size].
-  // DataError if the module fails or returns anything else.
+  // DataError if the module fails or returns anything else. T5 models only
+  // (UsageError on a causal model).
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                         const torch::Tensor& decoder_input_ids);
+  // A causal model's forward(input_ids, attention_mask): int64 [B, S], [B, S]
+  // (right padding: mask 1..1 0..0), B >= 1, 1 <= S <= max_length; returns
+  // float32 [B, S, vocab_size] whose [b, i] scores token i + 1. UsageError on a
+  // T5 model or bad shapes; DataError if the module fails or returns anything else.
+  torch::Tensor forward_causal(const torch::Tensor& input_ids, const torch::Tensor& attention_mask);
 
   // Writes the module (with its current weights) to `out_path` with
   // `metadata_json` as quantppl.json and this model's tokenizer bytes
@@ -86,6 +93,8 @@ class ContractModel {
   // and its name is appended (load_packed_model then fills it).
   static ContractModel load_impl(const std::string& path, const std::string& tokenizer_override,
                                  std::vector<std::string>* rebuilt_stripped);
+  // The scripted forward on `inputs`, its output checked to be float32 [batch, length, vocab_size].
+  torch::Tensor run_forward(std::vector<c10::IValue> inputs, int64_t batch, int64_t length, const char* length_name);
 
   // load_packed_model reports the .qpack's digest, not the embedded model's.
   friend ContractModel load_packed_model(const std::string& path, const std::string& tokenizer_override);

@@ -2,8 +2,9 @@
 // and one batch-major loop.
 //
 // Setup (prepare_evaluation): load the model (and tokenizer), read and
-// tokenize the text (optionally only its first max_tokens tokens), cut the
-// windows, build the batches once (perplexity.h), select the Linear layers
+// tokenize the text or read --tokens FILE (optionally only its first
+// max_tokens tokens), cut the windows, build the batches once (perplexity.h
+// for T5, eval/causal_windows.h for causal models), select the Linear layers
 // (--include/--exclude) and, only when a quantized variant will run, back up
 // their weights once (model_quantizer.h); the run's Provenance is filled here.
 //
@@ -51,7 +52,9 @@ struct EvalSetupOptions {
   std::string model_path;      // empty: default_model_path() (compare.h)
   std::string tokenizer_path;  // empty: the model's own
   std::string text_path;       // empty: default_text_path(); "-": standard input
-  PerplexityMode mode = PerplexityMode::kReconstruct;
+  std::string tokens_path;     // --tokens FILE: its ids replace the tokenized text (conflicts with text_path)
+  std::optional<PerplexityMode> mode;  // unset: default_mode(model) (reconstruct for T5, causal for causal)
+  int64_t stride = 0;          // --stride of --mode causal (0: none)
   int64_t max_length = 0;      // 0: the model's max_length
   int64_t batch_size = 1;
   int64_t threads = 0;         // recorded only
@@ -74,7 +77,9 @@ EvalSetupOptions common_setup_options(const CommandOptions& o) {
   s.model_path = o.model_path;
   s.tokenizer_path = o.tokenizer_path;
   s.text_path = o.text_path;
+  s.tokens_path = o.tokens_path;
   s.mode = o.mode;
+  s.stride = o.stride;
   s.max_length = o.max_length;
   s.batch_size = o.batch_size;
   s.threads = o.threads;
@@ -96,7 +101,9 @@ struct EvalSetup {
 };
 
 // UsageError for --max-length beyond the model's or a negative one, --batch-size < 1,
-// --max-tokens < 0, --ci-target outside (0, 100); the loaders' errors otherwise.
+// --max-tokens < 0, --ci-target outside (0, 100), --tokens with --text, a mode of
+// the other architecture, --stride other than with --mode causal on a causal model
+// (or outside [1, max length]); the loaders' errors otherwise.
 EvalSetup prepare_evaluation(const EvalSetupOptions& options);
 
 // The caller's weights: what to put in place before a forward pass.

@@ -1,5 +1,10 @@
 // Corpus perplexity of a contract model over tokenized windows.
 //
+// This header defines the T5 modes (reconstruct, prefix) and the sums every
+// mode shares, (1)-(4) below; the causal modes (causal, causal --stride,
+// llamacpp) choose their windows and scored tokens in eval/causal_windows.h
+// and are summed by the same (1)-(4).
+//
 // ---------------------------------------------------------------------------
 // Definitions
 // ---------------------------------------------------------------------------
@@ -59,21 +64,39 @@
 
 namespace quantppl {
 
-enum class PerplexityMode { kReconstruct, kPrefix };
-inline constexpr EnumTable<PerplexityMode, 2> kPerplexityModeNames{"perplexity mode", {{
-    {PerplexityMode::kReconstruct, "reconstruct", "encoder and labels = the window (the seed tutorial's perplexity)"},
-    {PerplexityMode::kPrefix, "prefix", "encoder = first half, labels = second half (continuation perplexity)"},
+enum class PerplexityMode { kReconstruct, kPrefix, kCausal, kLlamaCpp };
+inline constexpr EnumTable<PerplexityMode, 4> kPerplexityModeNames{"perplexity mode", {{
+    {PerplexityMode::kReconstruct, "reconstruct",
+     "T5: encoder and labels = the window (the seed tutorial's perplexity; the T5 default)"},
+    {PerplexityMode::kPrefix, "prefix", "T5: encoder = first half, labels = second half (continuation perplexity)"},
+    {PerplexityMode::kCausal, "causal",
+     "causal models: non-overlapping windows, every token scored from the ones before it in its window (the causal "
+     "default; with --stride, the Hugging Face sliding window)"},
+    {PerplexityMode::kLlamaCpp, "llamacpp",
+     "causal models: llama-perplexity's chunks of --max-length tokens, second half of each scored"},
 }}};
+
+// True for the modes of causal models (causal, llamacpp).
+inline bool is_causal_mode(PerplexityMode mode) {
+  return mode == PerplexityMode::kCausal || mode == PerplexityMode::kLlamaCpp;
+}
+// The mode used when none is given: reconstruct for T5, causal for causal models.
+inline PerplexityMode default_mode(const ModelMetadata& metadata) {
+  return metadata.is_causal() ? PerplexityMode::kCausal : PerplexityMode::kReconstruct;
+}
+// UsageError naming the mode and the model's architecture when they do not go together.
+void check_mode_fits(PerplexityMode mode, const ModelMetadata& metadata, const std::string& model_path);
 
 std::string to_string(PerplexityMode mode);  // kPerplexityModeNames
 // UsageError naming --mode and the accepted values for anything else.
 PerplexityMode parse_perplexity_mode(const std::string& name);
 
-// One batch of examples, ready for ContractModel::forward.
+// One batch of examples, ready for ContractModel::forward (T5) or forward_causal
+// (causal: decoder_input_ids undefined, T = S, eval/causal_windows.h).
 struct EvalBatch {
   torch::Tensor input_ids;          // int64 [B, S], pad_token_id after each row's encoder tokens
   torch::Tensor attention_mask;     // int64 [B, S], 1 on real encoder tokens
-  torch::Tensor decoder_input_ids;  // int64 [B, T], [decoder_start] + labels[:-1], then pad
+  torch::Tensor decoder_input_ids;  // int64 [B, T], [decoder_start] + labels[:-1], then pad; undefined for causal
   torch::Tensor labels;             // int64 [B, T], pad_token_id on padded positions
   torch::Tensor label_mask;         // bool  [B, T], true on real label positions
   std::vector<size_t> window_indices;  // which input window each row came from
@@ -84,6 +107,10 @@ struct EvalBatch {
 // an id outside [0, vocab_size); DataError if no window gives a label.
 std::vector<EvalBatch> make_batches(const std::vector<std::vector<int64_t>>& windows, PerplexityMode mode,
                                     int64_t batch_size, const ModelMetadata& metadata);
+
+// The batch's logits, float32 [B, T, V] aligned with labels: forward for a T5
+// batch, forward_causal for a causal one (decoder_input_ids undefined).
+torch::Tensor batch_logits(ContractModel& model, const EvalBatch& batch);
 
 // Number of label tokens over all batches (N in (2)).
 int64_t count_label_tokens(const std::vector<EvalBatch>& batches);

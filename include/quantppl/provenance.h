@@ -31,6 +31,8 @@ struct Provenance {
   int64_t max_tokens = 0;   // sensitivity's --max-tokens (0: the whole text; serialized as null)
   int64_t windows = 0;
   std::string mode;
+  int64_t stride = 0;       // --stride of --mode causal (0: none; serialized as null)
+  std::string tokens_path;  // --tokens FILE when the ids came from one (then text_path is it too); "" = none
   int64_t max_length = 0;
   int64_t batch_size = 0;
   int64_t threads = 0;
@@ -44,8 +46,8 @@ Provenance make_provenance(const std::string& model_path, const std::string& mod
                            const std::string& exclude);
 
 // Keys: quantppl_version, libtorch_version, model, model_sha256, then with a
-// text: text, text_sha256, text_tokens, max_tokens, windows, mode,
-// max_length, batch_size, threads, window_order, seed, ci_target_pct; then
+// text: text, text_sha256, text_tokens, max_tokens, windows, mode, stride,
+// tokens, max_length, batch_size, threads, window_order, seed, ci_target_pct; then
 // include, exclude. Absent values are null.
 nlohmann::ordered_json to_json(const Provenance& provenance);
 

@@ -10,7 +10,10 @@
 //   all quantized:   S = every selected layer
 //   keep K:          S = all but the K layers ranked most damaging (K clipped to L)
 //   part P:          S = the selected layers whose name starts with "encoder.",
-//                    "decoder." or "lm_head"
+//                    "decoder." or "lm_head" (T5); for a causal model the parts
+//                    are "layers.N" (the Linear layers of decoder block N: a name
+//                    with the components "layers.N." or GPT-2's "h.N.") for each
+//                    block, in model order, then "lm_head"
 //
 //   delta_ppl_pct = 100 * (ppl_S / ppl_fp32 - 1)
 //   kl_mean       = (1/N) sum_t sum_v P_v (log P_v - log Q_v)   P = fp32, Q = the run's
@@ -79,7 +82,9 @@ struct SensitivityOptions {
   Variant variant;             // must not be fp32 (UsageError)
   std::vector<int64_t> keep{0, 1, 2, 4, 8};
   int64_t max_tokens = 0;      // > 0: only the first max_tokens tokens of the token stream (text + EOS) are windowed
-  PerplexityMode mode = PerplexityMode::kReconstruct;
+  std::optional<PerplexityMode> mode;  // unset: the model's default (reconstruct for T5, causal for causal)
+  int64_t stride = 0;                  // --stride of --mode causal (0: none; eval/causal_windows.h)
+  std::string tokens_path;             // --tokens FILE: a JSON array of ids used instead of the text
   int64_t max_length = 0;      // 0: the model's max_length
   int64_t batch_size = 8;
   int64_t threads = 0;         // recorded only: the caller sets LibTorch's threads
@@ -121,7 +126,7 @@ struct KeepResult {
 };
 
 struct PartResult {
-  std::string part;  // "encoder", "decoder", "lm_head"
+  std::string part;  // "encoder", "decoder", "lm_head"; causal: "layers.N", ..., "lm_head"
   int64_t layers = 0;
   std::optional<double> ppl;  // absent when no selected layer is in the part
   std::optional<double> delta_ppl_pct;

@@ -280,7 +280,9 @@ def parse_args(argv):
     p.add_argument("--sensitivity-max-tokens", type=int, metavar="N", help="--max-tokens for the sensitivity run")
     p.add_argument("--report", action="store_true", help="also write report.html and report.md (scripts/report.py)")
     c = p.add_argument_group("passed through to quantppl compare")
-    c.add_argument("--mode", choices=["reconstruct", "prefix"])
+    c.add_argument("--mode", choices=["reconstruct", "prefix", "causal", "llamacpp"],
+                   help="default: the model's (reconstruct for T5, causal for causal models)")
+    c.add_argument("--stride", type=int, help="with --mode causal: the Hugging Face sliding window")
     c.add_argument("--max-length", type=int)
     c.add_argument("--batch-size", type=int)
     c.add_argument("--threads", type=int)

@@ -108,7 +108,8 @@ def cli_args(args):
     """The flags passed to every quantppl call besides --variants."""
     out = []
     for flag, value in (("--model", args.model), ("--tokenizer", args.tokenizer), ("--text", args.text),
-                        ("--mode", args.mode), ("--max-length", args.max_length),
+                        ("--mode", args.mode), ("--stride", getattr(args, "stride", None)),
+                        ("--max-length", args.max_length),
                         ("--batch-size", args.batch_size), ("--threads", args.threads),
                         ("--include", args.include), ("--exclude", args.exclude)):
         if value is not None:

@@ -44,6 +44,9 @@ struct CompareCommand {
   std::string text;
   std::string variants;
   PerplexityMode mode = PerplexityMode::kReconstruct;
+  CLI::Option* mode_flag = nullptr;  // --mode: given only if mode_flag->count() (else the model's default)
+  int64_t stride = 0;                // --stride (0: none)
+  std::string tokens;                // --tokens FILE
   int64_t max_length = 0;
   int64_t batch_size = 1;  // see CompareOptions::batch_size
   int64_t threads = default_threads();
@@ -102,6 +105,9 @@ struct SensitivityCommand {
   std::string keep = "0,1,2,4,8";
   int64_t max_tokens = 0;
   PerplexityMode mode = PerplexityMode::kReconstruct;
+  CLI::Option* mode_flag = nullptr;  // --mode: given only if mode_flag->count() (else the model's default)
+  int64_t stride = 0;                // --stride (0: none)
+  std::string tokens;                // --tokens FILE
   int64_t max_length = 0;
   int64_t batch_size = 8;
   int64_t threads = default_threads();

@@ -41,6 +41,25 @@ CLI::Option* add_tokenizer_flag(CLI::App* cmd, std::string& tokenizer) {
   return cmd->add_option("--tokenizer", tokenizer, "sentencepiece model overriding the one inside the model file (same vocabulary)");
 }
 
+CLI::Option* add_tokens_flag(CLI::App* cmd, std::string& tokens) {
+  return cmd->add_option("--tokens", tokens,
+                         "JSON array of token ids to evaluate instead of tokenizing a text (any tokenizer upstream; "
+                         "no BOS/EOS: quantppl adds them as the mode does), or - for standard input; conflicts "
+                         "with --text");
+}
+
+CLI::Option* add_mode_flags(CLI::App* cmd, PerplexityMode& mode, int64_t& stride) {
+  CLI::Option* option = add_enum_option(cmd, "--mode", mode, kPerplexityModeNames,
+                                        "Which tokens are scored (README: \"How perplexity is computed\")")
+                            ->default_str("reconstruct for T5 models, causal for causal models");
+  cmd->add_option("--stride", stride,
+                  "With --mode causal: the Hugging Face sliding window, windows of --max-length advancing by N "
+                  "tokens, each token scored once with at least max-length - N tokens of context (0: no stride)")
+      ->check(integer_at_least(0))
+      ->capture_default_str();
+  return option;
+}
+
 CLI::Option* add_text_flag(CLI::App* cmd, std::string& text) {
   return cmd->add_option("--text,-t", text,
                          "UTF-8 text to evaluate, or - for standard input; default: data/default_eval.txt");

@@ -17,6 +17,7 @@
 
 #include "quantppl/enum_table.h"
 #include "quantppl/methods/calibration.h"
+#include "quantppl/perplexity.h"
 
 namespace quantppl::cli {
 
@@ -73,6 +74,11 @@ void add_output_flags(CLI::App* cmd, std::string& output, bool& force);
 // --include and --exclude.
 void add_layer_filter_flags(CLI::App* cmd, std::string& include, std::string& exclude);
 CLI::Option* add_threads_flag(CLI::App* cmd, int64_t& threads);  // --threads
+// --tokens FILE (a JSON array of ids used instead of the text).
+CLI::Option* add_tokens_flag(CLI::App* cmd, std::string& tokens);
+// --mode (whose default depends on the model's architecture) and --stride;
+// returns the --mode option (count() == 0: not given).
+CLI::Option* add_mode_flags(CLI::App* cmd, PerplexityMode& mode, int64_t& stride);
 CLI::Option* add_quiet_flag(CLI::App* cmd, bool& quiet);         // --quiet,-q
 
 // Where calibration statistics come from (methods/calibration.h): computed from

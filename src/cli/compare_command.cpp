@@ -46,11 +46,12 @@ CLI::App* setup_compare(CLI::App& app, CompareCommand& c) {
   add_model_flag(cmd, c.model);
   add_tokenizer_flag(cmd, c.tokenizer);
   add_text_flag(cmd, c.text);
+  add_tokens_flag(cmd, c.tokens);
   c.variants = kDefaultVariants;
   cmd->add_option("--variants,-v", c.variants,
                   std::string("Comma-separated variants: ") + kVariantGrammar)
       ->capture_default_str();
-  add_enum_option(cmd, "--mode", c.mode, kPerplexityModeNames, "Which tokens are scored");
+  c.mode_flag = add_mode_flags(cmd, c.mode, c.stride);
   cmd->add_option("--max-length", c.max_length, "Window length in tokens (0: the model's max_length)")
       ->check(integer_at_least(0))
       ->capture_default_str();
@@ -94,7 +95,7 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   }
   // What the run reads, which --output must not replace.
   const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer,
-                                           c.text.empty() ? default_text_path() : c.text, c.check};
+                                           !c.tokens.empty() ? c.tokens : c.text.empty() ? default_text_path() : c.text, c.check};
   if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
   ExpectedRun expected;
   std::string variant_specs = c.variants;
@@ -108,7 +109,9 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   options.tokenizer_path = c.tokenizer;
   options.text_path = c.text;
   options.variants = parse_variant_list(variant_specs);
-  options.mode = c.mode;
+  if (c.mode_flag != nullptr && c.mode_flag->count() > 0) options.mode = c.mode;
+  options.stride = c.stride;
+  options.tokens_path = c.tokens;
   options.max_length = c.max_length;
   options.batch_size = c.batch_size;
   options.threads = c.threads;

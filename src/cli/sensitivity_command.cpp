@@ -18,11 +18,13 @@ CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c) {
   auto* cmd = app.add_subcommand(
       "sensitivity",
       "Quantizes one Linear layer at a time (all others fp32), ranks layers by the perplexity damage, then reports "
-      "the perplexity when the K most damaging layers stay fp32, and the damage of quantizing only the encoder, "
-      "only the decoder, only lm_head. Cost: (layers + 5) x the text's forward passes; use --max-tokens.");
+      "the perplexity when the K most damaging layers stay fp32, and the damage of quantizing only one part (T5: "
+      "the encoder, the decoder, lm_head; causal models: each decoder block layers.N, lm_head). Cost: about "
+      "(layers + parts + 2) x the text's forward passes; use --max-tokens.");
   add_model_flag(cmd, c.model);
   add_tokenizer_flag(cmd, c.tokenizer);
   add_text_flag(cmd, c.text);
+  add_tokens_flag(cmd, c.tokens);
   cmd->add_option("--variant,-v", c.variant, std::string("One quantized variant: ") + kVariantGrammar)->required();
   cmd->add_option("--keep", c.keep,
                   "Comma-separated K values: perplexity with the K most damaging layers kept fp32 "
@@ -31,7 +33,7 @@ CLI::App* setup_sensitivity(CLI::App& app, SensitivityCommand& c) {
   cmd->add_option("--max-tokens", c.max_tokens, "Use only the first N tokens of the text (0: all)")
       ->check(integer_at_least(0))
       ->capture_default_str();
-  add_enum_option(cmd, "--mode", c.mode, kPerplexityModeNames, "Which tokens are scored");
+  c.mode_flag = add_mode_flags(cmd, c.mode, c.stride);
   cmd->add_option("--max-length", c.max_length, "Window length in tokens (0: the model's max_length)")
       ->check(integer_at_least(0))
       ->capture_default_str();
@@ -51,13 +53,15 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   options.keep = parse_keep_list(c.keep);
   options.variant = parse_variant(c.variant);
   const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer,
-                                           c.text.empty() ? default_text_path() : c.text};
+                                           !c.tokens.empty() ? c.tokens : c.text.empty() ? default_text_path() : c.text};
   if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
   options.model_path = c.model;
   options.tokenizer_path = c.tokenizer;
   options.text_path = c.text;
   options.max_tokens = c.max_tokens;
-  options.mode = c.mode;
+  if (c.mode_flag != nullptr && c.mode_flag->count() > 0) options.mode = c.mode;
+  options.stride = c.stride;
+  options.tokens_path = c.tokens;
   options.max_length = c.max_length;
   options.batch_size = c.batch_size;
   options.threads = c.threads;

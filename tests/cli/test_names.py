@@ -19,7 +19,7 @@ from .conftest import EXIT_USAGE, TINY, run
 # The tables' names, written here independently of the code under test.
 CHOICES = {
     "--format": ["table", "json", "csv"],
-    "--mode": ["reconstruct", "prefix"],
+    "--mode": ["reconstruct", "prefix", "causal", "llamacpp"],
     "--backup": ["auto", "memory", "file", "model"],
 }
 ENUM_FLAGS = {
