@@ -248,9 +248,9 @@ TEST(BpeErrorTest, MalformedFilesAreDataErrors) {
 
   json doc = make_doc({"ab"}, {});
   doc["model"]["vocab"]["ab"] = -1;
-  EXPECT_THAT(error_of(doc), HasSubstr("out of range"));
+  EXPECT_THAT(error_of(doc), HasSubstr("field 'model.vocab[\"ab\"]' must be in [0, 2097151], got -1"));
   doc["model"]["vocab"]["ab"] = kMaxBpeVocab;
-  EXPECT_THAT(error_of(doc), HasSubstr("out of range"));
+  EXPECT_THAT(error_of(doc), HasSubstr("must be in [0, 2097151], got 2097152"));
   doc["model"]["vocab"]["ab"] = 5;
   EXPECT_THAT(error_of(doc), HasSubstr("gives id 5 to both"));
 

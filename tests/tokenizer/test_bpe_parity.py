@@ -254,3 +254,66 @@ def test_unsupported_feature_is_named(edit, message, tmp_path):
     assert done.returncode == 3, done.stderr
     assert message in done.stderr
     assert str(path) in done.stderr
+
+
+def gpt2_byte_map():
+    """openai/gpt-2 encoder.py bytes_to_unicode, written out again here (independent of the C++)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def random_merges(seed, n_merges=3000):
+    """A vocabulary grown by merging random adjacent pairs of the text's words (BPE training with a
+    random choice instead of the most frequent pair), plus some pairs of random tokens: merge ranks
+    in an order no trainer would give, to exercise the merge loop."""
+    import random
+    rng = random.Random(seed)
+    byte_map = gpt2_byte_map()
+    vocab = {byte_map[b]: b for b in range(256)}
+    words = [[byte_map[b] for b in (" " + w).encode("utf-8")] for w in " ".join(SENTENCES).split()]
+    merges, seen = [], set()
+    while len(merges) < n_merges:
+        if rng.random() < 0.8:
+            w = rng.choice(words)
+            if len(w) < 2:
+                continue
+            i = rng.randrange(len(w) - 1)
+            a, b = w[i], w[i + 1]
+        else:
+            tokens = list(vocab)
+            a, b = rng.choice(tokens), rng.choice(tokens)
+        if (a, b) in seen:
+            continue
+        seen.add((a, b))
+        merges.append([a, b])
+        vocab.setdefault(a + b, len(vocab))
+        for w in words:  # apply the merge, leftmost first, as BPE would
+            j = 0
+            while j < len(w) - 1:
+                if w[j] == a and w[j + 1] == b:
+                    w[j:j + 2] = [a + b]
+                j += 1
+    return vocab, merges
+
+
+@pytest.mark.parametrize("base,seed", [("gpt2", 1), ("gpt2", 2), ("llama3", 3), ("qwen2", 4)])
+def test_random_merge_orders_equal_tokenizers(base, seed, tmp_path):
+    doc = json.loads(FAMILIES[base]().to_str())
+    vocab, merges = random_merges(seed)
+    doc["model"]["vocab"], doc["model"]["merges"] = vocab, merges
+    doc["added_tokens"] = []
+    doc["post_processor"] = None
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    ref = Tokenizer.from_file(str(path))
+    got = driver_ids(path, SENTENCES, tmp_path)
+    expected = [ref.encode(t, add_special_tokens=False).ids for t in SENTENCES]
+    assert got["ids"] == expected
+    assert sum(map(len, expected)) < 0.6 * sum(len(t.encode("utf-8")) for t in SENTENCES)  # merges applied
