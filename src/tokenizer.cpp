@@ -304,7 +304,9 @@ Tokenizer::~Tokenizer() {
 }
 
 std::vector<int64_t> Tokenizer::encode(std::string_view text) const {
-  if (bpe_) return bpe_->encode(text);  // at most one id per byte: no expansion to bound
+  // BPE gives at most one id per byte of normalized text, and its normalizers expand a character
+  // at most 18-fold (NFKC's U+FDFA): no unbounded expansion to guard against.
+  if (bpe_) return bpe_->encode(text);
   const ShimApi& api = shim();
   // A piece covers at least one byte, plus possibly a lone leading "▁": the
   // first guess almost always suffices; the shim reports the true count if not.

@@ -507,12 +507,18 @@ struct BpeTokenizer::Impl {
       if (unorm2_isNormalized(n, reinterpret_cast<const UChar*>(utf16.data()), len16, &status) && U_SUCCESS(status)) {
         continue;
       }
-      status = U_ZERO_ERROR;
-      // NFKC expands a character to at most 18 code units (U+FDFA); NFC/NFD to 4.
-      std::u16string normalized(utf16.size() * 18 + 16, u'\0');
-      const int32_t out_len = unorm2_normalize(n, reinterpret_cast<const UChar*>(utf16.data()), len16,
-                                               reinterpret_cast<UChar*>(normalized.data()),
-                                               static_cast<int32_t>(normalized.size()), &status);
+      // Normalized text is rarely longer than its source; when it is, ICU reports the length
+      // needed and the call is repeated once with that size.
+      std::u16string normalized(utf16.size() + utf16.size() / 4 + 16, u'\0');
+      int32_t out_len = 0;
+      for (int attempt = 0; attempt < 2; ++attempt) {
+        status = U_ZERO_ERROR;
+        out_len = unorm2_normalize(n, reinterpret_cast<const UChar*>(utf16.data()), len16,
+                                   reinterpret_cast<UChar*>(normalized.data()), static_cast<int32_t>(normalized.size()),
+                                   &status);
+        if (status != U_BUFFER_OVERFLOW_ERROR) break;
+        normalized.assign(static_cast<size_t>(out_len) + 1, u'\0');
+      }
       if (U_FAILURE(status)) throw DataError(fmt::format("{}: ICU cannot normalize the text: {}", source, u_errorName(status)));
       status = U_ZERO_ERROR;
       int32_t len8 = 0;
