@@ -10,7 +10,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "fixture_support.h"
+#include "../fixture_support.h"
 #include "quantppl/error.h"
 #include "quantppl/input_file.h"
 #include "quantppl/tokenizer.h"
