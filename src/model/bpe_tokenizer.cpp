@@ -119,6 +119,10 @@ const std::array<std::string, 256>& byte_level_table() {
   return table;
 }
 
+constexpr size_t kMaxCachedWords = 1 << 16;
+// A pre-tokenizer chain is a few steps; each step is a level of recursion in pre_tokenize.
+constexpr size_t kMaxPreTokenizerSteps = 64;
+
 // GPT-2's pre-tokenizer regex, the one tokenizers' ByteLevel(use_regex=true) applies.
 constexpr const char* kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
@@ -220,12 +224,12 @@ class Matcher {
   Matcher(const Matcher&) = delete;
   Matcher& operator=(const Matcher&) = delete;
 
-  // tokenizers' Pattern::find_matches for a regex: the pieces of `text` as (begin, end, is_match),
-  // matches non-overlapping left to right, the gaps between them as non-matches. Empty matches
-  // are skipped (tokenizers drops empty pieces).
-  void find_matches(const Regex& re, std::string_view text, const std::string& source,
-                    std::vector<std::tuple<size_t, size_t, bool>>& out) {
-    out.clear();
+  // tokenizers' Pattern::find_matches for a regex, streamed: `piece(begin, end, is_match)` for
+  // each piece of `text` in order, matches non-overlapping left to right and the gaps between
+  // them as non-matches. Empty matches are skipped (tokenizers drops empty pieces). `piece` may
+  // itself use this Matcher: nothing is read from the match data after it is called.
+  template <typename Piece>
+  void for_each_piece(const Regex& re, std::string_view text, const std::string& source, Piece&& piece) {
     size_t prev = 0;
     size_t start = 0;
     while (start <= text.size()) {
@@ -250,11 +254,11 @@ class Matcher {
         start = begin + len;
         continue;
       }
-      if (prev != begin) out.emplace_back(prev, begin, false);
-      out.emplace_back(begin, end, true);
+      if (prev != begin) piece(prev, begin, false);
+      piece(begin, end, true);
       prev = start = end;
     }
-    if (prev != text.size()) out.emplace_back(prev, text.size(), false);
+    if (prev != text.size()) piece(prev, text.size(), false);
   }
 
  private:
@@ -274,65 +278,67 @@ class Matcher {
 // tokenizers' SplitDelimiterBehavior.
 enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
 
-using Pieces = std::vector<std::tuple<size_t, size_t, bool>>;
+// tokenizers' NormalizedString::split, streamed: fed find_matches' pieces in order, it calls
+// emit(begin, end) for each range tokenizers keeps, in order. (tokenizers folds the whole list;
+// each behavior only ever joins a piece with its neighbour, so one pending range suffices.)
+template <typename Emit>
+class BehaviorStream {
+ public:
+  BehaviorStream(SplitBehavior behavior, bool invert, Emit& emit) : behavior_(behavior), invert_(invert), emit_(emit) {}
 
-// tokenizers' NormalizedString::split: the (begin, end) ranges kept, from find_matches' pieces.
-std::vector<std::pair<size_t, size_t>> apply_behavior(Pieces pieces, SplitBehavior behavior, bool invert) {
-  if (invert) {
-    for (auto& p : pieces) std::get<2>(p) = !std::get<2>(p);
+  void piece(size_t b, size_t e, bool is_match) {
+    const bool m = is_match != invert_;
+    switch (behavior_) {
+      case SplitBehavior::kIsolated:
+        emit_(b, e);
+        break;
+      case SplitBehavior::kRemoved:
+        if (!m) emit_(b, e);
+        break;
+      case SplitBehavior::kMergedWithPrevious:  // a match joins the piece before it, unless that is a match
+        if (m && !previous_match_ && pending_) {
+          end_ = e;
+        } else {
+          hold(b, e);
+        }
+        break;
+      case SplitBehavior::kMergedWithNext:  // a match joins the piece after it, unless that is a match
+        if (pending_ && pending_match_ && !m) {
+          emit_(begin_, e);
+          pending_ = false;
+        } else {
+          hold(b, e);
+        }
+        break;
+      case SplitBehavior::kContiguous:  // runs of matches and runs of non-matches
+        if (m == previous_match_ && pending_) {
+          end_ = e;
+        } else {
+          hold(b, e);
+        }
+        break;
+    }
+    previous_match_ = m;
+    pending_match_ = m;
   }
-  std::vector<std::pair<size_t, size_t>> out;
-  switch (behavior) {
-    case SplitBehavior::kIsolated:
-      for (const auto& [b, e, m] : pieces) out.emplace_back(b, e);
-      break;
-    case SplitBehavior::kRemoved:
-      for (const auto& [b, e, m] : pieces) {
-        if (!m) out.emplace_back(b, e);
-      }
-      break;
-    case SplitBehavior::kMergedWithPrevious: {
-      bool previous_match = false;
-      for (const auto& [b, e, m] : pieces) {
-        if (m && !previous_match && !out.empty()) {
-          out.back().second = e;
-        } else {
-          out.emplace_back(b, e);
-        }
-        previous_match = m;
-      }
-      break;
-    }
-    case SplitBehavior::kMergedWithNext: {
-      bool previous_match = false;
-      for (auto it = pieces.rbegin(); it != pieces.rend(); ++it) {
-        const auto& [b, e, m] = *it;
-        if (m && !previous_match && !out.empty()) {
-          out.back().first = b;
-        } else {
-          out.emplace_back(b, e);
-        }
-        previous_match = m;
-      }
-      std::reverse(out.begin(), out.end());
-      break;
-    }
-    case SplitBehavior::kContiguous: {
-      bool previous_match = false;
-      for (const auto& [b, e, m] : pieces) {
-        if (m == previous_match && !out.empty()) {
-          out.back().second = e;
-        } else {
-          out.emplace_back(b, e);
-        }
-        previous_match = m;
-      }
-      break;
-    }
+  void finish() {
+    if (pending_) emit_(begin_, end_);
+    pending_ = false;
   }
-  out.erase(std::remove_if(out.begin(), out.end(), [](const auto& r) { return r.first == r.second; }), out.end());
-  return out;
-}
+
+ private:
+  void hold(size_t b, size_t e) {
+    if (pending_) emit_(begin_, end_);
+    pending_ = true;
+    begin_ = b;
+    end_ = e;
+  }
+  SplitBehavior behavior_;
+  bool invert_;
+  Emit& emit_;
+  bool pending_ = false, pending_match_ = false, previous_match_ = false;
+  size_t begin_ = 0, end_ = 0;
+};
 
 struct PreTokenizerStep {
   // A Split, or (byte_level) ByteLevel: regex = GPT-2's pattern when use_regex, else none.
@@ -532,28 +538,29 @@ struct BpeTokenizer::Impl {
     return current;
   }
 
-  // The pre-tokenizers' words of `text`, as raw (not yet byte-mapped) byte strings.
-  void pre_tokenize(const std::string& text, Matcher& matcher, std::vector<std::string>& words) const {
-    std::vector<std::string> current{text}, next;
-    Pieces pieces;
-    for (const PreTokenizerStep& step : pre_tokenizers) {
-      next.clear();
-      for (std::string& piece : current) {
-        if (step.byte_level && step.add_prefix_space && (piece.empty() || piece[0] != ' ')) piece.insert(0, " ");
-        if (!step.regex) {
-          next.push_back(std::move(piece));
-          continue;
-        }
-        matcher.find_matches(*step.regex, piece, source, pieces);
-        for (const auto& [b, e] : apply_behavior(pieces, step.behavior, step.invert)) {
-          next.push_back(piece.substr(b, e - b));
-        }
-      }
-      std::swap(current, next);
+  // Pre-tokenizer `step` and the ones after it on `piece`, depth first: word(w) for each final
+  // piece, as raw (not yet byte-mapped) bytes. Streamed, so memory does not grow with the text.
+  template <typename Word>
+  void pre_tokenize(size_t step, std::string_view piece, Matcher& matcher, Word& word) const {
+    if (piece.empty()) return;
+    if (step == pre_tokenizers.size()) {
+      word(piece);
+      return;
     }
-    for (std::string& w : current) {
-      if (!w.empty()) words.push_back(std::move(w));
+    const PreTokenizerStep& st = pre_tokenizers[step];
+    std::string prefixed;
+    if (st.byte_level && st.add_prefix_space && piece[0] != ' ') {
+      prefixed = " " + std::string(piece);
+      piece = prefixed;
     }
+    if (!st.regex) {
+      pre_tokenize(step + 1, piece, matcher, word);
+      return;
+    }
+    auto emit = [&](size_t b, size_t e) { pre_tokenize(step + 1, piece.substr(b, e - b), matcher, word); };
+    BehaviorStream<decltype(emit)> stream(st.behavior, st.invert, emit);
+    matcher.for_each_piece(*st.regex, piece, source, [&](size_t b, size_t e, bool m) { stream.piece(b, e, m); });
+    stream.finish();
   }
 
   // BPE of one word (raw bytes): tokenizers' Word::merge_all without dropout.
@@ -903,6 +910,9 @@ BpeTokenizer BpeTokenizer::from_json(std::string_view json_text, const std::stri
   }
   parse_pre_tokenizer(r, doc.at("pre_tokenizer"), "pre_tokenizer", impl->pre_tokenizers);
   const auto& steps = impl->pre_tokenizers;
+  if (steps.size() > kMaxPreTokenizerSteps) {
+    r.fail("pre_tokenizer", fmt::format("has {} steps, more than the {} allowed", steps.size(), kMaxPreTokenizerSteps));
+  }
   const auto byte_levels = std::count_if(steps.begin(), steps.end(), [](const auto& s) { return s.byte_level; });
   if (byte_levels != 1 || !steps.back().byte_level) {
     unsupported(r, "pre_tokenizer",
@@ -927,22 +937,20 @@ std::vector<int64_t> BpeTokenizer::encode(std::string_view text) const {
   Matcher matcher;
   std::vector<int64_t> ids;
   ids.reserve(text.size() / 3 + 1);
-  std::unordered_map<std::string, std::vector<int32_t>> cache;  // word -> ids
-  std::vector<std::string> words;
+  // word -> ids, bounded: a text of distinct words would otherwise keep all of them.
+  std::unordered_map<std::string, std::vector<int32_t>> cache;
   std::vector<int32_t> word_ids;
-  const auto encode_words = [&](const std::string& piece) {
-    words.clear();
-    m.pre_tokenize(piece, matcher, words);
-    for (const std::string& w : words) {
-      auto it = cache.find(w);
-      if (it == cache.end()) {
-        word_ids.clear();
-        m.bpe_word(w, word_ids);
-        it = cache.emplace(w, word_ids).first;
-      }
-      ids.insert(ids.end(), it->second.begin(), it->second.end());
+  auto encode_word = [&](std::string_view w) {
+    auto it = cache.find(std::string(w));
+    if (it == cache.end()) {
+      word_ids.clear();
+      m.bpe_word(std::string(w), word_ids);
+      if (cache.size() >= kMaxCachedWords) cache.clear();
+      it = cache.emplace(std::string(w), word_ids).first;
     }
+    ids.insert(ids.end(), it->second.begin(), it->second.end());
   };
+  const auto encode_words = [&](std::string_view piece) { m.pre_tokenize(0, piece, matcher, encode_word); };
   for (const Segment& raw : m.split_on_added(text, m.raw_trie)) {
     if (raw.token >= 0) {
       ids.push_back(m.added_tokens[static_cast<size_t>(raw.token)].id);
@@ -953,7 +961,7 @@ std::vector<int64_t> BpeTokenizer::encode(std::string_view text) const {
       if (s.token >= 0) {
         ids.push_back(m.added_tokens[static_cast<size_t>(s.token)].id);
       } else if (s.end > s.begin) {
-        encode_words(normalized.substr(s.begin, s.end - s.begin));
+        encode_words(std::string_view(normalized).substr(s.begin, s.end - s.begin));
       }
     }
   }
