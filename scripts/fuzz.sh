@@ -31,7 +31,7 @@ mkdir -p "$out/obj" "$out/artifacts"
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 cxxflags=(-std=c++17 -O1 -g $sanitize -D_GLIBCXX_USE_CXX11_ABI=1 -DFMT_SHARED
           -I"$repo_root/include" -isystem /usr/include/torch/csrc/api/include)
-libs=(-ltorch -ltorch_cpu -lc10 -lfmt -lcrypto -lz -lre2 -lpthread -ldl)
+libs=(-ltorch -ltorch_cpu -lc10 -lfmt -lcrypto -lz -lre2 -lpcre2-8 -licuuc -lpthread -ldl)
 library_sources=(error percentile quantize variant_spec model_metadata regular_file json_input sha256 archive_integrity)
 # qpack_fuzz reaches the .qpack reader through packed_model.cpp, whose loading half needs most of the
 # library (ContractModel, the quantizer, output files). Those parts are not what it fuzzes, so they

@@ -22,6 +22,8 @@ packages=(
   # C++ dependencies
   libtorch-dev libopenblas0-pthread libsentencepiece-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libfmt-dev libre2-dev
+  # byte-level BPE tokenizers: pre-tokenizer regexes (PCRE2) and NFC normalization (ICU)
+  libpcre2-dev libicu-dev
   # SHA-256 (OpenSSL libcrypto) and the archive CRC-32 / bounded inflate (zlib)
   libssl-dev zlib1g-dev
   # Python side: the exporter, the parity and reference tests, the sweep plots

@@ -16,6 +16,7 @@
 
 #include "quantppl/error.h"
 #include "quantppl/input_file.h"
+#include "quantppl/model/bpe_tokenizer.h"
 
 namespace quantppl {
 namespace {
@@ -114,6 +115,20 @@ const ShimApi& shim() {
 }  // namespace
 
 std::string sentencepiece_shim_path() { return shim().path; }
+
+const char* tokenizer_kind_name(TokenizerKind kind) {
+  return kind == TokenizerKind::kBpe ? "bpe" : "sentencepiece";
+}
+
+std::optional<TokenizerKind> parse_tokenizer_kind(std::string_view name) {
+  if (name == "sentencepiece") return TokenizerKind::kSentencePiece;
+  if (name == "bpe") return TokenizerKind::kBpe;
+  return std::nullopt;
+}
+
+const char* default_tokenizer_file(TokenizerKind kind) {
+  return kind == TokenizerKind::kBpe ? "tokenizer.json" : "tokenizer.model";
+}
 
 Tokenizer::Tokenizer(void* handle, std::string serialized_model, std::string source_name,
                      int64_t piece_count)
@@ -216,11 +231,34 @@ Tokenizer Tokenizer::from_bytes(std::string serialized_model, std::string source
   return Tokenizer(handle, std::move(serialized_model), std::move(source_name), pieces);
 }
 
+Tokenizer Tokenizer::from_bytes(TokenizerKind kind, std::string serialized_model, std::string source_name) {
+  if (kind == TokenizerKind::kSentencePiece) return from_bytes(std::move(serialized_model), std::move(source_name));
+  const ActivityScope activity("loading " + source_name);
+  auto bpe = std::make_unique<BpeTokenizer>(BpeTokenizer::from_json(serialized_model, source_name));
+  Tokenizer t(nullptr, std::move(serialized_model), std::move(source_name), bpe->vocab_size());
+  t.kind_ = TokenizerKind::kBpe;
+  t.bpe_ = std::move(bpe);
+  return t;
+}
+
 Tokenizer Tokenizer::from_file(const std::string& path) {
-  return from_bytes(read_input_file(path, kTokenizerInput), "tokenizer '" + path + "'");
+  std::string bytes = read_input_file(path, kTokenizerInput);
+  const size_t first = bytes.find_first_not_of(" \t\r\n");
+  const TokenizerKind kind =
+      first != std::string::npos && bytes[first] == '{' ? TokenizerKind::kBpe : TokenizerKind::kSentencePiece;
+  return from_bytes(kind, std::move(bytes), "tokenizer '" + path + "'");
+}
+
+Tokenizer Tokenizer::from_file(TokenizerKind kind, const std::string& path) {
+  return from_bytes(kind, read_input_file(path, kTokenizerInput), "tokenizer '" + path + "'");
 }
 
 void check_same_vocabulary(const Tokenizer& given, const Tokenizer& own) {
+  if (given.kind() != own.kind()) {
+    throw DataError(given.source_name() + " does not belong to this model: it is a " +
+                    tokenizer_kind_name(given.kind()) + " tokenizer, " + own.source_name() + " is " +
+                    tokenizer_kind_name(own.kind()) + "; pass the model's own tokenizer, or none");
+  }
   if (given.piece_count() != own.piece_count()) {
     throw DataError(given.source_name() + " does not belong to this model: it has " +
                     std::to_string(given.piece_count()) + " pieces, " + own.source_name() + " has " +
@@ -238,7 +276,9 @@ void check_same_vocabulary(const Tokenizer& given, const Tokenizer& own) {
 }
 
 Tokenizer::Tokenizer(Tokenizer&& other) noexcept
-    : handle_(other.handle_),
+    : kind_(other.kind_),
+      handle_(other.handle_),
+      bpe_(std::move(other.bpe_)),
       serialized_model_(std::move(other.serialized_model_)),
       source_name_(std::move(other.source_name_)),
       piece_count_(other.piece_count_) {
@@ -248,7 +288,9 @@ Tokenizer::Tokenizer(Tokenizer&& other) noexcept
 Tokenizer& Tokenizer::operator=(Tokenizer&& other) noexcept {
   if (this != &other) {
     if (handle_ != nullptr) shim().spm_free(handle_);
+    kind_ = other.kind_;
     handle_ = other.handle_;
+    bpe_ = std::move(other.bpe_);
     serialized_model_ = std::move(other.serialized_model_);
     source_name_ = std::move(other.source_name_);
     piece_count_ = other.piece_count_;
@@ -262,6 +304,9 @@ Tokenizer::~Tokenizer() {
 }
 
 std::vector<int64_t> Tokenizer::encode(std::string_view text) const {
+  // BPE gives at most one id per byte of normalized text, and its normalizers expand a character
+  // at most 18-fold (NFKC's U+FDFA): no unbounded expansion to guard against.
+  if (bpe_) return bpe_->encode(text);
   const ShimApi& api = shim();
   // A piece covers at least one byte, plus possibly a lone leading "▁": the
   // first guess almost always suffices; the shim reports the true count if not.
@@ -288,6 +333,7 @@ std::string Tokenizer::id_to_piece(int64_t id) const {
     throw UsageError(source_name_ + ": piece id must be in [0, " + std::to_string(piece_count_) +
                      "), got " + std::to_string(id));
   }
+  if (bpe_) return bpe_->id_to_token(id);
   const ShimApi& api = shim();
   std::string piece(64, '\0');
   long n = api.spm_id_to_piece(handle_, static_cast<int>(id), piece.data(), piece.size());

@@ -1,4 +1,7 @@
-// The sentencepiece tokenizer of a contract model (docs/model-contract.md).
+// The tokenizer of a contract model (docs/model-contract.md, docs/tokenizers.md): one object
+// whatever its kind, sentencepiece (tokenizer.model) or byte-level BPE (a Hugging Face
+// tokenizer.json, model/bpe_tokenizer.h). The rest of this comment is about sentencepiece; a BPE
+// tokenizer is plain C++ in the library and needs no module.
 //
 // Why it goes through a dlopen()ed module: Debian's libsentencepiece carries
 // its own protobuf 3.14 and LibTorch loads the system protobuf 3.21; linked
@@ -18,11 +21,24 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace quantppl {
+
+class BpeTokenizer;
+
+// The contract's tokenizer kinds (quantppl.json "tokenizer": {"kind", "file"}).
+enum class TokenizerKind { kSentencePiece, kBpe };
+// "sentencepiece" / "bpe": the spelling in quantppl.json.
+const char* tokenizer_kind_name(TokenizerKind kind);
+// The inverse; nullopt for any other string.
+std::optional<TokenizerKind> parse_tokenizer_kind(std::string_view name);
+// The archive member a kind is stored as by default: "tokenizer.model" / "tokenizer.json".
+const char* default_tokenizer_file(TokenizerKind kind);
 
 // What a tokenizer may produce, bounded before it can exhaust memory (README
 // "Limits"). sentencepiece normalizes its whole input before it segments
@@ -44,9 +60,15 @@ class Tokenizer {
   // normalization rule longer than kMaxNormalizationBytes; IoError if the shim
   // module cannot be loaded.
   static Tokenizer from_bytes(std::string serialized_model, std::string source_name);
-  // Reads a .model file (a regular file of at most kMaxTokenizerBytes:
-  // input_file.h); IoError if it cannot be read.
+  // A tokenizer of either kind from its file's bytes: sentencepiece as above, or a BPE
+  // tokenizer.json (BpeTokenizer::from_json: DataError naming any unsupported feature).
+  static Tokenizer from_bytes(TokenizerKind kind, std::string serialized_model, std::string source_name);
+  // Reads a tokenizer file (a regular file of at most kMaxTokenizerBytes:
+  // input_file.h); IoError if it cannot be read. The kind comes from the
+  // content: a JSON object (first non-blank byte '{', which no sentencepiece
+  // model starts with) is a tokenizer.json, anything else a sentencepiece model.
   static Tokenizer from_file(const std::string& path);
+  static Tokenizer from_file(TokenizerKind kind, const std::string& path);
 
   Tokenizer(Tokenizer&& other) noexcept;
   Tokenizer& operator=(Tokenizer&& other) noexcept;
@@ -54,13 +76,22 @@ class Tokenizer {
   Tokenizer& operator=(const Tokenizer&) = delete;
   ~Tokenizer();
 
-  // Sentencepiece ids of `text` (UTF-8), without EOS. DataError if
-  // sentencepiece rejects the text.
+  // The ids of `text` (UTF-8), without EOS, BOS or any post-processor token:
+  // sentencepiece's encode(text), tokenizers' encode(text,
+  // add_special_tokens=False). DataError if the tokenizer rejects the text.
+  // A BPE tokenizer is exact on the whole text in one call, in linear time
+  // (a text cut into pieces may tokenize differently at the cuts).
   std::vector<int64_t> encode(std::string_view text) const;
-  // Number of pieces in the sentencepiece model (ids are in [0, piece_count)).
+  // Number of pieces (ids are in [0, piece_count)); for BPE one more than the
+  // largest id of the vocabulary and added tokens.
   int64_t piece_count() const { return piece_count_; }
-  // The piece string of `id` ("▁the"); for diagnostics and tests.
+  // The piece string of `id` ("▁the"; BPE: "Ġthe" in the byte-level
+  // alphabet, or an added token's content, "" for an id no token has); for
+  // diagnostics and tests.
   std::string id_to_piece(int64_t id) const;
+  TokenizerKind kind() const { return kind_; }
+  // The BPE tokenizer (its post_processor_bos_id(), token_to_id()...); nullptr for sentencepiece.
+  const BpeTokenizer* bpe() const { return bpe_.get(); }
   // The serialized model this tokenizer was built from (written back by ContractModel::save).
   const std::string& serialized_model() const { return serialized_model_; }
   const std::string& source_name() const { return source_name_; }
@@ -68,14 +99,16 @@ class Tokenizer {
  private:
   Tokenizer(void* handle, std::string serialized_model, std::string source_name, int64_t piece_count);
 
+  TokenizerKind kind_ = TokenizerKind::kSentencePiece;
   void* handle_ = nullptr;  // owned shim handle (quantppl_spm_new / quantppl_spm_free)
+  std::unique_ptr<BpeTokenizer> bpe_;  // kind_ == kBpe
   std::string serialized_model_;
   std::string source_name_;
   int64_t piece_count_ = 0;
 };
 
 // DataError naming both when `given` (a --tokenizer override) is not the
-// tokenizer of the model whose own tokenizer is `own`: a different number of
+// tokenizer of the model whose own tokenizer is `own`: another kind, a different number of
 // pieces, or a different piece string at any id. (Ids index the model's
 // embedding: another vocabulary gives fluent-looking but meaningless numbers.)
 // Only the normalization and other settings may differ.
