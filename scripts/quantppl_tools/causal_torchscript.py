@@ -59,13 +59,14 @@ def activation_code(name: str) -> int:
 
 
 def _activation(x: Tensor, act: int) -> Tensor:
-    if act == ACT_SILU:
+    # Literal codes: TorchScript cannot read module-level globals.
+    if act == 0:  # ACT_SILU
         return torch.nn.functional.silu(x)
-    if act == ACT_GELU_NEW:
+    if act == 1:  # ACT_GELU_NEW, written exactly as HF's NewGELUActivation
         return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-    if act == ACT_GELU:
+    if act == 2:  # ACT_GELU (erf)
         return torch.nn.functional.gelu(x)
-    return torch.relu(x)
+    return torch.relu(x)  # ACT_RELU
 
 
 def allowed_mask(attention_mask: Tensor) -> Tensor:
@@ -156,6 +157,7 @@ class LlamaAttention(nn.Module):
         self.head_dim = d
         self.n_rep = self.num_heads // self.num_kv_heads
         self.scale = float(d) ** -0.5
+        self.mask_value = FLOAT32_MIN
         self.q_proj = nn.Linear(h, self.num_heads * d, bias=cfg["qkv_bias"])
         self.k_proj = nn.Linear(h, self.num_kv_heads * d, bias=cfg["qkv_bias"])
         self.v_proj = nn.Linear(h, self.num_kv_heads * d, bias=cfg["qkv_bias"])
@@ -172,7 +174,7 @@ class LlamaAttention(nn.Module):
             k = k.repeat_interleave(self.n_rep, dim=1)
             v = v.repeat_interleave(self.n_rep, dim=1)
         scores = torch.matmul(q, k.transpose(2, 3)) * self.scale
-        scores = scores.masked_fill(~allowed, FLOAT32_MIN)
+        scores = scores.masked_fill(~allowed, self.mask_value)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
         out = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
         return self.o_proj(out)
@@ -251,6 +253,7 @@ class GPT2Attention(nn.Module):
         if cfg["scale_attn_by_inverse_layer_idx"]:
             scale = scale / float(layer_idx + 1)
         self.scale = scale
+        self.mask_value = FLOAT32_MIN
         self.c_attn = nn.Linear(h, 3 * h, bias=True)
         self.c_proj = nn.Linear(h, h, bias=True)
 
@@ -261,7 +264,7 @@ class GPT2Attention(nn.Module):
         k = qkv[:, :, h:2 * h].reshape(b, s, self.num_heads, self.head_dim).transpose(1, 2)
         v = qkv[:, :, 2 * h:].reshape(b, s, self.num_heads, self.head_dim).transpose(1, 2)
         scores = torch.matmul(q, k.transpose(2, 3)) * self.scale
-        scores = scores.masked_fill(~allowed, FLOAT32_MIN)
+        scores = scores.masked_fill(~allowed, self.mask_value)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
         out = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, h)
         return self.c_proj(out)
