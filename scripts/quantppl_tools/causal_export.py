@@ -282,7 +282,7 @@ def export_causal(checkpoint, out_path, raw_cfg, tokenizer=None, max_length=None
                                                        cfg["vocab_size"])
     state, weights_name = load_local_state_dict(checkpoint)
     with torch.no_grad():
-        model = build_module(cfg)
+        model = build_module(cfg, init=False)
         try:
             notes = load_hf_state_dict(model, state)
         except KeyError as e:

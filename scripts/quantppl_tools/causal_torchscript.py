@@ -433,8 +433,21 @@ def normalize_config(raw: Dict) -> Dict:
     return cfg
 
 
-def build_module(cfg: Dict) -> nn.Module:
-    return GPT2ForLogits(cfg) if cfg["model_type"] == "gpt2" else LlamaForLogits(cfg)
+def build_module(cfg: Dict, init: bool = True) -> nn.Module:
+    """The module for `cfg`. init=False skips the random initialisation of Linear, Embedding and
+    LayerNorm parameters (uninitialised memory): for a module whose every parameter is loaded
+    next, where kaiming init of a billion weights would only cost time."""
+    cls = GPT2ForLogits if cfg["model_type"] == "gpt2" else LlamaForLogits
+    if init:
+        return cls(cfg)
+    saved = [(c, c.reset_parameters) for c in (nn.Linear, nn.Embedding, nn.LayerNorm)]
+    try:
+        for c, _ in saved:
+            c.reset_parameters = lambda self: None
+        return cls(cfg)
+    finally:
+        for c, f in saved:
+            c.reset_parameters = f
 
 
 # GPT-2's Conv1D layers ([in, out] weights), by name suffix.
@@ -484,8 +497,9 @@ def load_hf_state_dict(model: nn.Module, state: Dict[str, Tensor]) -> List[str]:
     for k, v in out.items():
         if tuple(v.shape) != tuple(expected[k].shape):
             raise RuntimeError("%s has shape %s, config.json implies %s" % (k, tuple(v.shape), tuple(expected[k].shape)))
-        # clone: a tied lm_head must not share storage with the embedding.
-        out[k] = v.detach().to(torch.float32).clone()
+        # load_state_dict copies into the module's own parameters, so a tied lm_head ends up with
+        # storage separate from the embedding without an extra copy here.
+        out[k] = v.detach().to(torch.float32)
     for k in expected:
         if k.endswith("rotary_emb.inv_freq"):
             out[k] = expected[k]
