@@ -456,52 +456,66 @@ _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight
 
 def load_hf_state_dict(model: nn.Module, state: Dict[str, Tensor]) -> List[str]:
     """Load a HF LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM / GPT2LMHeadModel
-    state dict strictly into `model` (float32). A missing lm_head.weight is taken from the tied
-    embedding (as an independent copy); rotary inv_freq and GPT-2's causal-mask buffers
-    (attn.bias, attn.masked_bias) are ignored; GPT-2 keys without the "transformer." prefix (the
-    original openai checkpoints) are accepted; Conv1D weights are transposed. Every other key
-    must match exactly. Returns notes; raises KeyError on missing / unexpected keys."""
+    state dict strictly into `model` (converted to float32). A missing lm_head.weight is copied
+    from the tied embedding; rotary inv_freq and GPT-2's causal-mask buffers (attn.bias,
+    attn.masked_bias) are ignored; GPT-2 keys without the "transformer." prefix (the original
+    openai checkpoints) are accepted; Conv1D weights are transposed. Every other key must match
+    exactly. Consumes `state`: each tensor is released once copied, so a checkpoint and the
+    float32 module are never both whole in memory (a 7 B model would need twice its size).
+    Returns notes; raises KeyError on missing / unexpected keys, RuntimeError on a wrong shape."""
     cfg = model.cfg
     gpt2 = cfg["model_type"] == "gpt2"
     emb_key = "transformer.wte.weight" if gpt2 else "model.embed_tokens.weight"
     notes = []
-    out = {}
     ignored = []
-    for k, v in state.items():
+    names = {}  # our parameter name -> the checkpoint's key
+    for k in list(state.keys()):
+        ours = k
         if gpt2 and not k.startswith("transformer.") and k != "lm_head.weight":
-            k = "transformer." + k
-        if k.endswith("rotary_emb.inv_freq") or (gpt2 and (k.endswith(".attn.bias") or k.endswith(".attn.masked_bias"))):
+            ours = "transformer." + k
+        if ours.endswith("rotary_emb.inv_freq") or (gpt2 and (ours.endswith(".attn.bias")
+                                                             or ours.endswith(".attn.masked_bias"))):
             ignored.append(k)
+            del state[k]
             continue
-        if gpt2 and k.endswith(_CONV1D_SUFFIXES):
-            if v.dim() != 2:
-                raise KeyError("%s: a Conv1D weight must be 2-D, got shape %s" % (k, tuple(v.shape)))
-            v = v.t()
-        out[k] = v
+        names[ours] = k
     if ignored:
         notes.append("ignored %d buffer(s) that hold no weights (%s, ...)" % (len(ignored), ignored[0]))
-    if "lm_head.weight" not in out:
-        if emb_key in out and cfg["tie_word_embeddings"]:
-            out["lm_head.weight"] = out[emb_key]
+    tied_from = None
+    if "lm_head.weight" not in names:
+        if emb_key in names and cfg["tie_word_embeddings"]:
+            tied_from = emb_key
             notes.append("lm_head.weight is a copy of the tied embedding %s" % emb_key)
-    elif cfg["tie_word_embeddings"] and emb_key in out and not torch.equal(out["lm_head.weight"], out[emb_key]):
+    elif cfg["tie_word_embeddings"] and emb_key in names and \
+            not torch.equal(state[names["lm_head.weight"]], state[names[emb_key]]):
         raise KeyError("tie_word_embeddings is true but lm_head.weight differs from %s" % emb_key)
-    expected = dict(model.state_dict())
     # The rotary inverse frequencies are computed from config.json, never read from the checkpoint.
-    expected_keys = set(k for k in expected if not k.endswith("rotary_emb.inv_freq"))
-    missing = sorted(expected_keys - set(out))
-    unexpected = sorted(set(out) - expected_keys)
+    targets = {k: t for k, t in list(model.named_parameters()) + list(model.named_buffers())
+               if not k.endswith("rotary_emb.inv_freq")}
+    have = set(names) | ({"lm_head.weight"} if tied_from else set())
+    missing = sorted(set(targets) - have)
+    unexpected = sorted(have - set(targets))
     if missing or unexpected:
         raise KeyError("state dict does not match the config: missing keys %s; unexpected keys %s"
                        % (missing[:8] or "none", unexpected[:8] or "none"))
-    for k, v in out.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise RuntimeError("%s has shape %s, config.json implies %s" % (k, tuple(v.shape), tuple(expected[k].shape)))
-        # load_state_dict copies into the module's own parameters, so a tied lm_head ends up with
-        # storage separate from the embedding without an extra copy here.
-        out[k] = v.detach().to(torch.float32)
-    for k in expected:
-        if k.endswith("rotary_emb.inv_freq"):
-            out[k] = expected[k]
-    model.load_state_dict(out, strict=True)
+
+    def checkpoint_tensor(ours: str) -> Tensor:
+        v = state[names[ours]]
+        if gpt2 and ours.endswith(_CONV1D_SUFFIXES):
+            if v.dim() != 2:
+                raise RuntimeError("%s: a Conv1D weight must be 2-D, got shape %s" % (ours, tuple(v.shape)))
+            v = v.t()
+        return v
+
+    for ours in names:
+        shape = tuple(checkpoint_tensor(ours).shape)
+        if shape != tuple(targets[ours].shape):
+            raise RuntimeError("%s has shape %s, config.json implies %s" % (ours, shape, tuple(targets[ours].shape)))
+    with torch.no_grad():
+        if tied_from is not None:
+            # Its own storage: quantizing lm_head in place must leave the embedding untouched.
+            targets["lm_head.weight"].copy_(checkpoint_tensor(tied_from))
+        for ours in names:
+            targets[ours].copy_(checkpoint_tensor(ours))  # copy_ converts bf16 / fp16 to float32
+            del state[names[ours]]
     return notes
