@@ -9,7 +9,8 @@ python3.11-doc, prose extraction extract_prose, 95/5 split by sha1 of the file p
 defaults are trained and held out on the same text.
 
 Tokenizer: sentencepiece BPE with byte fallback, Llama's special ids: unk 0, bos 1, eos 2, no
-pad; identity normalization as Llama's. add_bos is true (every text starts with BOS).
+pad; identity normalization as Llama's except that tab / LF / CR become spaces (see below).
+add_bos is true (every text starts with BOS).
 
 Model: Llama architecture (RoPE, RMSNorm, SwiGLU, grouped-query attention, untied lm_head)
 trained with transformers' LlamaForCausalLM, so the result is a real HF checkpoint, exported by
@@ -136,9 +137,18 @@ def main(argv=None):
 
     # --- tokenizer ----------------------------------------------------------------------------
     sp_prefix = os.path.join(args.workdir, "tokenizer")
+    # Normalization: identity except tab, LF and CR -> space (hex code points, sentencepiece's rule
+    # TSV format). quantppl encodes a text line by line with each line's "\n"; with pure identity
+    # normalization and byte fallback that "\n" would become the byte piece <0x0A>, which the model
+    # never sees in training (a paragraph is one line, its whitespace already collapsed to spaces),
+    # so it would be a token the model cannot predict. The training text contains none of the three
+    # characters, so the rule changes no training id.
+    rule_tsv = os.path.join(args.workdir, "normalization_rule.tsv")
+    with open(rule_tsv, "w") as f:
+        f.write("9\t20\nA\t20\nD\t20\n")
     spm.SentencePieceTrainer.train(
         input=train_txt, model_prefix=sp_prefix, vocab_size=args.vocab, model_type="bpe",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, normalization_rule_name="identity",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, normalization_rule_tsv=rule_tsv,
         split_digits=True, character_coverage=0.9995, num_threads=2, input_sentence_size=0,
         shuffle_input_sentence=False, minloglevel=2)
     sp = spm.SentencePieceProcessor(model_file=sp_prefix + ".model")
