@@ -227,7 +227,7 @@ def contract_metadata(cfg, max_length, source):
     }
 
 
-def save_contract(scripted, out_path, meta, tok_bytes, prog=PROG):
+def save_contract(scripted, out_path, meta, tok_bytes, prog=PROG, tokenizer_file="tokenizer.model"):
     """Save the contract file atomically: into a fresh temporary directory beside the output,
     under the final file name (torch.jit.save names the archive's top folder after the file, so a
     random temporary *file* name would end up inside the archive and make exports differ byte for
@@ -242,7 +242,7 @@ def save_contract(scripted, out_path, meta, tok_bytes, prog=PROG):
     try:
         torch.jit.save(scripted, tmp, _extra_files={
             "quantppl.json": json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"),
-            "tokenizer.model": tok_bytes,
+            tokenizer_file: tok_bytes,
         })
         os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
@@ -252,7 +252,7 @@ def save_contract(scripted, out_path, meta, tok_bytes, prog=PROG):
         os.rmdir(tmp_dir)
 
 
-def export(checkpoint, out_path, tokenizer=None, max_length=512):
+def export(checkpoint, out_path, tokenizer=None, max_length=512, exported_by="scripts/export_t5.py"):
     import torch
 
     from .t5_torchscript import T5ForLogits, load_hf_state_dict, normalize_config
@@ -303,7 +303,7 @@ def export(checkpoint, out_path, tokenizer=None, max_length=512):
         model.eval()
     scripted = script_and_check(model, cfg)
 
-    source = {"checkpoint": checkpoint, "exported_by": "scripts/export_t5.py", "torch_version": torch.__version__}
+    source = {"checkpoint": checkpoint, "exported_by": exported_by, "torch_version": torch.__version__}
     if transformers_version:
         source["transformers_version"] = transformers_version
     meta = contract_metadata(cfg, max_length, source)
