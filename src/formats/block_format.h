@@ -66,34 +66,10 @@ struct SectionLayout {
 
 inline int64_t layout_bytes(const SectionLayout& s) { return (s.count * s.bits + 7) / 8; }
 
-// Statistics of x[0, n), n >= 1. The signed max needs a second (cache-hot)
-// scan, so only formats that use it pay for it.
-inline BlockStats scan_block(const float* x, int64_t n, bool signed_max) {
-  float amax = 0, mn = x[0], mx = x[0];
-  float bad = 0;  // x - x is 0 for finite x and NaN otherwise
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    const float a = std::fabs(v);
-    amax = a > amax ? a : amax;
-    mn = v < mn ? v : mn;
-    mx = v > mx ? v : mx;
-    bad = bad + (v - v);
-  }
-  BlockStats s;
-  s.amax = amax;
-  s.min = mn;
-  s.max = mx;
-  s.finite = bad == 0;
-  if (signed_max && s.finite && amax > 0) {
-    for (int64_t i = 0; i < n; ++i) {
-      if (std::fabs(x[i]) == amax) {
-        s.signed_max = x[i];
-        break;
-      }
-    }
-  }
-  return s;
-}
+// Statistics of x[0, n), n >= 1 (src/formats/block_scan.cpp: AVX2 where the
+// CPU has it). The signed max needs a second (cache-hot) scan, so only
+// formats that use it pay for it.
+BlockStats scan_block(const float* x, int64_t n, bool signed_max);
 
 // `later` follows `earlier` in index order.
 inline BlockStats merge_stats(const BlockStats& earlier, const BlockStats& later) {

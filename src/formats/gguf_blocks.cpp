@@ -44,6 +44,54 @@ float f16_value(uint16_t h) {
   return bits_float(float_bits(v) | sign);
 }
 
+// The codes of the header's formulas, one element at a time; the loops below
+// and encode() share them, so x_hat and the stored codes cannot disagree.
+
+// q8_0: roundf(x * id), half away from zero, as floor(a) + (a - floor(a) >= 0.5)
+// on a = |x * id| (a - floor(a) is exact), so the loop vectorizes.
+inline int q8_0_code(float x, float id) {
+  const float v = x * id;
+  const float a = std::fabs(v);
+  const float f = std::floor(a);
+  float r = (a - f) >= 0.5f ? f + 1.0f : f;
+  r = r > 128.0f ? 128.0f : r;
+  const int q = static_cast<int>(r);
+  return v < 0 ? (q > 128 ? -128 : -q) : (q > 127 ? 127 : q);
+}
+
+// q4_0 / q5_0: trunc(fl32(x * id + offset)) with the product exact in double.
+inline int q_0_code(float x, float id, double offset, int qmax) {
+  const auto f = static_cast<float>(static_cast<double>(x) * static_cast<double>(id) + offset);
+  const int q = f > 0 ? static_cast<int>(f) : 0;
+  return q < qmax ? q : qmax;
+}
+
+// q4_1 / q5_1: trunc(fl32(fl32(x - lo) * id) + 0.5f), each step a float32 rounding.
+inline int q_1_code(float x, float lo, float id, int qmax) {
+  const float v = (x - lo) * id;
+  const float f = v + 0.5f;
+  const int q = f > 0 ? static_cast<int>(f) : 0;
+  return q < qmax ? q : qmax;
+}
+
+__attribute__((target_clones("avx2", "default"))) void fake_q8_0(const float* x, float* y, int64_t n, float id,
+                                                                  float d) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(q8_0_code(x[i], id)) * d;
+}
+
+__attribute__((target_clones("avx2", "default"))) void fake_q_0(const float* x, float* y, int64_t n, float id,
+                                                                 float d, double offset, int qmax, int mid) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(q_0_code(x[i], id, offset, qmax) - mid) * d;
+}
+
+__attribute__((target_clones("avx2", "default"))) void fake_q_1(const float* x, float* y, int64_t n, float lo,
+                                                                 float id, float d, float m, int qmax) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float t = static_cast<float>(q_1_code(x[i], lo, id, qmax)) * d;
+    y[i] = t + m;
+  }
+}
+
 struct GgufCodec {
   struct Params {
     float id = 0;     // 1 / d in float32 (codes)
@@ -117,23 +165,10 @@ struct GgufCodec {
 
   int code(float x, const Params& p) const {
     switch (type) {
-      case GgufBlock::kQ8_0: {
-        const float r = std::round(x * p.id);  // roundf: half away from zero
-        return static_cast<int>(r < -128.0f ? -128.0f : (r > 127.0f ? 127.0f : r));
-      }
-      case GgufBlock::kQ4_0:
-      case GgufBlock::kQ5_0: {
-        const double offset = type == GgufBlock::kQ4_0 ? 8.5 : 16.5;
-        const auto f = static_cast<float>(static_cast<double>(x) * static_cast<double>(p.id) + offset);
-        const int q = f > 0 ? static_cast<int>(f) : 0;  // trunc; f >= 0.49 for every x of the block
-        return q < qmax() ? q : qmax();
-      }
-      default: {
-        const float v = (x - p.lo) * p.id;
-        const float f = v + 0.5f;
-        const int q = f > 0 ? static_cast<int>(f) : 0;
-        return q < qmax() ? q : qmax();
-      }
+      case GgufBlock::kQ8_0: return q8_0_code(x, p.id);
+      case GgufBlock::kQ4_0: return q_0_code(x, p.id, 8.5, 15);
+      case GgufBlock::kQ5_0: return q_0_code(x, p.id, 16.5, 31);
+      default: return q_1_code(x, p.lo, p.id, qmax());
     }
   }
   float value(int q, const Params& p) const {
@@ -149,7 +184,12 @@ struct GgufCodec {
   }
 
   void fake(const float* x, float* y, int64_t n, const Params& p, const Context&) const {
-    for (int64_t i = 0; i < n; ++i) y[i] = value(code(x[i], p), p);
+    switch (type) {
+      case GgufBlock::kQ8_0: fake_q8_0(x, y, n, p.id, p.d); break;
+      case GgufBlock::kQ4_0: fake_q_0(x, y, n, p.id, p.d, 8.5, 15, 8); break;
+      case GgufBlock::kQ5_0: fake_q_0(x, y, n, p.id, p.d, 16.5, 31, 16); break;
+      default: fake_q_1(x, y, n, p.lo, p.id, p.d, p.m, qmax()); break;
+    }
   }
   void encode(const float* x, int32_t* codes, int64_t n, const Params& p, const Context&) const {
     for (int64_t i = 0; i < n; ++i) {
