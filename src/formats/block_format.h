@@ -13,10 +13,14 @@
 //     std::vector<SectionLayout> layout(int64_t blocks) const;          // sections after "codes"
 //     bool needs_signed_max() const;
 //     Context context(const BlockStats& whole) const;
-//     bool local() const;                // params depend on the block's stats only
+//     bool local() const;                // params depend on the block's stats (and the context) only
+//     bool needs_context() const;        // the context needs a pass over the whole weight
+//     Params choose_local(const BlockStats&, const Context&, const std::string& name) const;  // local() codecs
 //     void choose(const torch::Tensor& blocks2d, const std::vector<BlockStats>&, const Context&,
 //                 std::vector<Params>&, const std::string& name) const;
-//     void fake(const float*, float*, int64_t, const Params&, const Context&) const;
+//     // x_hat of nblocks consecutive blocks of L elements with parameters p[0 .. nblocks)
+//     // (one block of any L for a piece of a long block or one column element).
+//     void fake_blocks(const float*, float*, int64_t nblocks, int64_t L, const Params*, const Context&) const;
 //     void encode(const float*, int32_t*, int64_t, const Params&, const Context&) const;
 //     void decode(const int32_t*, float*, int64_t, const Params&, const Context&) const;
 //     void write_params(const std::vector<Params>&, const Context&, std::vector<PackedSection>&) const;
@@ -70,6 +74,9 @@ inline int64_t layout_bytes(const SectionLayout& s) { return (s.count * s.bits +
 // CPU has it). The signed max needs a second (cache-hot) scan, so only
 // formats that use it pay for it.
 BlockStats scan_block(const float* x, int64_t n, bool signed_max);
+// scan_block of nblocks consecutive blocks of L elements into out[0 ..
+// nblocks); false if any element is NaN or Inf. One call per run of blocks.
+bool scan_blocks(const float* x, int64_t nblocks, int64_t L, bool signed_max, BlockStats* out);
 
 // `later` follows `earlier` in index order.
 inline BlockStats merge_stats(const BlockStats& earlier, const BlockStats& later) {
@@ -133,7 +140,7 @@ class BlockColumnQuantizer final : public ColumnGroupQuantizer {
     float* dst = y.data_ptr<float>();
     const int64_t n = x.numel();
     for (int64_t r = 0; r < n; ++r) {
-      codec_.fake(src + r, dst + r, 1, params_.size() == 1 ? params_[0] : params_.at(r), ctx_);
+      codec_.fake_blocks(src + r, dst + r, 1, 1, &(params_.size() == 1 ? params_[0] : params_.at(r)), ctx_);
     }
     return y;
   }
@@ -172,8 +179,17 @@ class BlockPrepared final : public PreparedWeight {
     check(dst);
     const float* s = src.data_ptr<float>();
     float* d = dst.data_ptr<float>();
-    for_each_block_piece(out_ * in_, L_, [&](int64_t b, int64_t lo, int64_t hi) {
-      codec_.fake(s + lo, d + lo, hi - lo, params_[b], ctx_);
+    const int64_t n = out_ * in_;
+    if (n == 0) return;
+    if (L_ <= kGrain) {
+      // Runs of whole blocks per task: no call per block.
+      at::parallel_for(0, n / L_, std::max<int64_t>(1, kGrain / L_), [&](int64_t b0, int64_t b1) {
+        codec_.fake_blocks(s + b0 * L_, d + b0 * L_, b1 - b0, L_, params_.data() + b0, ctx_);
+      });
+      return;
+    }
+    for_each_block_piece(n, L_, [&](int64_t b, int64_t lo, int64_t hi) {
+      codec_.fake_blocks(s + lo, d + lo, 1, hi - lo, &params_[b], ctx_);
     });
   }
 
@@ -351,22 +367,31 @@ class BlockFormat final : public WeightFormat {
     codec_.choose(w.view({-1, L}), stats, ctx, params, name);
   }
 
-  // Per block: stats, parameters and x_hat while the block is in L1 (one
-  // read of src, one write of dst).
+  // Per run of blocks: stats, parameters and x_hat while the run is in cache
+  // (one read of src from memory, one write of dst).
   void fused_local(const torch::Tensor& src, torch::Tensor& dst, int64_t L, const std::string& name) const {
     const float* s = src.data_ptr<float>();
     float* d = dst.data_ptr<float>();
     const int64_t blocks = src.numel() / L;
-    const typename Codec::Context ctx{};
+    typename Codec::Context ctx{};
+    if (codec_.needs_context()) {
+      // One extra read for the weight's statistics (NVFP4's amax_tensor).
+      const std::vector<BlockStats> whole = block_stats(s, src.numel(), src.numel(), false, name);
+      ctx = codec_.context(whole[0]);
+    }
     std::atomic<bool> bad{false};
     at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / L), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const BlockStats st = scan_block(s + b * L, L, codec_.needs_signed_max());
-        if (!st.finite) {
+      constexpr int64_t kRun = 256;  // blocks per stats buffer
+      BlockStats stats[kRun];
+      typename Codec::Params params[kRun];
+      for (int64_t r0 = b0; r0 < b1; r0 += kRun) {
+        const int64_t nb = std::min(kRun, b1 - r0);
+        if (!scan_blocks(s + r0 * L, nb, L, codec_.needs_signed_max(), stats)) {
           bad = true;
           return;
         }
-        codec_.fake(s + b * L, d + b * L, L, codec_.choose_local(st, name), ctx);
+        for (int64_t b = 0; b < nb; ++b) params[b] = codec_.choose_local(stats[b], ctx, name);
+        codec_.fake_blocks(s + r0 * L, d + r0 * L, nb, L, params, ctx);
       }
     });
     if (bad) throw DataError("weight '" + name + "' holds NaN or Inf; it cannot be quantized");

@@ -58,25 +58,7 @@ __attribute__((target("avx2"))) void scan_avx2(const float* x, int64_t n, float&
 }
 #endif
 
-}  // namespace
-
-// min and max are order-independent for finite values except for the sign
-// of a zero extreme (-0 vs +0); the ggml formats that use min (q4_1, q5_1)
-// see the same value either way (x - min and f16(min) are the same zero up
-// to sign, and a zero minimum's sign only reaches x_hat through + m, where
-// q * d + (+-0) is the same number).
-BlockStats scan_block(const float* x, int64_t n, bool signed_max) {
-  float amax = 0, mn = x[0], mx = x[0], bad = 0;
-#if QUANTPPL_BLOCK_SCAN_AVX2
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2) {
-    scan_avx2(x, n, amax, mn, mx, bad);
-  } else {
-    scan_scalar(x, n, amax, mn, mx, bad);
-  }
-#else
-  scan_scalar(x, n, amax, mn, mx, bad);
-#endif
+inline BlockStats finish(const float* x, int64_t n, bool signed_max, float amax, float mn, float mx, float bad) {
   BlockStats s;
   s.amax = amax;
   s.min = mn;
@@ -90,6 +72,55 @@ BlockStats scan_block(const float* x, int64_t n, bool signed_max) {
       }
     }
   }
+  return s;
+}
+
+bool scan_blocks_scalar(const float* x, int64_t nblocks, int64_t L, bool signed_max, BlockStats* out) {
+  bool finite = true;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float* xb = x + b * L;
+    float amax = 0, mn = xb[0], mx = xb[0], bad = 0;
+    scan_scalar(xb, L, amax, mn, mx, bad);
+    out[b] = finish(xb, L, signed_max, amax, mn, mx, bad);
+    finite = finite && out[b].finite;
+  }
+  return finite;
+}
+
+#if QUANTPPL_BLOCK_SCAN_AVX2
+__attribute__((target("avx2"))) bool scan_blocks_avx2(const float* x, int64_t nblocks, int64_t L, bool signed_max,
+                                                       BlockStats* out) {
+  bool finite = true;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float* xb = x + b * L;
+    float amax = 0, mn = xb[0], mx = xb[0], bad = 0;
+    scan_avx2(xb, L, amax, mn, mx, bad);
+    out[b] = finish(xb, L, signed_max, amax, mn, mx, bad);
+    finite = finite && out[b].finite;
+  }
+  return finite;
+}
+const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+#endif
+
+}  // namespace
+
+// min and max are order-independent for finite values except for the sign
+// of a zero extreme (-0 vs +0); the ggml formats that use min (q4_1, q5_1)
+// see the same x_hat either way (x - min is the same number, and a zero
+// minimum's sign only reaches x_hat through q * d + (+-0), the same number
+// unless q * d is also a zero); only the stored float16 minimum's sign bit
+// can differ from ggml's in a block whose minimum is exactly zero.
+bool scan_blocks(const float* x, int64_t nblocks, int64_t L, bool signed_max, BlockStats* out) {
+#if QUANTPPL_BLOCK_SCAN_AVX2
+  if (kHaveAvx2) return scan_blocks_avx2(x, nblocks, L, signed_max, out);
+#endif
+  return scan_blocks_scalar(x, nblocks, L, signed_max, out);
+}
+
+BlockStats scan_block(const float* x, int64_t n, bool signed_max) {
+  BlockStats s;
+  scan_blocks(x, 1, n, signed_max, &s);
   return s;
 }
 

@@ -78,27 +78,45 @@ float decode_e8m0(uint8_t code) {
 }
 
 // The loops copy the format's fields into locals so that the compiler keeps
-// them in registers and vectorizes; target_clones adds an AVX2 version chosen
-// at load time (the same arithmetic, 8 lanes).
-__attribute__((target_clones("avx2", "default"))) void fake_quantize_minifloat_div(const float* src, float* dst,
-                                                                                    int64_t n, const MiniFloat& f,
-                                                                                    float s) {
+// them in registers and vectorizes the inner loop; target_clones adds an
+// AVX2 version chosen at load time (the same arithmetic, 8 lanes).
+__attribute__((target_clones("avx2", "default"))) void fake_quantize_minifloat_div(
+    const float* src, float* dst, int64_t nblocks, int64_t L, const MiniFloat& f, const float* scales, int64_t stride) {
   const MiniFloat g = f;
-  for (int64_t i = 0; i < n; ++i) dst[i] = round_to_minifloat(src[i] / s, g) * s;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float s = scales[b * stride];
+    const float* x = src + b * L;
+    float* y = dst + b * L;
+    if (s == 0) {
+      for (int64_t i = 0; i < L; ++i) y[i] = 0.0f;
+      continue;
+    }
+    for (int64_t i = 0; i < L; ++i) y[i] = round_to_minifloat(x[i] / s, g) * s;
+  }
 }
 
-__attribute__((target_clones("avx2", "default"))) void fake_quantize_minifloat_pow2(const float* src, float* dst,
-                                                                                     int64_t n, const MiniFloat& f,
-                                                                                     int k) {
+__attribute__((target_clones("avx2", "default"))) void fake_quantize_minifloat_pow2(
+    const float* src, float* dst, int64_t nblocks, int64_t L, const MiniFloat& f, const int32_t* ks, int64_t stride) {
   const MiniFloat g = f;
-  const float inverse = pow2(-k), scale = pow2(k);
-  for (int64_t i = 0; i < n; ++i) dst[i] = round_to_minifloat(src[i] * inverse, g) * scale;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int k = ks[b * stride];
+    const float inverse = pow2(-k), scale = pow2(k);
+    const float* x = src + b * L;
+    float* y = dst + b * L;
+    for (int64_t i = 0; i < L; ++i) y[i] = round_to_minifloat(x[i] * inverse, g) * scale;
+  }
 }
 
-__attribute__((target_clones("avx2", "default"))) void fake_quantize_mxint8(const float* src, float* dst, int64_t n,
-                                                                             int k) {
-  const float inverse = pow2(-k), scale = pow2(k);
-  for (int64_t i = 0; i < n; ++i) dst[i] = (mxint8_code(src[i], inverse) * 0.015625f) * scale;
+__attribute__((target_clones("avx2", "default"))) void fake_quantize_mxint8(const float* src, float* dst,
+                                                                             int64_t nblocks, int64_t L,
+                                                                             const int32_t* ks, int64_t stride) {
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int k = ks[b * stride];
+    const float inverse = pow2(-k), scale = pow2(k);
+    const float* x = src + b * L;
+    float* y = dst + b * L;
+    for (int64_t i = 0; i < L; ++i) y[i] = (mxint8_code(x[i], inverse) * 0.015625f) * scale;
+  }
 }
 
 }  // namespace quantppl::formats

@@ -47,16 +47,15 @@ float f16_value(uint16_t h) {
 // The codes of the header's formulas, one element at a time; the loops below
 // and encode() share them, so x_hat and the stored codes cannot disagree.
 
-// q8_0: roundf(x * id), half away from zero, as floor(a) + (a - floor(a) >= 0.5)
-// on a = |x * id| (a - floor(a) is exact), so the loop vectorizes.
+// q8_0: roundf(x * id), half away from zero: trunc(|v| + 0.5) with the sum in
+// double, where it is exact (in float, 0.49999997f + 0.5f rounds up to 1),
+// then the sign; integer selects so that the loop vectorizes. |v| <= 127 up
+// to rounding; the clamp only guards int8. A zero code is +0, as ggml's int8.
 inline int q8_0_code(float x, float id) {
   const float v = x * id;
-  const float a = std::fabs(v);
-  const float f = std::floor(a);
-  float r = (a - f) >= 0.5f ? f + 1.0f : f;
-  r = r > 128.0f ? 128.0f : r;
-  const int q = static_cast<int>(r);
-  return v < 0 ? (q > 128 ? -128 : -q) : (q > 127 ? 127 : q);
+  int q = static_cast<int>(static_cast<double>(std::fabs(v)) + 0.5);
+  q = q < 127 ? q : 127;
+  return v < 0 ? -q : q;
 }
 
 // q4_0 / q5_0: trunc(fl32(x * id + offset)) with the product exact in double.
@@ -74,33 +73,46 @@ inline int q_1_code(float x, float lo, float id, int qmax) {
   return q < qmax ? q : qmax;
 }
 
-__attribute__((target_clones("avx2", "default"))) void fake_q8_0(const float* x, float* y, int64_t n, float id,
-                                                                  float d) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(q8_0_code(x[i], id)) * d;
+struct GgufParams {
+  float id = 0;      // 1 / d in float32 (codes)
+  float lo = 0;      // the block minimum in float32 (q*_1 codes)
+  uint16_t d16 = 0;  // stored d
+  uint16_t m16 = 0;  // stored minimum (q*_1)
+  float d = 0;       // f16 value of d16 (values)
+  float m = 0;       // f16 value of m16
+};
+
+// Runs of blocks of L elements, block b with p[b] (no call per block).
+__attribute__((target_clones("avx2", "default"))) void fake_q8_0(const float* x, float* y, int64_t nblocks,
+                                                                  int64_t L, const GgufParams* p) {
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float id = p[b].id, d = p[b].d;
+    for (int64_t i = b * L; i < (b + 1) * L; ++i) y[i] = static_cast<float>(q8_0_code(x[i], id)) * d;
+  }
 }
 
-__attribute__((target_clones("avx2", "default"))) void fake_q_0(const float* x, float* y, int64_t n, float id,
-                                                                 float d, double offset, int qmax, int mid) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(q_0_code(x[i], id, offset, qmax) - mid) * d;
+__attribute__((target_clones("avx2", "default"))) void fake_q_0(const float* x, float* y, int64_t nblocks, int64_t L,
+                                                                 const GgufParams* p, double offset, int qmax,
+                                                                 int mid) {
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float id = p[b].id, d = p[b].d;
+    for (int64_t i = b * L; i < (b + 1) * L; ++i) y[i] = static_cast<float>(q_0_code(x[i], id, offset, qmax) - mid) * d;
+  }
 }
 
-__attribute__((target_clones("avx2", "default"))) void fake_q_1(const float* x, float* y, int64_t n, float lo,
-                                                                 float id, float d, float m, int qmax) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float t = static_cast<float>(q_1_code(x[i], lo, id, qmax)) * d;
-    y[i] = t + m;
+__attribute__((target_clones("avx2", "default"))) void fake_q_1(const float* x, float* y, int64_t nblocks, int64_t L,
+                                                                 const GgufParams* p, int qmax) {
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float lo = p[b].lo, id = p[b].id, d = p[b].d, m = p[b].m;
+    for (int64_t i = b * L; i < (b + 1) * L; ++i) {
+      const float t = static_cast<float>(q_1_code(x[i], lo, id, qmax)) * d;
+      y[i] = t + m;
+    }
   }
 }
 
 struct GgufCodec {
-  struct Params {
-    float id = 0;     // 1 / d in float32 (codes)
-    float lo = 0;     // the block minimum in float32 (q*_1 codes)
-    uint16_t d16 = 0; // stored d
-    uint16_t m16 = 0; // stored minimum (q*_1)
-    float d = 0;      // f16 value of d16 (values)
-    float m = 0;      // f16 value of m16
-  };
+  using Params = GgufParams;
   struct Context {};
 
   GgufBlock type;
@@ -132,8 +144,9 @@ struct GgufCodec {
   bool needs_signed_max() const { return type == GgufBlock::kQ4_0 || type == GgufBlock::kQ5_0; }
   Context context(const BlockStats&) const { return {}; }
   bool local() const { return true; }
+  bool needs_context() const { return false; }
 
-  Params choose_local(const BlockStats& st, const std::string& name) const {
+  Params choose_local(const BlockStats& st, const Context&, const std::string& name) const {
     Params p;
     float d;
     switch (type) {
@@ -157,10 +170,10 @@ struct GgufCodec {
     }
     return p;
   }
-  void choose(const torch::Tensor& blocks, const std::vector<BlockStats>& stats, const Context&,
+  void choose(const torch::Tensor& blocks, const std::vector<BlockStats>& stats, const Context& ctx,
               std::vector<Params>& params, const std::string& name) const {
     params.resize(blocks.size(0));
-    for (size_t b = 0; b < params.size(); ++b) params[b] = choose_local(stats[b], name);
+    for (size_t b = 0; b < params.size(); ++b) params[b] = choose_local(stats[b], ctx, name);
   }
 
   int code(float x, const Params& p) const {
@@ -183,12 +196,12 @@ struct GgufCodec {
     }
   }
 
-  void fake(const float* x, float* y, int64_t n, const Params& p, const Context&) const {
+  void fake_blocks(const float* x, float* y, int64_t nblocks, int64_t L, const Params* p, const Context&) const {
     switch (type) {
-      case GgufBlock::kQ8_0: fake_q8_0(x, y, n, p.id, p.d); break;
-      case GgufBlock::kQ4_0: fake_q_0(x, y, n, p.id, p.d, 8.5, 15, 8); break;
-      case GgufBlock::kQ5_0: fake_q_0(x, y, n, p.id, p.d, 16.5, 31, 16); break;
-      default: fake_q_1(x, y, n, p.lo, p.id, p.d, p.m, qmax()); break;
+      case GgufBlock::kQ8_0: fake_q8_0(x, y, nblocks, L, p); break;
+      case GgufBlock::kQ4_0: fake_q_0(x, y, nblocks, L, p, 8.5, 15, 8); break;
+      case GgufBlock::kQ5_0: fake_q_0(x, y, nblocks, L, p, 16.5, 31, 16); break;
+      default: fake_q_1(x, y, nblocks, L, p, qmax()); break;
     }
   }
   void encode(const float* x, int32_t* codes, int64_t n, const Params& p, const Context&) const {

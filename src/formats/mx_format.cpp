@@ -23,7 +23,7 @@ int element_bits(MxElement e) { return e == MxElement::kInt8 ? 8 : minifloat_of(
 
 struct MxCodec {
   struct Params {
-    int k = -127;  // X = 2^k
+    int32_t k = -127;  // X = 2^k
   };
   struct Context {};
 
@@ -42,23 +42,25 @@ struct MxCodec {
   bool needs_signed_max() const { return false; }
   Context context(const BlockStats&) const { return {}; }
   bool local() const { return true; }
+  bool needs_context() const { return false; }
 
-  Params choose_local(const BlockStats& st, const std::string&) const {
+  Params choose_local(const BlockStats& st, const Context&, const std::string&) const {
     if (st.amax == 0) return {-127};
     const int k = floor_log2(st.amax) - mx_emax(element);
     return {k < -127 ? -127 : (k > 127 ? 127 : k)};
   }
-  void choose(const torch::Tensor& blocks, const std::vector<BlockStats>& stats, const Context&,
+  void choose(const torch::Tensor& blocks, const std::vector<BlockStats>& stats, const Context& ctx,
               std::vector<Params>& params, const std::string& name) const {
     params.resize(blocks.size(0));
-    for (size_t b = 0; b < params.size(); ++b) params[b] = choose_local(stats[b], name);
+    for (size_t b = 0; b < params.size(); ++b) params[b] = choose_local(stats[b], ctx, name);
   }
 
-  void fake(const float* x, float* y, int64_t n, const Params& p, const Context&) const {
+  void fake_blocks(const float* x, float* y, int64_t nblocks, int64_t L, const Params* p, const Context&) const {
+    static_assert(sizeof(Params) == sizeof(int32_t), "Params is read as an array of exponents");
     if (element == MxElement::kInt8) {
-      fake_quantize_mxint8(x, y, n, p.k);
+      fake_quantize_mxint8(x, y, nblocks, L, &p->k, 1);
     } else {
-      fake_quantize_minifloat_pow2(x, y, n, minifloat_of(element), p.k);
+      fake_quantize_minifloat_pow2(x, y, nblocks, L, minifloat_of(element), &p->k, 1);
     }
   }
   void encode(const float* x, int32_t* codes, int64_t n, const Params& p, const Context&) const {

@@ -2,6 +2,7 @@
 #include "quantppl/formats/nvfp4_format.h"
 
 #include <cmath>
+#include <cstddef>
 
 #include "block_format.h"
 #include "quantppl/formats/float_formats.h"
@@ -11,8 +12,8 @@ namespace {
 
 struct Nvfp4Codec {
   struct Params {
-    uint8_t d_code = 0;  // E4M3 bit pattern of d
-    float s = 0;         // (3): fl(d * g)
+    float s = 0;          // (3): fl(d * g)
+    uint32_t d_code = 0;  // E4M3 bit pattern of d
   };
   struct Context {
     float g = 0;
@@ -32,28 +33,25 @@ struct Nvfp4Codec {
   }
   bool needs_signed_max() const { return false; }
   Context context(const BlockStats& whole) const { return {whole.amax / 2688.0f}; }
-  bool local() const { return false; }
+  bool local() const { return true; }  // given the context g
+  bool needs_context() const { return true; }
 
   Params from_d(uint8_t d_code, const Context& ctx) const {
-    return {d_code, decode_minifloat(d_code, kE4M3) * ctx.g};
+    return {decode_minifloat(d_code, kE4M3) * ctx.g, d_code};
   }
-  Params choose_local(const BlockStats&, const std::string&) const { return {}; }  // never: not local
+  Params choose_local(const BlockStats& st, const Context& ctx, const std::string&) const {
+    const float d = ctx.g == 0 ? 0.0f : round_to_minifloat(st.amax / (6.0f * ctx.g), kE4M3);
+    return from_d(encode_minifloat(d, kE4M3), ctx);
+  }
   void choose(const torch::Tensor& blocks, const std::vector<BlockStats>& stats, const Context& ctx,
-              std::vector<Params>& params, const std::string&) const {
+              std::vector<Params>& params, const std::string& name) const {
     params.resize(blocks.size(0));
-    const float six_g = 6.0f * ctx.g;
-    for (size_t b = 0; b < params.size(); ++b) {
-      const float d = ctx.g == 0 ? 0.0f : round_to_minifloat(stats[b].amax / six_g, kE4M3);
-      params[b] = from_d(encode_minifloat(d, kE4M3), ctx);
-    }
+    for (size_t b = 0; b < params.size(); ++b) params[b] = choose_local(stats[b], ctx, name);
   }
 
-  void fake(const float* x, float* y, int64_t n, const Params& p, const Context&) const {
-    if (p.s == 0) {
-      std::fill(y, y + n, 0.0f);
-    } else {
-      fake_quantize_minifloat_div(x, y, n, kE2M1, p.s);
-    }
+  void fake_blocks(const float* x, float* y, int64_t nblocks, int64_t L, const Params* p, const Context&) const {
+    static_assert(sizeof(Params) == 2 * sizeof(float) && offsetof(Params, s) == 0, "scales are read with stride 2");
+    fake_quantize_minifloat_div(x, y, nblocks, L, kE2M1, &p->s, 2);
   }
   void encode(const float* x, int32_t* codes, int64_t n, const Params& p, const Context&) const {
     for (int64_t i = 0; i < n; ++i) codes[i] = p.s == 0 ? 0 : encode_minifloat(round_to_minifloat(x[i] / p.s, kE2M1), kE2M1);

@@ -40,18 +40,29 @@ inline int nf4_code(float q) {
   return c;
 }
 
-__attribute__((target_clones("avx2", "default"))) void fake_quantize_nf4(const float* src, float* dst, int64_t n,
-                                                                          float s) {
+// Runs of blocks as float_formats.h's loops: block b has scale scales[b];
+// s = 0 writes +0. The value is chosen by 15 selects instead of a table
+// lookup, so the loop vectorizes without gathers; it picks
+// v[#{j : q > t[j]}] as nf4_code does, since the thresholds ascend.
+__attribute__((target_clones("avx2", "default"))) void fake_quantize_nf4(const float* src, float* dst,
+                                                                          int64_t nblocks, int64_t L,
+                                                                          const float* scales) {
   std::array<float, 15> t = kNf4Thresholds;
   std::array<float, 16> v = kNf4Values;
-  // The value by 15 selects instead of a table lookup, so the loop vectorizes
-  // without gathers; it picks v[#{j : q > t[j]}] as nf4_code does, since the
-  // thresholds ascend.
-  for (int64_t i = 0; i < n; ++i) {
-    const float q = src[i] / s;
-    float c = v[0];
-    for (int j = 0; j < 15; ++j) c = q > t[j] ? v[j + 1] : c;
-    dst[i] = c * s;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float s = scales[b];
+    const float* x = src + b * L;
+    float* y = dst + b * L;
+    if (s == 0) {
+      for (int64_t i = 0; i < L; ++i) y[i] = 0.0f;
+      continue;
+    }
+    for (int64_t i = 0; i < L; ++i) {
+      const float q = x[i] / s;
+      float c = v[0];
+      for (int j = 0; j < 15; ++j) c = q > t[j] ? v[j + 1] : c;
+      y[i] = c * s;
+    }
   }
 }
 
@@ -94,16 +105,17 @@ struct ScaledCodec {
   bool needs_signed_max() const { return false; }
   Context context(const BlockStats&) const { return {}; }
   bool local() const { return config.range == RangeMethod::kMinMax && config.granularity != Granularity::kPerTensor; }
+  bool needs_context() const { return false; }
 
   Params from_magnitude(float a) const { return {a > 0 ? a / largest_of(config.grid) : 0.0f}; }
-  Params choose_local(const BlockStats& st, const std::string&) const { return from_magnitude(st.amax); }
+  Params choose_local(const BlockStats& st, const Context&, const std::string&) const { return from_magnitude(st.amax); }
 
   void choose(const torch::Tensor& blocks, const std::vector<BlockStats>& stats, const Context& ctx,
               std::vector<Params>& params, const std::string& name) const {
     const int64_t nb = blocks.size(0), L = blocks.size(1);
     params.resize(nb);
     if (config.range == RangeMethod::kMinMax) {
-      for (int64_t b = 0; b < nb; ++b) params[b] = choose_local(stats[b], name);
+      for (int64_t b = 0; b < nb; ++b) params[b] = choose_local(stats[b], ctx, name);
     } else if (config.range == RangeMethod::kPercentile) {
       const torch::Tensor p = percentile_rows(blocks.abs(), config.percentile).contiguous();
       const float* a = p.data_ptr<float>();
@@ -123,7 +135,7 @@ struct ScaledCodec {
       std::vector<float> tmp(kStatsPiece);
       for (int64_t q = p0; q < p1; ++q) {
         const int64_t lo = q * kStatsPiece, hi = std::min(n, lo + kStatsPiece);
-        fake(x + lo, tmp.data(), hi - lo, p, ctx);
+        fake_blocks(x + lo, tmp.data(), 1, hi - lo, &p, ctx);
         double s = 0;
         for (int64_t i = 0; i < hi - lo; ++i) {
           const double d = static_cast<double>(tmp[i]) - static_cast<double>(x[lo + i]);
@@ -152,13 +164,12 @@ struct ScaledCodec {
     return best;
   }
 
-  void fake(const float* x, float* y, int64_t n, const Params& p, const Context&) const {
-    if (p.s == 0) {
-      std::fill(y, y + n, 0.0f);
-    } else if (config.grid == ElementGrid::kNf4) {
-      fake_quantize_nf4(x, y, n, p.s);
+  void fake_blocks(const float* x, float* y, int64_t nblocks, int64_t L, const Params* p, const Context&) const {
+    static_assert(sizeof(Params) == sizeof(float), "Params is read as an array of scales");
+    if (config.grid == ElementGrid::kNf4) {
+      fake_quantize_nf4(x, y, nblocks, L, &p->s);
     } else {
-      fake_quantize_minifloat_div(x, y, n, minifloat_of(config.grid), p.s);
+      fake_quantize_minifloat_div(x, y, nblocks, L, minifloat_of(config.grid), &p->s, 1);
     }
   }
   void encode(const float* x, int32_t* codes, int64_t n, const Params& p, const Context&) const {

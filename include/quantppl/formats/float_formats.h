@@ -136,20 +136,26 @@ inline uint8_t encode_e8m0(int k) { return static_cast<uint8_t>(k + 127); }
 float decode_e8m0(uint8_t code);
 
 // ---------------------------------------------------------------------------
-// Fused loops (parallel callers cut the arrays; these run one piece). src ==
-// dst allowed. Every element must be finite (the callers check first).
+// Fused loops over runs of blocks (parallel callers cut the runs; per-block
+// function calls would cost more than the arithmetic of a 32-element block).
+// Block b is src[b*L, (b+1)*L) -> dst[...]; its parameter is params[b*stride]
+// (callers pass their per-block parameter structs with a stride). src == dst
+// allowed. Every element must be finite (the callers check first).
 // ---------------------------------------------------------------------------
 
-// dst[i] = round_to_minifloat(src[i] / s, f) * s, s > 0 (the divide form of
-// fp4/fp8 and NVFP4: x / s is one correctly rounded division).
-void fake_quantize_minifloat_div(const float* src, float* dst, int64_t n, const MiniFloat& f, float s);
+// dst = round_to_minifloat(src / s, f) * s with s = scales[b*stride] (the
+// divide form of fp4/fp8 and NVFP4: x / s is one correctly rounded
+// division); a block with s = 0 is written as +0.
+void fake_quantize_minifloat_div(const float* src, float* dst, int64_t nblocks, int64_t L, const MiniFloat& f,
+                                 const float* scales, int64_t stride);
 
-// dst[i] = round_to_minifloat(src[i] * 2^-k, f) * 2^k, k in [-127, 127]
-// (the MX element rule: V / X with X = 2^k; both products are exact).
-void fake_quantize_minifloat_pow2(const float* src, float* dst, int64_t n, const MiniFloat& f, int k);
+// dst = round_to_minifloat(src * 2^-k, f) * 2^k with k = ks[b*stride] in
+// [-127, 127] (the MX element rule: V / X with X = 2^k; both products are exact).
+void fake_quantize_minifloat_pow2(const float* src, float* dst, int64_t nblocks, int64_t L, const MiniFloat& f,
+                                  const int32_t* ks, int64_t stride);
 
-// The MX INT8 element: q = clamp(round_half_even(src[i] * 2^-k * 64), -127,
-// 127), dst[i] = (q / 64) * 2^k.
-void fake_quantize_mxint8(const float* src, float* dst, int64_t n, int k);
+// The MX INT8 element: dst = (mxint8_code(src, 2^-k) / 64) * 2^k.
+void fake_quantize_mxint8(const float* src, float* dst, int64_t nblocks, int64_t L, const int32_t* ks,
+                          int64_t stride);
 
 }  // namespace quantppl::formats
