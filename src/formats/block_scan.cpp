@@ -88,6 +88,23 @@ bool scan_blocks_scalar(const float* x, int64_t nblocks, int64_t L, bool signed_
 }
 
 #if QUANTPPL_BLOCK_SCAN_AVX2
+// The first x with |x| == amax, 8 at a time (a mask of equal lanes, then its
+// lowest set bit); amax is in the block, so the search ends inside it.
+__attribute__((target("avx2"))) float first_at_amax_avx2(const float* x, int64_t n, float amax) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 target = _mm256_set1_ps(amax);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(v, abs_mask), target, _CMP_EQ_OQ));
+    if (mask != 0) return x[i + __builtin_ctz(static_cast<unsigned>(mask))];
+  }
+  for (; i < n; ++i) {
+    if (std::fabs(x[i]) == amax) return x[i];
+  }
+  return 0.0f;
+}
+
 __attribute__((target("avx2"))) bool scan_blocks_avx2(const float* x, int64_t nblocks, int64_t L, bool signed_max,
                                                        BlockStats* out) {
   bool finite = true;
@@ -95,7 +112,8 @@ __attribute__((target("avx2"))) bool scan_blocks_avx2(const float* x, int64_t nb
     const float* xb = x + b * L;
     float amax = 0, mn = xb[0], mx = xb[0], bad = 0;
     scan_avx2(xb, L, amax, mn, mx, bad);
-    out[b] = finish(xb, L, signed_max, amax, mn, mx, bad);
+    out[b] = finish(xb, L, false, amax, mn, mx, bad);
+    if (signed_max && out[b].finite && amax > 0) out[b].signed_max = first_at_amax_avx2(xb, L, amax);
     finite = finite && out[b].finite;
   }
   return finite;

@@ -12,8 +12,8 @@ namespace {
 
 struct Nvfp4Codec {
   struct Params {
-    float s = 0;          // (3): fl(d * g)
-    uint32_t d_code = 0;  // E4M3 bit pattern of d
+    float s = 0;  // (3): fl(d * g)
+    float d = 0;  // the E4M3 block scale (stored as its bit pattern)
   };
   struct Context {
     float g = 0;
@@ -36,12 +36,9 @@ struct Nvfp4Codec {
   bool local() const { return true; }  // given the context g
   bool needs_context() const { return true; }
 
-  Params from_d(uint8_t d_code, const Context& ctx) const {
-    return {decode_minifloat(d_code, kE4M3) * ctx.g, d_code};
-  }
   Params choose_local(const BlockStats& st, const Context& ctx, const std::string&) const {
     const float d = ctx.g == 0 ? 0.0f : round_to_minifloat(st.amax / (6.0f * ctx.g), kE4M3);
-    return from_d(encode_minifloat(d, kE4M3), ctx);
+    return {d * ctx.g, d};
   }
   void choose(const torch::Tensor& blocks, const std::vector<BlockStats>& stats, const Context& ctx,
               std::vector<Params>& params, const std::string& name) const {
@@ -61,7 +58,7 @@ struct Nvfp4Codec {
   }
   void write_params(const std::vector<Params>& params, const Context& ctx, std::vector<PackedSection>& out) const {
     std::string bytes(params.size(), '\0');
-    for (size_t b = 0; b < params.size(); ++b) bytes[b] = static_cast<char>(params[b].d_code);
+    for (size_t b = 0; b < params.size(); ++b) bytes[b] = static_cast<char>(encode_minifloat(params[b].d, kE4M3));
     out.push_back({"scales", "e4m3", static_cast<int64_t>(params.size()), bytes});
     std::vector<float> g;
     if (!params.empty()) g.push_back(ctx.g);
@@ -82,7 +79,8 @@ struct Nvfp4Codec {
         throw DataError("packed weight '" + name + "': E4M3 block scale " + std::to_string(b) + " has code " +
                         std::to_string(code) + ", expected a finite non-negative value");
       }
-      params[b] = from_d(code, ctx);
+      const float d = decode_minifloat(code, kE4M3);
+      params[b] = {d * ctx.g, d};
     }
   }
 };
