@@ -51,26 +51,28 @@ float f16_value(uint16_t h) {
 // double, where it is exact (in float, 0.49999997f + 0.5f rounds up to 1),
 // then the sign; integer selects so that the loop vectorizes. |v| <= 127 up
 // to rounding; the clamp only guards int8. A zero code is +0, as ggml's int8.
+// (The comparisons before each float-to-int conversion also keep it defined
+// when id = 1/d overflowed to Inf in a block of magnitudes below ~1e-37.)
 inline int q8_0_code(float x, float id) {
   const float v = x * id;
-  int q = static_cast<int>(static_cast<double>(std::fabs(v)) + 0.5);
-  q = q < 127 ? q : 127;
+  const double t = static_cast<double>(std::fabs(v)) + 0.5;
+  const int q = t < 127.0 ? static_cast<int>(t) : 127;
   return v < 0 ? -q : q;
 }
 
 // q4_0 / q5_0: trunc(fl32(x * id + offset)) with the product exact in double.
 inline int q_0_code(float x, float id, double offset, int qmax) {
   const auto f = static_cast<float>(static_cast<double>(x) * static_cast<double>(id) + offset);
-  const int q = f > 0 ? static_cast<int>(f) : 0;
-  return q < qmax ? q : qmax;
+  const float c = f < static_cast<float>(qmax) ? f : static_cast<float>(qmax);
+  return c > 0 ? static_cast<int>(c) : 0;
 }
 
 // q4_1 / q5_1: trunc(fl32(fl32(x - lo) * id) + 0.5f), each step a float32 rounding.
 inline int q_1_code(float x, float lo, float id, int qmax) {
   const float v = (x - lo) * id;
   const float f = v + 0.5f;
-  const int q = f > 0 ? static_cast<int>(f) : 0;
-  return q < qmax ? q : qmax;
+  const float c = f < static_cast<float>(qmax) ? f : static_cast<float>(qmax);
+  return c > 0 ? static_cast<int>(c) : 0;
 }
 
 struct GgufParams {
