@@ -47,7 +47,7 @@
 
 #include "quantppl/error.h"
 #include "quantppl/formats/weight_format.h"
-#include "quantppl/packed_model.h"
+#include "quantppl/formats/packed_sections.h"
 
 namespace quantppl::formats {
 
