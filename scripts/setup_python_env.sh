@@ -25,6 +25,10 @@ pins=(
   "tokenizers==0.20.3"
   "safetensors==0.4.5"
   "huggingface_hub==0.26.5"
+  # The number formats' reference tests (tests/python/test_formats_reference.py): ml_dtypes' FP4/FP6/
+  # FP8/E8M0 casts and gguf-py's numpy q8_0..q5_1 (both install next to numpy 1.24).
+  "ml_dtypes==0.5.1"
+  "gguf==0.17.1"
 )
 
 if [ ! -x "$py" ]; then
@@ -69,7 +73,7 @@ fi
 
 # Smoke check: everything the pipeline imports loads together.
 "$vpy" - <<'PY'
-import torch, numpy, sentencepiece, transformers, tokenizers, safetensors, huggingface_hub, pytest
+import torch, numpy, sentencepiece, transformers, tokenizers, safetensors, huggingface_hub, pytest, ml_dtypes, gguf
 import quantppl_tools.export, quantppl_tools.sweep, quantppl_tools.train
 from transformers import T5Config, T5ForConditionalGeneration
 assert numpy.__version__.startswith("1."), numpy.__version__

@@ -1,0 +1,427 @@
+// The machinery every block format of issue 14 shares (internal header):
+// cutting a weight [out, in] into blocks, the statistics pass, the
+// PreparedWeight / ColumnGroupQuantizer / pack / unpack plumbing, all
+// parallel over LibTorch's intra-op threads. A family supplies a Codec with
+// the math of one block (see the families' headers for the formulas):
+//
+//   struct Codec {
+//     using Params;                      // one block's parameters
+//     using Context;                     // the weight's (NVFP4's global scale)
+//     std::string spec() const;
+//     int64_t block_len(int64_t in, const std::string& name) const;   // G, or 0 = whole tensor
+//     int code_bits() const;
+//     std::vector<SectionLayout> layout(int64_t blocks) const;          // sections after "codes"
+//     bool needs_signed_max() const;
+//     Context context(const BlockStats& whole) const;
+//     bool local() const;                // params depend on the block's stats (and the context) only
+//     bool needs_context() const;        // the context needs a pass over the whole weight
+//     Params choose_local(const BlockStats&, const Context&, const std::string& name) const;  // local() codecs
+//     void choose(const torch::Tensor& blocks2d, const std::vector<BlockStats>&, const Context&,
+//                 std::vector<Params>&, const std::string& name) const;
+//     // x_hat of nblocks consecutive blocks of L elements with parameters p[0 .. nblocks)
+//     // (one block of any L for a piece of a long block or one column element).
+//     void fake_blocks(const float*, float*, int64_t nblocks, int64_t L, const Params*, const Context&) const;
+//     void encode(const float*, int32_t*, int64_t, const Params&, const Context&) const;
+//     void decode(const int32_t*, float*, int64_t, const Params&, const Context&) const;
+//     void write_params(const std::vector<Params>&, const Context&, std::vector<PackedSection>&) const;
+//     void read_params(const std::vector<const PackedSection*>&, int64_t blocks,
+//                      std::vector<Params>&, Context&, const std::string& name) const;
+//   };
+//
+// Blocks: a weight is read row-major; with G > 0 (G divides in) block b is
+// elements [b*G, (b+1)*G), i.e. G consecutive inputs of one row; with G = 0
+// the whole weight is one block.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "quantppl/error.h"
+#include "quantppl/formats/weight_format.h"
+#include "quantppl/formats/packed_sections.h"
+
+namespace quantppl::formats {
+
+// What a block's parameters are chosen from (one read of the block).
+struct BlockStats {
+  float amax = 0;        // max |x|
+  float min = 0;         // min x
+  float max = 0;         // max x
+  float signed_max = 0;  // the first x (in index order) with |x| = amax, or +0 (ggml's q4_0/q5_0)
+  bool finite = true;
+};
+
+// A stored section's shape: name, dtype tag, element count, bits per element.
+struct SectionLayout {
+  std::string name;
+  std::string dtype;
+  int64_t count;
+  int bits;
+};
+
+inline int64_t layout_bytes(const SectionLayout& s) { return (s.count * s.bits + 7) / 8; }
+
+// Statistics of x[0, n), n >= 1 (src/formats/block_scan.cpp: AVX2 where the
+// CPU has it). The signed max needs a second (cache-hot) scan, so only
+// formats that use it pay for it.
+BlockStats scan_block(const float* x, int64_t n, bool signed_max);
+// scan_block of nblocks consecutive blocks of L elements into out[0 ..
+// nblocks); false if any element is NaN or Inf. One call per run of blocks.
+bool scan_blocks(const float* x, int64_t nblocks, int64_t L, bool signed_max, BlockStats* out);
+
+// `later` follows `earlier` in index order.
+inline BlockStats merge_stats(const BlockStats& earlier, const BlockStats& later) {
+  BlockStats s;
+  s.finite = earlier.finite && later.finite;
+  s.min = std::min(earlier.min, later.min);
+  s.max = std::max(earlier.max, later.max);
+  s.amax = later.amax > earlier.amax ? later.amax : earlier.amax;
+  s.signed_max = later.amax > earlier.amax ? later.signed_max : earlier.signed_max;
+  return s;
+}
+
+constexpr int64_t kStatsPiece = 16384;  // elements per parallel piece of a long block
+constexpr int64_t kGrain = 32768;       // elements per parallel task of the element loops
+
+// Stats of every block of x (numel / L blocks of L elements, L >= 1), in
+// pieces of at most kStatsPiece merged in index order (thread-count
+// independent). DataError naming `name` on NaN/Inf.
+inline std::vector<BlockStats> block_stats(const float* x, int64_t numel, int64_t L, bool signed_max,
+                                           const std::string& name) {
+  const int64_t blocks = numel / L;
+  const int64_t piece = std::min(L, kStatsPiece);
+  const int64_t pieces_per_block = (L + piece - 1) / piece;
+  std::vector<BlockStats> pieces(blocks * pieces_per_block);
+  const int64_t grain = std::max<int64_t>(1, kGrain / piece);
+  at::parallel_for(0, blocks * pieces_per_block, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t b = p / pieces_per_block, j = p % pieces_per_block;
+      const int64_t lo = j * piece, hi = std::min(L, lo + piece);
+      pieces[p] = scan_block(x + b * L + lo, hi - lo, signed_max);
+    }
+  });
+  std::vector<BlockStats> stats(blocks);
+  bool finite = true;
+  for (int64_t b = 0; b < blocks; ++b) {
+    BlockStats s = pieces[b * pieces_per_block];
+    for (int64_t j = 1; j < pieces_per_block; ++j) s = merge_stats(s, pieces[b * pieces_per_block + j]);
+    stats[b] = s;
+    finite = finite && s.finite;
+  }
+  if (!finite) throw DataError("weight '" + name + "' holds NaN or Inf; it cannot be quantized");
+  return stats;
+}
+
+inline void check_weight(const torch::Tensor& w, const std::string& name, const char* what) {
+  if (w.scalar_type() != torch::kFloat32 || w.dim() != 2 || !w.is_contiguous()) {
+    throw UsageError(std::string(what) + ": weight '" + name + "' must be a contiguous float32 [out, in] tensor, got " +
+                     std::string(c10::toString(w.scalar_type())) + " of " + std::to_string(w.dim()) + " dims");
+  }
+}
+
+template <class Codec>
+class BlockColumnQuantizer final : public ColumnGroupQuantizer {
+ public:
+  BlockColumnQuantizer(Codec codec, typename Codec::Context ctx, std::vector<typename Codec::Params> params)
+      : codec_(std::move(codec)), ctx_(std::move(ctx)), params_(std::move(params)) {}
+  torch::Tensor fake_quantize_column(const torch::Tensor& column, int64_t /*j*/) const override {
+    torch::Tensor x = column.to(torch::kFloat32).contiguous();
+    torch::Tensor y = torch::empty_like(x);
+    const float* src = x.data_ptr<float>();
+    float* dst = y.data_ptr<float>();
+    const int64_t n = x.numel();
+    for (int64_t r = 0; r < n; ++r) {
+      codec_.fake_blocks(src + r, dst + r, 1, 1, &(params_.size() == 1 ? params_[0] : params_.at(r)), ctx_);
+    }
+    return y;
+  }
+
+ private:
+  Codec codec_;
+  typename Codec::Context ctx_;
+  std::vector<typename Codec::Params> params_;
+};
+
+// Runs fn(block, lo, hi) over every element range [lo, hi) of x (global
+// element offsets), cut at block boundaries and into parallel pieces.
+template <class Fn>
+void for_each_block_piece(int64_t numel, int64_t L, const Fn& fn) {
+  at::parallel_for(0, numel, std::max<int64_t>(kGrain, 1), [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    while (i < end) {
+      const int64_t b = i / L;
+      const int64_t hi = std::min(end, (b + 1) * L);
+      fn(b, i, hi);
+      i = hi;
+    }
+  });
+}
+
+template <class Codec>
+class BlockPrepared final : public PreparedWeight {
+ public:
+  BlockPrepared(Codec codec, int64_t out, int64_t in, int64_t L, typename Codec::Context ctx,
+                std::vector<typename Codec::Params> params, std::string name)
+      : codec_(std::move(codec)), out_(out), in_(in), L_(L), ctx_(std::move(ctx)), params_(std::move(params)),
+        name_(std::move(name)) {}
+
+  void fake_quantize_into(const torch::Tensor& src, torch::Tensor& dst) const override {
+    check(src);
+    check(dst);
+    const float* s = src.data_ptr<float>();
+    float* d = dst.data_ptr<float>();
+    const int64_t n = out_ * in_;
+    if (n == 0) return;
+    if (L_ <= kGrain) {
+      // Runs of whole blocks per task: no call per block.
+      at::parallel_for(0, n / L_, std::max<int64_t>(1, kGrain / L_), [&](int64_t b0, int64_t b1) {
+        codec_.fake_blocks(s + b0 * L_, d + b0 * L_, b1 - b0, L_, params_.data() + b0, ctx_);
+      });
+      return;
+    }
+    for_each_block_piece(n, L_, [&](int64_t b, int64_t lo, int64_t hi) {
+      codec_.fake_blocks(s + lo, d + lo, 1, hi - lo, &params_[b], ctx_);
+    });
+  }
+
+  PackedWeight pack(const torch::Tensor& src) const override {
+    check(src);
+    const int64_t n = out_ * in_;
+    std::vector<int32_t> codes(n);
+    const float* s = src.data_ptr<float>();
+    for_each_block_piece(n, L_, [&](int64_t b, int64_t lo, int64_t hi) {
+      codec_.encode(s + lo, codes.data() + lo, hi - lo, params_[b], ctx_);
+    });
+    PackedWeight p;
+    p.out_features = out_;
+    p.in_features = in_;
+    const int bits = codec_.code_bits();
+    p.sections.push_back({"codes", "u" + std::to_string(bits), n, pack_codes(codes, bits)});
+    codec_.write_params(params_, ctx_, p.sections);
+    return p;
+  }
+
+ private:
+  void check(const torch::Tensor& t) const {
+    check_weight(t, name_, "fake-quantize");
+    if (t.size(0) != out_ || t.size(1) != in_) {
+      throw UsageError("weight '" + name_ + "' has shape [" + std::to_string(t.size(0)) + ", " +
+                       std::to_string(t.size(1)) + "], prepared for [" + std::to_string(out_) + ", " +
+                       std::to_string(in_) + "]");
+    }
+  }
+  Codec codec_;
+  int64_t out_, in_, L_;
+  typename Codec::Context ctx_;
+  std::vector<typename Codec::Params> params_;
+  std::string name_;
+};
+
+template <class Codec>
+class BlockFormat final : public WeightFormat {
+ public:
+  explicit BlockFormat(Codec codec) : codec_(std::move(codec)) {}
+
+  std::string spec() const override { return codec_.spec(); }
+
+  int64_t group_columns(int64_t in_features, const std::string& name) const override {
+    return codec_.block_len(in_features, name);
+  }
+
+  double bits_per_weight(int64_t out, int64_t in) const override {
+    const int64_t n = out * in;
+    if (n == 0) return 0;
+    double bits = static_cast<double>(n) * codec_.code_bits();
+    for (const SectionLayout& s : codec_.layout(blocks_of(out, in))) bits += static_cast<double>(s.count) * s.bits;
+    return bits / static_cast<double>(n);
+  }
+
+  int64_t packed_bytes(int64_t out, int64_t in) const override {
+    int64_t bytes = (out * in * codec_.code_bits() + 7) / 8;
+    for (const SectionLayout& s : codec_.layout(blocks_of(out, in))) bytes += layout_bytes(s);
+    return bytes;
+  }
+
+  std::unique_ptr<PreparedWeight> prepare(const torch::Tensor& weight, const std::string& name) const override {
+    check_weight(weight, name, "prepare");
+    const int64_t out = weight.size(0), in = weight.size(1);
+    const int64_t L = block_elems(out, in, name);
+    typename Codec::Context ctx;
+    std::vector<typename Codec::Params> params;
+    choose_all(weight, L, name, ctx, params);
+    return std::make_unique<BlockPrepared<Codec>>(codec_, out, in, L, std::move(ctx), std::move(params), name);
+  }
+
+  void fake_quantize_into(const torch::Tensor& src, torch::Tensor& dst, const std::string& name) const override {
+    check_weight(src, name, "fake-quantize");
+    check_weight(dst, name, "fake-quantize");
+    if (!src.sizes().equals(dst.sizes())) throw UsageError("fake-quantize: weight '" + name + "': dst shape differs from src");
+    const int64_t out = src.size(0), in = src.size(1);
+    const int64_t L = block_elems(out, in, name);
+    if (codec_.local() && L > 0 && L <= kStatsPiece && out * in > 0) {
+      fused_local(src, dst, L, name);
+      return;
+    }
+    prepare(src, name)->fake_quantize_into(src, dst);
+  }
+
+  std::unique_ptr<ColumnGroupQuantizer> begin_group(const torch::Tensor& whole_weight, const torch::Tensor& group_cols,
+                                                    const std::string& name) const override {
+    check_weight(whole_weight, name, "begin_group");
+    const torch::Tensor g = group_cols.to(torch::kFloat32).contiguous();
+    const int64_t out = whole_weight.size(0), in = whole_weight.size(1);
+    const int64_t L_whole = block_elems(out, in, name);
+    const bool per_tensor = codec_.block_len(in, name) == 0;
+    // The weight-level context comes from the whole weight.
+    const std::vector<BlockStats> whole = block_stats(whole_weight.data_ptr<float>(), out * in, L_whole,
+                                                      codec_.needs_signed_max(), name);
+    BlockStats all = whole[0];
+    for (size_t b = 1; b < whole.size(); ++b) all = merge_stats(all, whole[b]);
+    typename Codec::Context ctx = codec_.context(all);
+    // The group's blocks: one per row of the group's columns, or one for all
+    // of them per tensor.
+    const int64_t gl = per_tensor ? g.numel() : g.size(1);
+    std::vector<typename Codec::Params> params;
+    if (g.numel() > 0) {
+      const std::vector<BlockStats> stats = block_stats(g.data_ptr<float>(), g.numel(), gl, codec_.needs_signed_max(), name);
+      codec_.choose(g.view({-1, gl}), stats, ctx, params, name);
+    }
+    return std::make_unique<BlockColumnQuantizer<Codec>>(codec_, std::move(ctx), std::move(params));
+  }
+
+  torch::Tensor unpack(const PackedWeight& packed, const std::string& name) const override {
+    const int64_t out = packed.out_features, in = packed.in_features;
+    if (out < 0 || in < 0 || (in > 0 && out > std::numeric_limits<int64_t>::max() / in)) {
+      throw DataError("packed weight '" + name + "' has an invalid shape");
+    }
+    int64_t L;
+    try {
+      L = block_elems(out, in, name);
+    } catch (const UsageError& e) {
+      throw DataError(std::string("packed weight '") + name + "': " + e.what());
+    }
+    const int64_t n = out * in;
+    const int64_t blocks = n == 0 ? 0 : n / L;
+    const std::vector<SectionLayout> layout = codec_.layout(blocks);
+    if (packed.sections.size() != layout.size() + 1) {
+      throw DataError("packed weight '" + name + "' has " + std::to_string(packed.sections.size()) +
+                      " sections, " + spec() + " stores " + std::to_string(layout.size() + 1));
+    }
+    const int bits = codec_.code_bits();
+    expect_section(packed.sections[0], {"codes", "u" + std::to_string(bits), n, bits}, name);
+    std::vector<const PackedSection*> rest;
+    for (size_t i = 0; i < layout.size(); ++i) {
+      expect_section(packed.sections[i + 1], layout[i], name);
+      rest.push_back(&packed.sections[i + 1]);
+    }
+    std::vector<typename Codec::Params> params;
+    typename Codec::Context ctx;
+    codec_.read_params(rest, blocks, params, ctx, name);
+    const std::vector<int32_t> codes = unpack_codes(packed.sections[0].bytes, n, bits);
+    torch::Tensor w = torch::empty({out, in}, torch::kFloat32);
+    float* d = w.data_ptr<float>();
+    if (n > 0) {
+      for_each_block_piece(n, L, [&](int64_t b, int64_t lo, int64_t hi) {
+        codec_.decode(codes.data() + lo, d + lo, hi - lo, params[b], ctx);
+      });
+      // A hostile file can hold a NaN code (E4M3's S.1111.111, E5M2's
+      // specials) or scale: the result would be silently wrong.
+      if (!torch::isfinite(w).all().item<bool>()) {
+        throw DataError("packed weight '" + name + "' decodes to NaN or Inf (a NaN/Inf code or scale in the file)");
+      }
+    }
+    return w;
+  }
+
+  const Codec& codec() const { return codec_; }
+
+ private:
+  int64_t blocks_of(int64_t out, int64_t in) const {
+    const int64_t G = codec_.block_len(in, "weight");
+    if (out * in == 0) return 0;
+    return G == 0 ? 1 : out * in / G;
+  }
+  // Elements per block (the whole weight per tensor); >= 1.
+  int64_t block_elems(int64_t out, int64_t in, const std::string& name) const {
+    const int64_t G = codec_.block_len(in, name);
+    return G == 0 ? std::max<int64_t>(1, out * in) : G;
+  }
+
+  void choose_all(const torch::Tensor& w, int64_t L, const std::string& name, typename Codec::Context& ctx,
+                  std::vector<typename Codec::Params>& params) const {
+    const int64_t n = w.numel();
+    if (n == 0) return;
+    const std::vector<BlockStats> stats = block_stats(w.data_ptr<float>(), n, L, codec_.needs_signed_max(), name);
+    BlockStats all = stats[0];
+    for (size_t b = 1; b < stats.size(); ++b) all = merge_stats(all, stats[b]);
+    ctx = codec_.context(all);
+    codec_.choose(w.view({-1, L}), stats, ctx, params, name);
+  }
+
+  // Per run of blocks: stats, parameters and x_hat while the run is in cache
+  // (one read of src from memory, one write of dst).
+  void fused_local(const torch::Tensor& src, torch::Tensor& dst, int64_t L, const std::string& name) const {
+    const float* s = src.data_ptr<float>();
+    float* d = dst.data_ptr<float>();
+    const int64_t blocks = src.numel() / L;
+    typename Codec::Context ctx{};
+    if (codec_.needs_context()) {
+      // One extra read for the weight's statistics (NVFP4's amax_tensor).
+      const std::vector<BlockStats> whole = block_stats(s, src.numel(), src.numel(), false, name);
+      ctx = codec_.context(whole[0]);
+    }
+    std::atomic<bool> bad{false};
+    at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / L), [&](int64_t b0, int64_t b1) {
+      constexpr int64_t kRun = 256;  // blocks per stats buffer
+      BlockStats stats[kRun];
+      typename Codec::Params params[kRun];
+      for (int64_t r0 = b0; r0 < b1; r0 += kRun) {
+        const int64_t nb = std::min(kRun, b1 - r0);
+        if (!scan_blocks(s + r0 * L, nb, L, codec_.needs_signed_max(), stats)) {
+          bad = true;
+          return;
+        }
+        for (int64_t b = 0; b < nb; ++b) params[b] = codec_.choose_local(stats[b], ctx, name);
+        codec_.fake_blocks(s + r0 * L, d + r0 * L, nb, L, params, ctx);
+      }
+    });
+    if (bad) throw DataError("weight '" + name + "' holds NaN or Inf; it cannot be quantized");
+  }
+
+  void expect_section(const PackedSection& got, const SectionLayout& want, const std::string& name) const {
+    if (got.name != want.name || got.dtype != want.dtype || got.count != want.count ||
+        static_cast<int64_t>(got.bytes.size()) != layout_bytes(want)) {
+      throw DataError("packed weight '" + name + "' section '" + got.name + "' (" + got.dtype + ", " +
+                      std::to_string(got.count) + " values, " + std::to_string(got.bytes.size()) + " bytes) does not match " +
+                      spec() + ": expected '" + want.name + "' (" + want.dtype + ", " + std::to_string(want.count) +
+                      " values, " + std::to_string(layout_bytes(want)) + " bytes)");
+    }
+  }
+
+  Codec codec_;
+};
+
+// Little-endian storage of scalars in sections.
+template <class T>
+std::string pack_scalars(const std::vector<T>& v) {
+  std::string s(v.size() * sizeof(T), '\0');
+  if (!v.empty()) std::memcpy(s.data(), v.data(), s.size());
+  return s;
+}
+template <class T>
+std::vector<T> unpack_scalars(const PackedSection& s) {
+  std::vector<T> v(s.bytes.size() / sizeof(T));
+  if (!v.empty()) std::memcpy(v.data(), s.bytes.data(), v.size() * sizeof(T));
+  return v;
+}
+
+}  // namespace quantppl::formats

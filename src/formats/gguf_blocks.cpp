@@ -1,0 +1,277 @@
+// llama.cpp's legacy block formats; the math is in the header. Compiled
+// with -ffp-contract=off: every float32 operation rounds separately.
+#include "quantppl/formats/gguf_blocks.h"
+
+#include <cmath>
+
+#include "block_format.h"
+#include "quantppl/formats/float_formats.h"
+
+namespace quantppl::formats {
+namespace {
+
+// IEEE binary16 from float32, nearest with ties to even, overflow to Inf.
+uint16_t f16_bits(float f) {
+  const uint32_t u = float_bits(f);
+  const auto sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a >= 0x7f800000u) return sign | (a > 0x7f800000u ? 0x7e00 : 0x7c00);
+  if (a >= 0x477ff000u) return sign | 0x7c00;  // >= 65520, half-way past 65504: Inf
+  if (a < 0x38800000u) {
+    // Below 2^-14: a multiple of binary16's subnormal step 2^-24. Adding
+    // 0.5 = 2^-24 * 2^23 rounds to that step (ties to even); the result
+    // times 2^24 is the subnormal's integer mantissa (1024 = the smallest normal).
+    const float r = (bits_float(a) + 0.5f) - 0.5f;
+    return sign | static_cast<uint16_t>(r * 16777216.0f);
+  }
+  uint32_t h = ((((a >> 23) - 127 + 15) << 10) | ((a & 0x7fffffu) >> 13));
+  const uint32_t rest = a & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry moves into the exponent, as it should
+  return sign | static_cast<uint16_t>(h);
+}
+
+float f16_value(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  float v;
+  if (e == 0) {
+    v = static_cast<float>(m) * 5.9604644775390625e-8f;  // m * 2^-24, exact
+  } else if (e == 31) {
+    v = m == 0 ? INFINITY : NAN;
+  } else {
+    v = bits_float(((e - 15 + 127) << 23) | (m << 13));
+  }
+  return bits_float(float_bits(v) | sign);
+}
+
+// The codes of the header's formulas, one element at a time; the loops below
+// and encode() share them, so x_hat and the stored codes cannot disagree.
+
+// q8_0: roundf(x * id), half away from zero: trunc(|v| + 0.5) with the sum in
+// double, where it is exact (in float, 0.49999997f + 0.5f rounds up to 1),
+// then the sign; integer selects so that the loop vectorizes. |v| <= 127 up
+// to rounding; the clamp only guards int8. A zero code is +0, as ggml's int8.
+// (The comparisons before each float-to-int conversion also keep it defined
+// when id = 1/d overflowed to Inf in a block of magnitudes below ~1e-37.)
+inline int q8_0_code(float x, float id) {
+  const float v = x * id;
+  const double t = static_cast<double>(std::fabs(v)) + 0.5;
+  const int q = t < 127.0 ? static_cast<int>(t) : 127;
+  return v < 0 ? -q : q;
+}
+
+// q4_0 / q5_0: trunc(fl32(x * id + offset)) with the product exact in double.
+inline int q_0_code(float x, float id, double offset, int qmax) {
+  const auto f = static_cast<float>(static_cast<double>(x) * static_cast<double>(id) + offset);
+  const float c = f < static_cast<float>(qmax) ? f : static_cast<float>(qmax);
+  return c > 0 ? static_cast<int>(c) : 0;
+}
+
+// q4_1 / q5_1: trunc(fl32(fl32(x - lo) * id) + 0.5f), each step a float32 rounding.
+inline int q_1_code(float x, float lo, float id, int qmax) {
+  const float v = (x - lo) * id;
+  const float f = v + 0.5f;
+  const float c = f < static_cast<float>(qmax) ? f : static_cast<float>(qmax);
+  return c > 0 ? static_cast<int>(c) : 0;
+}
+
+struct GgufParams {
+  float id = 0;      // 1 / d in float32 (codes)
+  float lo = 0;      // the block minimum in float32 (q*_1 codes)
+  uint16_t d16 = 0;  // stored d
+  uint16_t m16 = 0;  // stored minimum (q*_1)
+  float d = 0;       // f16 value of d16 (values)
+  float m = 0;       // f16 value of m16
+};
+
+// Runs of blocks of L elements, block b with p[b] (no call per block).
+__attribute__((target_clones("avx2", "default"))) void fake_q8_0(const float* x, float* y, int64_t nblocks,
+                                                                  int64_t L, const GgufParams* p) {
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float id = p[b].id, d = p[b].d;
+    for (int64_t i = b * L; i < (b + 1) * L; ++i) y[i] = static_cast<float>(q8_0_code(x[i], id)) * d;
+  }
+}
+
+__attribute__((target_clones("avx2", "default"))) void fake_q_0(const float* x, float* y, int64_t nblocks, int64_t L,
+                                                                 const GgufParams* p, double offset, int qmax,
+                                                                 int mid) {
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float id = p[b].id, d = p[b].d;
+    for (int64_t i = b * L; i < (b + 1) * L; ++i) y[i] = static_cast<float>(q_0_code(x[i], id, offset, qmax) - mid) * d;
+  }
+}
+
+__attribute__((target_clones("avx2", "default"))) void fake_q_1(const float* x, float* y, int64_t nblocks, int64_t L,
+                                                                 const GgufParams* p, int qmax) {
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float lo = p[b].lo, id = p[b].id, d = p[b].d, m = p[b].m;
+    for (int64_t i = b * L; i < (b + 1) * L; ++i) {
+      const float t = static_cast<float>(q_1_code(x[i], lo, id, qmax)) * d;
+      y[i] = t + m;
+    }
+  }
+}
+
+struct GgufCodec {
+  using Params = GgufParams;
+  struct Context {};
+
+  GgufBlock type;
+
+  bool has_min() const { return type == GgufBlock::kQ4_1 || type == GgufBlock::kQ5_1; }
+  int qmax() const { return type == GgufBlock::kQ4_0 || type == GgufBlock::kQ4_1 ? 15 : 31; }
+
+  std::string spec() const { return gguf_name(type); }
+  int64_t block_len(int64_t in, const std::string& name) const {
+    if (in % kGgufBlock != 0) {
+      throw UsageError(spec() + " needs in_features divisible by its block of 32, weight '" + name + "' has " +
+                       std::to_string(in));
+    }
+    return kGgufBlock;
+  }
+  int code_bits() const {
+    switch (type) {
+      case GgufBlock::kQ8_0: return 8;
+      case GgufBlock::kQ4_0:
+      case GgufBlock::kQ4_1: return 4;
+      default: return 5;
+    }
+  }
+  std::vector<SectionLayout> layout(int64_t blocks) const {
+    std::vector<SectionLayout> l{{"scales", "f16", blocks, 16}};
+    if (has_min()) l.push_back({"mins", "f16", blocks, 16});
+    return l;
+  }
+  bool needs_signed_max() const { return type == GgufBlock::kQ4_0 || type == GgufBlock::kQ5_0; }
+  Context context(const BlockStats&) const { return {}; }
+  bool local() const { return true; }
+  bool needs_context() const { return false; }
+
+  Params choose_local(const BlockStats& st, const Context&, const std::string& name) const {
+    Params p;
+    float d;
+    switch (type) {
+      case GgufBlock::kQ8_0: d = st.amax / 127.0f; break;
+      case GgufBlock::kQ4_0: d = st.signed_max / -8.0f; break;
+      case GgufBlock::kQ5_0: d = st.signed_max / -16.0f; break;
+      case GgufBlock::kQ4_1: d = (st.max - st.min) / 15.0f; break;
+      default: d = (st.max - st.min) / 31.0f; break;
+    }
+    p.id = d != 0 ? 1.0f / d : 0.0f;
+    p.d16 = f16_bits(d);
+    p.d = f16_value(p.d16);
+    if (has_min()) {
+      p.lo = st.min;
+      p.m16 = f16_bits(st.min);
+      p.m = f16_value(p.m16);
+    }
+    if (std::isinf(p.d) || std::isinf(p.m)) {
+      throw DataError(spec() + " cannot store weight '" + name + "': a block scale or minimum (" +
+                      std::to_string(std::isinf(p.d) ? d : st.min) + ") is beyond float16's largest value 65504");
+    }
+    return p;
+  }
+  void choose(const torch::Tensor& blocks, const std::vector<BlockStats>& stats, const Context& ctx,
+              std::vector<Params>& params, const std::string& name) const {
+    params.resize(blocks.size(0));
+    for (size_t b = 0; b < params.size(); ++b) params[b] = choose_local(stats[b], ctx, name);
+  }
+
+  int code(float x, const Params& p) const {
+    switch (type) {
+      case GgufBlock::kQ8_0: return q8_0_code(x, p.id);
+      case GgufBlock::kQ4_0: return q_0_code(x, p.id, 8.5, 15);
+      case GgufBlock::kQ5_0: return q_0_code(x, p.id, 16.5, 31);
+      default: return q_1_code(x, p.lo, p.id, qmax());
+    }
+  }
+  float value(int q, const Params& p) const {
+    switch (type) {
+      case GgufBlock::kQ8_0: return static_cast<float>(q) * p.d;
+      case GgufBlock::kQ4_0: return static_cast<float>(q - 8) * p.d;
+      case GgufBlock::kQ5_0: return static_cast<float>(q - 16) * p.d;
+      default: {
+        const float t = static_cast<float>(q) * p.d;
+        return t + p.m;
+      }
+    }
+  }
+
+  void fake_blocks(const float* x, float* y, int64_t nblocks, int64_t L, const Params* p, const Context&) const {
+    switch (type) {
+      case GgufBlock::kQ8_0: fake_q8_0(x, y, nblocks, L, p); break;
+      case GgufBlock::kQ4_0: fake_q_0(x, y, nblocks, L, p, 8.5, 15, 8); break;
+      case GgufBlock::kQ5_0: fake_q_0(x, y, nblocks, L, p, 16.5, 31, 16); break;
+      default: fake_q_1(x, y, nblocks, L, p, qmax()); break;
+    }
+  }
+  void encode(const float* x, int32_t* codes, int64_t n, const Params& p, const Context&) const {
+    for (int64_t i = 0; i < n; ++i) {
+      const int q = code(x[i], p);
+      codes[i] = type == GgufBlock::kQ8_0 ? static_cast<uint8_t>(static_cast<int8_t>(q)) : q;
+    }
+  }
+  void decode(const int32_t* codes, float* y, int64_t n, const Params& p, const Context&) const {
+    for (int64_t i = 0; i < n; ++i) {
+      const int q = type == GgufBlock::kQ8_0 ? static_cast<int8_t>(static_cast<uint8_t>(codes[i])) : codes[i];
+      y[i] = value(q, p);
+    }
+  }
+  void write_params(const std::vector<Params>& params, const Context&, std::vector<PackedSection>& out) const {
+    std::vector<uint16_t> d(params.size()), m(params.size());
+    for (size_t b = 0; b < params.size(); ++b) {
+      d[b] = params[b].d16;
+      m[b] = params[b].m16;
+    }
+    out.push_back({"scales", "f16", static_cast<int64_t>(d.size()), pack_scalars(d)});
+    if (has_min()) out.push_back({"mins", "f16", static_cast<int64_t>(m.size()), pack_scalars(m)});
+  }
+  void read_params(const std::vector<const PackedSection*>& sections, int64_t blocks, std::vector<Params>& params,
+                   Context&, const std::string& name) const {
+    const std::vector<uint16_t> d = unpack_scalars<uint16_t>(*sections[0]);
+    const std::vector<uint16_t> m = has_min() ? unpack_scalars<uint16_t>(*sections[1]) : std::vector<uint16_t>(blocks, 0);
+    params.resize(blocks);
+    for (int64_t b = 0; b < blocks; ++b) {
+      Params& p = params[b];
+      p.d16 = d[b];
+      p.m16 = m[b];
+      p.d = f16_value(d[b]);
+      p.m = f16_value(m[b]);
+      if (!std::isfinite(p.d) || !std::isfinite(p.m)) {
+        throw DataError("packed weight '" + name + "': block " + std::to_string(b) + " has a float16 scale or minimum that is Inf or NaN");
+      }
+    }
+  }
+};
+
+constexpr GgufBlock kAll[] = {GgufBlock::kQ8_0, GgufBlock::kQ4_0, GgufBlock::kQ4_1, GgufBlock::kQ5_0, GgufBlock::kQ5_1};
+
+}  // namespace
+
+std::string gguf_name(GgufBlock type) {
+  switch (type) {
+    case GgufBlock::kQ8_0: return "q8_0";
+    case GgufBlock::kQ4_0: return "q4_0";
+    case GgufBlock::kQ4_1: return "q4_1";
+    case GgufBlock::kQ5_0: return "q5_0";
+    default: return "q5_1";
+  }
+}
+
+std::unique_ptr<WeightFormat> make_gguf_format(GgufBlock type) {
+  return std::make_unique<BlockFormat<GgufCodec>>(GgufCodec{type});
+}
+
+std::unique_ptr<WeightFormat> parse_gguf_format(const std::string& spec) {
+  const std::string head = spec.substr(0, spec.find(':'));
+  for (GgufBlock t : kAll) {
+    if (head == gguf_name(t)) {
+      if (head != spec) throw UsageError("invalid format '" + spec + "': " + head + " has no fields (its block is 32 inputs)");
+      return make_gguf_format(t);
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace quantppl::formats
