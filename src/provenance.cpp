@@ -32,7 +32,7 @@ nlohmann::ordered_json to_json(const Provenance& p) {
     j["windows"] = p.windows;
     j["mode"] = p.mode;
     j["stride"] = p.stride > 0 ? ordered_json(p.stride) : ordered_json(nullptr);
-    j["tokens"] = p.tokens_path.empty() ? ordered_json(nullptr) : ordered_json(p.tokens_path);
+    j["tokens_file"] = p.tokens_path.empty() ? ordered_json(nullptr) : ordered_json(p.tokens_path);
     j["max_length"] = p.max_length;
     j["batch_size"] = p.batch_size;
     j["threads"] = p.threads;

@@ -47,7 +47,7 @@ Provenance make_provenance(const std::string& model_path, const std::string& mod
 
 // Keys: quantppl_version, libtorch_version, model, model_sha256, then with a
 // text: text, text_sha256, text_tokens, max_tokens, windows, mode, stride,
-// tokens, max_length, batch_size, threads, window_order, seed, ci_target_pct; then
+// tokens_file, max_length, batch_size, threads, window_order, seed, ci_target_pct; then
 // include, exclude. Absent values are null.
 nlohmann::ordered_json to_json(const Provenance& provenance);
 

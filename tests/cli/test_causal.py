@@ -71,6 +71,7 @@ def test_causal_mode_matches_its_definition(token_file, model, add_bos):
     path, ids = token_file
     j, r = fp32(model, "--tokens", path, "--max-length", "16")
     assert j["mode"] == "causal"  # the default for causal models
+    assert j["tokens_file"] == path and j["text"] == path and j["stride"] is None
     expected, n = manual_causal_ppl(model, ids, 16, add_bos)
     assert r["tokens"] == n == (300 if add_bos else 300 - (300 + 15) // 16)
     assert abs(r["ppl"] / expected - 1) < 1e-6
@@ -216,4 +217,4 @@ def test_sensitivity_parts_are_blocks_and_lm_head(token_file, model):
     assert [p["part"] for p in j["parts"]] == ["layers.0", "layers.1", "lm_head"]
     assert [p["layers"] for p in j["parts"]] == [7, 7, 1]
     assert len(j["layers"]) == CAUSAL_LAYERS
-    assert j["tokens"] == 300 if model == CAUSAL else j["tokens"] > 0
+    assert j["tokens"] == (300 if model == CAUSAL else 300 - (300 + 15) // 16)  # add_bos vs not

@@ -331,3 +331,26 @@ def test_missing_sensitivity_subcommand_is_reported_not_fatal(sweep_dir, text_fi
     assert r.returncode == 0, r.stderr
     assert "no 'sensitivity' subcommand" in r.stderr
     assert not (copy / "sensitivity.png").exists()
+
+
+def test_sweep_and_report_on_a_causal_model_with_llamacpp_mode(tmp_path, text_file):
+    """The sweep, its sensitivity chart and the report on the tiny causal fixture (issue 17), with
+    the causal flags passed through to every quantppl call."""
+    causal = os.path.join(FIXTURES, "tiny_causal.pt")
+    out = tmp_path / "causal"
+    cmd = [sys.executable, SWEEP, "--bin", BIN, "--model", causal, "--text", text_file, "--out", str(out),
+           "--variants", "absmax:8,absmax:4", "--mode", "llamacpp", "--max-length", "16", "--threads", "1",
+           "--sensitivity", "absmax:4", "--report"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = read_csv(out / "results.csv")
+    assert [row["variant"] for row in rows] == ["fp32", "absmax:8:tensor:minmax", "absmax:4:tensor:minmax"]
+    direct = subprocess.run([BIN, "compare", "--model", causal, "--text", text_file, "--variants", "absmax:4",
+                             "--mode", "llamacpp", "--max-length", "16", "--format", "json", "--quiet"],
+                            capture_output=True, text=True, timeout=600)
+    ppl = json.loads(direct.stdout)["results"][0]["ppl"]
+    assert any(row["variant"].startswith("absmax:4") and abs(float(row["ppl"]) / ppl - 1) < 1e-9 for row in rows)
+    with open(out / "sensitivity.json", encoding="utf-8") as f:
+        parts = [p["part"] for p in json.load(f)["parts"]]
+    assert parts == ["layers.0", "layers.1", "lm_head"]
+    assert (out / "report.html").exists()
