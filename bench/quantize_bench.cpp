@@ -10,10 +10,11 @@
 //                                             backup into the live weight (what a variant costs once)
 //   BM_ApplyVariantParams/<variant>/threads:T parameters known: fake_quantize_into only (per batch in compare)
 //   BM_FakeQuantizeReference/<variant>/threads:T  restore + the plain tensor-op reference, in place
-//   BM_FormatFakeQuantize/<spec>/threads:T    WeightFormat::fake_quantize_into of every weight from the
-//                                             backup into the live weight, for every example spec of
-//                                             every row of formats/format_table.h (issue 14: within 2x
-//                                             a copy; new rows appear here without edits)
+//   BM_FormatFakeQuantize/<spec>/threads:T    prepare_variant + apply_prepared (parameters, then x_hat of
+//                                             every weight from the backup into the live weight) for
+//                                             every example spec of every row of formats/format_table.h
+//                                             but range searches (issue 14: within 2x a copy; new rows
+//                                             appear here without edits)
 //   BM_Sgemm/threads:T                        512x512 @ 512x2048 float32 matmul; counter flops_per_second
 //   BM_JitLoad                                torch::jit::load alone
 //   BM_LoadContractModel                      load_model_file: jit::load + metadata + tokenizer + layers
@@ -25,6 +26,8 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -35,6 +38,7 @@
 #include "quantppl/compare.h"
 #include "quantppl/contract_model.h"
 #include "quantppl/formats/format_table.h"
+#include "quantppl/formats/spec_fields.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/packed_model.h"
 #include "quantppl/quantize.h"
@@ -127,13 +131,9 @@ void BM_FormatFakeQuantize(benchmark::State& state, const std::string& spec, int
   Fixture& f = fixture();
   set_threads(threads);
   const std::shared_ptr<const quantppl::WeightFormat> format = quantppl::parse_format(spec);
-  torch::NoGradGuard no_grad;
-  for (auto _ : state) {
-    for (size_t i = 0; i < f.backup->layers().size(); ++i) {
-      torch::Tensor weight = f.backup->layers()[i].weight;
-      format->fake_quantize_into(f.backup->original(i), weight, f.backup->layers()[i].name);
-    }
-  }
+  // What a variant costs in compare: parameters for every layer (batched where the format can),
+  // then x_hat written from the backup into the live weights.
+  for (auto _ : state) quantppl::apply_prepared(*f.backup, quantppl::prepare_variant(*f.backup, *format));
   f.backup->restore();
   state.SetBytesProcessed(state.iterations() * f.bytes);
 }
@@ -192,6 +192,12 @@ void register_all() {
     }
     for (const quantppl::FormatFamily& family : quantppl::format_families()) {
       for (const std::string& spec : family.examples) {
+        // Range searches (percentile, MSE) cost many passes by design and have no target: skipped.
+        const std::vector<std::string> fields = quantppl::split_spec_fields(spec);
+        const bool search = std::any_of(fields.begin() + 1, fields.end(), [](const std::string& f) {
+          return f == "mse" || (f.size() > 1 && f[0] == 'p' && std::isdigit(static_cast<unsigned char>(f[1])));
+        });
+        if (search) continue;
         ms(benchmark::RegisterBenchmark(("BM_FormatFakeQuantize/" + spec + suffix).c_str(), BM_FormatFakeQuantize,
                                         spec, t));
       }

@@ -538,7 +538,7 @@ TEST_F(QpackV2CorruptionTest, HostileSectionsAreDataErrorsNamingTheField) {
          "layers[0]");
   // A layer renamed to an unpacked one of the same shape: the stripped weight is restored by nothing.
   expect(rewrite([](auto& h) {
-           std::string name = h["layers"][0]["name"];
+           const std::string name = h["layers"][0]["name"].template get<std::string>();
            ASSERT_EQ(name.rfind("encoder.", 0), 0u);
            h["layers"][0]["name"] = "decoder." + name.substr(8);
          }),

@@ -42,9 +42,8 @@ Targets and how each ratio is formed:
                    T5-XL: peak RSS <= 24 GB.
   6 startup        BM_LoadContractModel over BM_JitLoad, <= 1.2.
   7 format / copy  (issue 14) BM_FormatFakeQuantize/<spec>/threads:T (every example spec of every row
-                   of the format table, choose + fake-quantize every Linear weight) over
-                   BM_CopyLinearWeights/threads:T, <= 2 for every min-max spec; percentile and MSE
-                   searches are reported without a target.
+                   of the format table but percentile/MSE searches: choose parameters + fake-quantize
+                   every Linear weight) over BM_CopyLinearWeights/threads:T, <= 2.
   6 vs tutorial    (issue 13) median wall seconds of the tutorial pipeline's whole process over
                    quantppl compare's, same model, text and threads: >= 1.15 on the ~1,000-token text,
                    >= 1.0 on the ~7,000-token text. The detail shows both medians and how far the

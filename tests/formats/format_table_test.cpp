@@ -12,7 +12,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "fixture_support.h"
+#include "../fixture_support.h"
 #include "quantppl/contract_model.h"
 #include "quantppl/error.h"
 #include "quantppl/formats/packed_sections.h"
@@ -117,7 +117,9 @@ TEST_P(FormatExampleTest, PackUnpackIsBitExactOnEveryFixtureWeight) {
     }
     const std::optional<int64_t> exact = prepared->packed_bytes();
     EXPECT_EQ(bytes, exact ? *exact : format->packed_bytes(out, in)) << GetParam() << " " << names[i];
-    if (!exact) EXPECT_DOUBLE_EQ(format->bits_per_weight(out, in), 8.0 * static_cast<double>(bytes) / (out * in));
+    if (!exact) {
+      EXPECT_DOUBLE_EQ(format->bits_per_weight(out, in), 8.0 * static_cast<double>(bytes) / (out * in));
+    }
     const torch::Tensor unpacked = format->unpack(packed, names[i]);
     EXPECT_TRUE(torch::equal(unpacked, expected)) << GetParam() << " " << names[i];
     // Idempotent: the reconstruction is on the grid (the fixed-grid and per-block-scale formats

@@ -6,8 +6,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "fixture_support.h"
+#include "../fixture_support.h"
 #include "quantppl/contract_model.h"
+#include "quantppl/error.h"
 #include "quantppl/formats/packed_sections.h"
 #include "quantppl/variant_spec.h"
 

@@ -354,3 +354,26 @@ def test_sweep_and_report_on_a_causal_model_with_llamacpp_mode(tmp_path, text_fi
         parts = [p["part"] for p in json.load(f)["parts"]]
     assert parts == ["layers.0", "layers.1", "lm_head"]
     assert (out / "report.html").exists()
+def test_variant_columns_of_every_format_family():
+    from quantppl_tools.sweep_results import variant_columns
+    assert variant_columns("absmax:4:group64:minmax") == {"scheme": "absmax", "bits": 4, "granularity": "group",
+                                                          "group_size": 64, "range": "minmax"}
+    assert variant_columns("nf4:group64:mse") == {"scheme": "nf4", "bits": None, "granularity": "group",
+                                                  "group_size": 64, "range": "mse"}
+    assert variant_columns("mxfp4") == {"scheme": "mxfp4", "bits": None, "granularity": "", "group_size": None,
+                                        "range": ""}
+    # A method does not change the format's columns; the tutorial arithmetic keeps its own points.
+    assert variant_columns("absmax:4:channel:minmax+gptq")["granularity"] == "channel"
+    assert variant_columns("absmax:4:channel:minmax:tutorial")["bits"] is None
+
+
+def test_bits_per_weight_plot_puts_every_format_on_one_chart(tmp_path):
+    from quantppl_tools.sweep_plots import plot_all
+    from quantppl_tools.sweep_results import variant_columns
+    rows = [{"variant": "fp32", "ppl": 20.0, "effective_bits_per_weight": 32.0, **variant_columns("fp32")}]
+    for spec, bits, ppl in (("absmax:4:group64:minmax", 4.5, 22.0), ("absmax:8:tensor:minmax", 8.0, 20.1),
+                            ("nf4:group64:minmax", 4.5, 21.5), ("mxfp4", 4.25, 23.0), ("q4_0", 4.5, 21.9)):
+        rows.append({"variant": spec, "ppl": ppl, "effective_bits_per_weight": bits, **variant_columns(spec)})
+    written = dict(plot_all(str(tmp_path), rows, {"model": "m.pt", "text_tokens": 10}))
+    assert "ppl_vs_effective_bits.png" in written and "every format" in written["ppl_vs_effective_bits.png"]
+    assert (tmp_path / "ppl_vs_effective_bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
