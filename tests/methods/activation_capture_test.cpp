@@ -97,7 +97,9 @@ TEST(ActivationCaptureTest, GroupsLayersThatReadTheSameTensor) {
 TEST(ActivationCaptureTest, DependenciesSeparateEncoderAndDecoder) {
   ContractModel model = ContractModel::load(fixture("tiny.pt"));
   ActivationCapture capture(model, all_layer_names(model));
-  EXPECT_EQ(group_of(capture, "encoder.block.0.layer.0.SelfAttention.q").depends_on, 0b011u);
+  // Block 0's q/k/v read the embedded tokens only: the mask enters at the attention scores.
+  EXPECT_EQ(group_of(capture, "encoder.block.0.layer.0.SelfAttention.q").depends_on, 0b001u);
+  EXPECT_EQ(group_of(capture, "encoder.block.0.layer.0.SelfAttention.o").depends_on, 0b011u);
   EXPECT_EQ(group_of(capture, "encoder.block.1.layer.1.DenseReluDense.wo").depends_on, 0b011u);
   EXPECT_EQ(group_of(capture, "decoder.block.0.layer.1.EncDecAttention.k").depends_on, 0b011u);
   EXPECT_EQ(group_of(capture, "decoder.block.0.layer.0.SelfAttention.q").depends_on & 0b100u, 0b100u);

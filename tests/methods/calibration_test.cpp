@@ -66,9 +66,10 @@ TEST(CalibrationTest, StatisticsMatchDirectFloat64Computation) {
   for (size_t i = 0; i < names.size(); ++i) {
     const LayerActivationStats& s = stats.layers[i];
     EXPECT_EQ(s.name, names[i]);
-    const bool decoder = names[i].rfind("decoder.", 0) == 0 && names[i].find("EncDecAttention.k") == std::string::npos &&
-                             names[i].find("EncDecAttention.v") == std::string::npos ||
-                         names[i] == "lm_head";
+    // Decoder-side positions (label_mask): decoder layers except the cross-attention k/v, and lm_head.
+    const bool cross_kv = names[i].find("EncDecAttention.k") != std::string::npos ||
+                          names[i].find("EncDecAttention.v") != std::string::npos;
+    const bool decoder = (names[i].rfind("decoder.", 0) == 0 && !cross_kv) || names[i] == "lm_head";
     torch::Tensor xtx = torch::zeros({s.in_features, s.in_features}, torch::kFloat64);
     torch::Tensor sum_abs = torch::zeros({s.in_features}, torch::kFloat64);
     torch::Tensor max_abs = torch::zeros({s.in_features}, torch::kFloat64);
