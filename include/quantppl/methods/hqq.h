@@ -49,11 +49,15 @@
 //     False); here a per-tensor weight is one block and is optimised too.
 //   * the package's dequantization runs in float16 by default; ours in float32.
 //
-// Arithmetic: every per-element operation in float32 in the package's order
-// (w * k, + z, round half to even, clamp, - z, / k), so q and w_r are
-// bit-identical with the package's for the same k and z. The block mean (4)
-// and the error sum are accumulated in float64 (torch sums float32), so z
-// agrees with the package to ~1e-7 relative. shrink_p is 0 whenever
+// Arithmetic: every per-element operation of q and of (4) in float32 in the
+// package's order (w * k, + z, round half to even, clamp; q - w * k), so the
+// codes are bit-identical with the package's for the same k and z. The error
+// of the stopping rule, |w - w_r|, is summed as |w k - (q - z)| and divided by
+// k once per block (the same to ~1 ulp per weight, without a division per
+// weight). Block sums run in float32 lanes over at most 256 weights and in
+// float64 beyond (torch sums float32), so z agrees with the package's to
+// ~1e-7 relative and the stopping decision differs only if two successive
+// mean errors agree to ~1e-7. shrink_p is 0 whenever
 // |x| < beta^(-1/(2-p)) (about 0.17 at the defaults: most residuals), which
 // is tested without evaluating |x|^(p-1); the exact formula is used for the
 // rest (powf).
