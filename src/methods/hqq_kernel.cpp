@@ -3,9 +3,9 @@
 // at a time: the codes q and the zero-point terms with the same IEEE
 // operations as the scalar path; the error |w - w_r| of the stopping rule as
 // |w k - (q - z)|, summed, then divided by k once per block (the same number
-// to ~1 ulp per weight, without a division per weight). Where a lane's
-// residual nears the shrink threshold (rare) the 8 lanes' zero-point terms are
-// recomputed by the exact scalar formula, which calls powf.
+// to ~1 ulp per weight, without a division per weight). Where any residual of
+// a block nears the shrink threshold (rare) the block is recomputed by the
+// exact scalar formula, which calls powf.
 #include "hqq_kernel.h"
 
 #include <algorithm>
@@ -60,6 +60,7 @@ __attribute__((target("avx2"))) double hqq_step_avx2(const float* w, int64_t n, 
   const __m256 zero = _mm256_setzero_ps(), thr_k = _mm256_set1_ps(s.threshold * s.k * 0.999f);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   __m256d err_acc = _mm256_setzero_pd(), z_acc = _mm256_setzero_pd();
+  __m256 slow = _mm256_setzero_ps();
   int64_t i = 0;
   while (i + 8 <= n) {
     const int64_t run_end = std::min(n - (n - i) % 8, i + kFloatRun);
@@ -72,25 +73,20 @@ __attribute__((target("avx2"))) double hqq_step_avx2(const float* w, int64_t n, 
       // |w - w_r| * k = |w k - (q - z)|, without a division per weight.
       const __m256 ax_k = _mm256_and_ps(_mm256_sub_ps(a, _mm256_sub_ps(q, z)), abs_mask);
       err_run = _mm256_add_ps(err_run, ax_k);
-      __m256 term;
-      if (_mm256_movemask_ps(_mm256_cmp_ps(ax_k, thr_k, _CMP_GE_OQ)) == 0) {
-        term = _mm256_sub_ps(q, a);
-      } else {
-        alignas(32) float qs[8], as[8], ts[8];
-        _mm256_store_ps(qs, q);
-        _mm256_store_ps(as, a);
-        for (int j = 0; j < 8; ++j) {
-          const float x = w[i + j] - (qs[j] - s.z) / s.k;
-          ts[j] = zero_term(w[i + j], qs[j], as[j], std::fabs(x), x, s);
-        }
-        term = _mm256_load_ps(ts);
-      }
+      slow = _mm256_or_ps(slow, _mm256_cmp_ps(ax_k, thr_k, _CMP_GE_OQ));
+      const __m256 term = _mm256_sub_ps(q, a);
       z_run = _mm256_add_ps(z_run, term);
     }
     err_acc = _mm256_add_pd(err_acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(err_run)),
                                                    _mm256_cvtps_pd(_mm256_extractf128_ps(err_run, 1))));
     z_acc = _mm256_add_pd(z_acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(z_run)),
                                                _mm256_cvtps_pd(_mm256_extractf128_ps(z_run, 1))));
+  }
+  if (_mm256_movemask_ps(slow) != 0) {
+    // Some residual nears the shrink threshold: the whole block by the exact
+    // scalar formula (rare: |x| ~ 0.17 at the defaults).
+    *zsum = 0;
+    return hqq_step_scalar(w, n, s, zsum);
   }
   alignas(32) double e[4], t[4];
   _mm256_store_pd(e, err_acc);

@@ -78,6 +78,7 @@ struct HqqCase {
   int64_t group;
   int64_t out;
   int64_t in;
+  float scale = 1.0f;  // > 5: residuals reach the shrink threshold (the powf path)
 };
 
 class HqqPackageTest : public ::testing::TestWithParam<HqqCase> {};
@@ -86,7 +87,7 @@ TEST_P(HqqPackageTest, ZeroPointsMatchThePackage) {
   const std::string py = python_with_hqq();
   if (py.empty()) GTEST_SKIP() << "the hqq package is not importable (scripts/setup_python_env.sh installs it)";
   const HqqCase c = GetParam();
-  const torch::Tensor w = layer_like_weight(c.out, c.in, 40 + c.bits + c.group);
+  const torch::Tensor w = layer_like_weight(c.out, c.in, 40 + c.bits + c.group) * c.scale;
   const HqqResult ours = hqq_quantize(w, c.bits, c.group, "layer");
 
   char dir_template[] = "/tmp/quantppl_hqq_XXXXXX";
@@ -123,7 +124,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, HqqPackageTest,
                          ::testing::Values(HqqCase{4, 64, 256, 512}, HqqCase{3, 64, 384, 256},
                                            HqqCase{2, 128, 256, 384}, HqqCase{4, 128, 512, 1024},
                                            HqqCase{8, 32, 64, 256}, HqqCase{3, 256, 128, 256},
-                                           HqqCase{4, 0, 64, 128}));
+                                           HqqCase{4, 0, 64, 128}, HqqCase{2, 64, 128, 256, 20.0f},
+                                           HqqCase{3, 32, 64, 512, 8.0f}));
 
 TEST(HqqTest, LpObjectiveNeverWorseThanMinMax) {
   for (const int bits : {2, 3, 4, 5, 8}) {
