@@ -30,6 +30,13 @@ pins=(
   "ml_dtypes==0.5.1"
   "gguf==0.17.1"
 )
+# hqq, for tests/reference/hqq_reference.py only (HQQ's optimiser as the package runs it), goes
+# into its own directory beside the venv, without its dependencies: of hqq only hqq.core.optimize
+# (torch + numpy) is imported, its declared requirements (accelerate, transformers>=4.36,
+# termcolor, ...) would pull a newer torch over Debian's, and on the venv's path transformers
+# would find it and import hqq.core.quantize (which needs termcolor) when loading T5.
+# The tests run the reference with PYTHONPATH=$venv/hqq.
+hqq_pin="hqq==0.2.8.post1"
 
 if [ ! -x "$py" ]; then
   echo "error: $py not found; install Debian's python3 (apt-get install python3)" >&2; exit 1
@@ -62,6 +69,15 @@ if [ "${#need[@]}" -gt 0 ]; then
   # not ask for a newer one, and --upgrade-strategy only-if-needed keeps system packages.
   "$vpy" -m pip install --disable-pip-version-check --no-input --upgrade-strategy only-if-needed "${need[@]}"
 fi
+
+hqq_dir="$venv/hqq"
+have_hqq="$(PYTHONPATH="$hqq_dir" "$vpy" -c "import importlib.metadata as m; print(m.version('hqq'))" 2>/dev/null || true)"
+if [ "$have_hqq" != "${hqq_pin##*==}" ]; then
+  echo "pip-installing $hqq_pin (no dependencies) into $hqq_dir"
+  rm -rf "$hqq_dir"
+  "$vpy" -m pip install --disable-pip-version-check --no-input --quiet --no-deps --target "$hqq_dir" "$hqq_pin"
+fi
+PYTHONPATH="$hqq_dir" "$vpy" -c "import hqq.core.optimize"
 
 # The package, editable from this checkout (re-pointed when the venv was made by another one).
 pkg_dir="$("$vpy" -c 'import os, quantppl_tools; print(os.path.dirname(os.path.dirname(quantppl_tools.__file__)))' 2>/dev/null || true)"

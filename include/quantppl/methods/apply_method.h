@@ -1,0 +1,68 @@
+// Applying one method (RTN, GPTQ, AWQ, HQQ, AWQ+GPTQ) to every selected Linear
+// layer of a model: the one place that knows which method needs which
+// statistics and that AWQ scales the layers sharing an input together. The
+// variant-spec glue (methods/method_table.h rows) builds a MethodChoice; compare,
+// quantize, inspect and sensitivity call apply_method.
+//
+// Per layer the result is the quantized weight W_hat and, where calibration
+// statistics are given, the relative output error e of gptq.h (2) for the
+// method and for round to nearest, so that `inspect` can show them side by
+// side; AWQ's chosen alpha; HQQ's iteration count.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "quantppl/formats/weight_format.h"
+#include "quantppl/methods/awq.h"
+#include "quantppl/methods/calibration_stats.h"
+#include "quantppl/methods/gptq.h"
+#include "quantppl/methods/hqq.h"
+
+namespace quantppl {
+
+enum class MethodKind { kRtn, kGptq, kAwq, kHqq, kAwqGptq };
+
+struct MethodChoice {
+  MethodKind kind = MethodKind::kRtn;
+  GptqOptions gptq;  // kGptq, kAwqGptq (act_order: "+gptq:actorder")
+  AwqOptions awq;    // kAwq, kAwqGptq
+  HqqOptions hqq;    // kHqq
+  // kHqq: the zero-point grid HQQ optimises (from the variant's format:
+  // zeropoint:B:GRAN, q4_1, q5_1); group_columns as hqq_quantize takes it.
+  int hqq_bits = 4;
+  int64_t hqq_group_columns = 64;
+};
+
+// "rtn", "gptq", "awq", "hqq", "awq+gptq": the `method` field of compare rows.
+std::string method_label(MethodKind kind);
+// Whether the method reads calibration statistics (all but RTN and HQQ).
+bool method_needs_calibration(MethodKind kind);
+
+struct LayerToQuantize {
+  std::string name;
+  torch::Tensor weight;                         // float32 [out, in], not modified
+  const LayerActivationStats* stats = nullptr;  // required when method_needs_calibration
+};
+
+struct LayerMethodResult {
+  torch::Tensor weight;  // W_hat, float32 [out, in]
+  // e of the method and of round to nearest on the same H (NaN without statistics).
+  double relative_error = std::numeric_limits<double>::quiet_NaN();
+  double rtn_relative_error = std::numeric_limits<double>::quiet_NaN();
+  double awq_alpha = std::numeric_limits<double>::quiet_NaN();  // AWQ, AWQ+GPTQ
+  int hqq_iterations = 0;                                      // HQQ
+};
+
+// W_hat for every layer, in `layers` order. AWQ (and AWQ+GPTQ) search one
+// scale per shared_input group of the statistics (a layer with
+// shared_input < 0 is its own group). UsageError when a calibrated method has
+// a layer without statistics (naming it); the methods' own errors otherwise.
+std::vector<LayerMethodResult> apply_method(const std::vector<LayerToQuantize>& layers, const WeightFormat& format,
+                                            const MethodChoice& method);
+
+}  // namespace quantppl
