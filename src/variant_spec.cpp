@@ -17,7 +17,12 @@ namespace {
 template <typename Table, typename Spell>
 std::string spec_choices(const Table& table, Spell spell) {
   std::string out;
-  for (const auto& entry : table.entries) out += (out.empty() ? "" : "|") + spell(entry);
+  for (const auto& entry : table.entries) {
+    // Appended piecewise: `"|" + std::string` trips GCC 12's -Wstringop-overflow in C++20 (a
+    // false positive inside basic_string::insert), and this file must build warning-free there.
+    if (!out.empty()) out += '|';
+    out += spell(entry);
+  }
   return out;
 }
 
@@ -165,7 +170,10 @@ std::string canonical_spec(const Variant& variant) {
   }
   std::string spec = fmt::format("{}:{}:{}:{}", to_string(c.scheme), c.bits, to_string(c.granularity, c.group_size),
                                  to_string(c.range, c.percentile));
-  if (*arithmetic != Arithmetic::kNumpy) spec += ":" + std::string(kArithmeticNames.name(*arithmetic));
+  if (*arithmetic != Arithmetic::kNumpy) {
+    spec += ':';
+    spec += kArithmeticNames.name(*arithmetic);
+  }
   return spec;
 }
 
