@@ -22,6 +22,7 @@
 #
 #   scripts/setup_torch2.sh                 venv + build-torch2/ (quantppl, quantppl_tests)
 #   scripts/setup_torch2.sh --cpp-only      LibTorch only: no Python torch, no tests needing it
+#   scripts/setup_torch2.sh --venv-only     the venv only (to export with torch 2.x), no build
 #   scripts/setup.sh --torch pip            the same, after the Debian packages (apt)
 # Environment: QUANTPPL_TORCH2_BUILD_DIR (build-torch2), QUANTPPL_TORCH2_VENV (a venv path of
 # your own instead of the cached one), QUANTPPL_WHEEL_CACHE, QUANTPPL_JOBS (build jobs, nproc),
@@ -36,10 +37,12 @@ read -r -a targets <<<"${QUANTPPL_TORCH2_TARGETS:-quantppl_cli quantppl_tests}"
 py=/usr/bin/python3
 
 cpp_only=0
+venv_only=0
 for arg in "$@"; do
   case "$arg" in
     --cpp-only) cpp_only=1 ;;
-    *) echo "setup_torch2: unknown argument '$arg' (expected --cpp-only)" >&2; exit 2 ;;
+    --venv-only) venv_only=1 ;;
+    *) echo "setup_torch2: unknown argument '$arg' (expected --cpp-only, --venv-only)" >&2; exit 2 ;;
   esac
 done
 
@@ -131,6 +134,9 @@ log "venv: $((SECONDS - t0)) s"
 
 mkdir -p "$build_dir"
 if [ -z "${QUANTPPL_TORCH2_VENV:-}" ]; then
+  if [ -e "$build_dir/venv" ] && [ ! -L "$build_dir/venv" ]; then
+    echo "setup_torch2: error: $build_dir/venv is a directory, not the link to $venv; remove it" >&2; exit 1
+  fi
   ln -sfn "$venv" "$build_dir/venv"
   venv="$build_dir/venv"
   vpy="$venv/bin/python"
@@ -146,6 +152,11 @@ assert torch.__version__.startswith("2."), torch.__version__
 print("setup_torch2: python ok: torch %s (C++11 ABI %s), numpy %s, transformers %s"
       % (torch.__version__, torch._C._GLIBCXX_USE_CXX11_ABI, numpy.__version__, transformers.__version__))
 PY
+fi
+
+if [ "$venv_only" = 1 ]; then
+  log "venv ready: $venv (--venv-only: no build)"
+  exit 0
 fi
 
 # ---- 2. CMake ----
