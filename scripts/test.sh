@@ -7,8 +7,9 @@
 #    "Using PyTorch 2.x");
 # 3. scripts/fuzz.sh 60: each libFuzzer target for 60 s from its seed corpus;
 # 4. scripts/sanitize.sh: the C++ suite, the CLI tests and the gate again under ASan + UBSan.
-# On a 2-core machine: ~13 + ~? + ~4 + ~12 minutes (docs/reliability.md). All of them run even
-# when one fails; the exit status is non-zero if any failed.
+# On a 2-core machine: ~13 + ~15 (estimated from CPU time: the 2.x build is ~9 of it; ~4 more
+# when the venv is not cached yet) + ~4 + ~12 minutes (docs/reliability.md, README "Using
+# PyTorch 2.x"). All of them run even when one fails; the exit status is non-zero if any failed.
 #
 #   scripts/test.sh                        everything (this is what CI runs: .ci/run)
 #   QUANTPPL_CI_QUICK=1 scripts/test.sh    CTest only, for a quick local check
