@@ -4,9 +4,12 @@
 # Idempotent: Debian packages already installed are not touched ('apt-get update' runs at most
 # once, and only when something is missing); the CMake build is incremental.
 #
-#   scripts/setup.sh                 install + build (build/)
+#   scripts/setup.sh                 install + build (build/) on Debian's LibTorch 1.13
 #   QUANTPPL_BUILD_DIR=dir scripts/setup.sh
 #   QUANTPPL_SKIP_APT=1 scripts/setup.sh   build only (no root needed)
+#   scripts/setup.sh --torch pip     install, then build in build-torch2/ on LibTorch 2.x from the
+#                                    pinned PyPI torch wheel (scripts/setup_torch2.sh; the same as
+#                                    QUANTPPL_TORCH=pip; --cpp-only after it: no Python side)
 #
 # Why libopenblas0-pthread: LibTorch's Debian build calls the system BLAS through the
 # libblas.so.3 alternative; the default reference BLAS is ~10x slower (sgemm 6 vs 100 GFLOP/s
@@ -15,6 +18,24 @@ set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${QUANTPPL_BUILD_DIR:-$repo_root/build}"
+
+# Which LibTorch: "debian" (1.13, the default) or "pip" (2.x from PyPI's torch wheel).
+torch_line="${QUANTPPL_TORCH:-debian}"
+torch2_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --torch) [ $# -ge 2 ] || { echo "setup: --torch needs a value: debian or pip" >&2; exit 2; }
+             torch_line="$2"; shift 2 ;;
+    --torch=*) torch_line="${1#--torch=}"; shift ;;
+    --cpp-only) torch2_args+=(--cpp-only); shift ;;
+    *) echo "setup: unknown argument '$1' (expected --torch debian|pip, --cpp-only)" >&2; exit 2 ;;
+  esac
+done
+case "$torch_line" in
+  debian) [ ${#torch2_args[@]} -eq 0 ] || { echo "setup: --cpp-only goes with --torch pip" >&2; exit 2; } ;;
+  pip) ;;
+  *) echo "setup: --torch must be debian or pip, got '$torch_line'" >&2; exit 2 ;;
+esac
 
 packages=(
   # toolchain
@@ -49,6 +70,10 @@ if [ "${QUANTPPL_SKIP_APT:-0}" != 1 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
+fi
+
+if [ "$torch_line" = pip ]; then
+  exec "$repo_root/scripts/setup_torch2.sh" "${torch2_args[@]}"
 fi
 
 # The venv (transformers pinned for torch 1.13) used by the parity tests.

@@ -40,7 +40,11 @@ Summary3 summarize(const torch::Tensor& values) {
 
 std::string shape_string(const std::vector<int64_t>& shape) {
   std::string s;
-  for (size_t i = 0; i < shape.size(); ++i) s += (i == 0 ? "" : "x") + std::to_string(shape[i]);
+  for (size_t i = 0; i < shape.size(); ++i) {
+    // Appended piecewise: `"x" + std::string` trips GCC 12's -Wstringop-overflow under C++20.
+    if (i > 0) s += 'x';
+    s += std::to_string(shape[i]);
+  }
   return s;
 }
 

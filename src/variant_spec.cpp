@@ -17,7 +17,12 @@ namespace {
 template <typename Table, typename Spell>
 std::string spec_choices(const Table& table, Spell spell) {
   std::string out;
-  for (const auto& entry : table.entries) out += (out.empty() ? "" : "|") + spell(entry);
+  for (const auto& entry : table.entries) {
+    // Appended piecewise: `"|" + std::string` trips GCC 12's -Wstringop-overflow in C++20 (a
+    // false positive inside basic_string::insert), and this file must build warning-free there.
+    if (!out.empty()) out += '|';
+    out += spell(entry);
+  }
   return out;
 }
 

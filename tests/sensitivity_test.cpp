@@ -44,6 +44,15 @@ std::string escape_regex(const std::string& s) {
   return out;
 }
 
+// "^name$" with name escaped: a regex matching exactly that layer. (Built piecewise: `"^" +
+// std::string` trips GCC 12's -Wstringop-overflow under C++20, a false positive.)
+std::string exact_name_regex(const std::string& name) {
+  std::string out = "^";
+  out += escape_regex(name);
+  out += '$';
+  return out;
+}
+
 // Perplexity with exactly the layers matching include/exclude quantized, done the plain way.
 double direct_ppl(ContractModel& model, const std::vector<EvalBatch>& batches, const QuantConfig& config,
                   const std::string& include, const std::string& exclude) {
@@ -80,7 +89,7 @@ TEST_F(SensitivityTest, SingleLayerRunsMatchApplyVariantOnThatLayerAlone) {
   const double fp32 = evaluate_perplexity(model, batches).ppl();
   EXPECT_EQ(report.fp32_ppl, fp32);
   for (const LayerSensitivity& l : report.layers) {
-    const double direct = direct_ppl(model, batches, config, "^" + escape_regex(l.name) + "$", "");
+    const double direct = direct_ppl(model, batches, config, exact_name_regex(l.name), "");
     EXPECT_DOUBLE_EQ(l.ppl, direct) << l.name;
     EXPECT_DOUBLE_EQ(l.delta_ppl_pct, 100.0 * (direct / fp32 - 1.0)) << l.name;
     EXPECT_GE(l.kl_mean, -1e-6) << l.name;
@@ -251,7 +260,7 @@ TEST(SensitivityRunTest, ALayerEqualsCompareIncludingThatLayerAlone) {
     c.model_path = fixture("tiny.pt");
     c.text_path = path;
     c.variants = parse_variant_list("absmax:4");
-    c.include = "^" + escape_regex(l.name) + "$";
+    c.include = exact_name_regex(l.name);
     const CompareReport r = run_compare(c);
     ASSERT_EQ(r.results.size(), 1u);
     const VariantResult& v = r.results[0];

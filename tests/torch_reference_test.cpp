@@ -106,7 +106,22 @@ TEST(TorchReferenceTest, FakeQuantizePerChannelAffineAgreesUpToTies) {
   EXPECT_LE(static_cast<double>(differing), kMaxTieShare * static_cast<double>(total) + 2);
 }
 
+// torch::quantize_per_tensor / quantize_per_channel (and the quantized dtypes qint8 / quint8 they
+// create) are deprecated since LibTorch 2.15 (a one-time warning at run time), and no kept op
+// yields integer codes. The two tests below use them anyway, as references: they are a second,
+// independent kernel (the multiply form) producing the integer codes themselves, which the
+// fake_quantize comparisons above reach only through the dequantized floats. They run wherever
+// the ops exist; once a LibTorch drops them (their per-operator headers go), they report a skip.
+#if __has_include(<ATen/ops/quantize_per_tensor.h>) && __has_include(<ATen/ops/quantize_per_channel.h>)
+#define QUANTPPL_HAVE_QUANTIZE_PER_TENSOR_OPS 1
+#else
+#define QUANTPPL_HAVE_QUANTIZE_PER_TENSOR_OPS 0
+#endif
+
 TEST(TorchReferenceTest, QuantizePerTensorIntegerRepresentationAgreesUpToTies) {
+#if !QUANTPPL_HAVE_QUANTIZE_PER_TENSOR_OPS
+  GTEST_SKIP() << "this LibTorch has no torch::quantize_per_tensor";
+#else
   torch::manual_seed(23);
   for (const auto& shape : kShapes) {
     // 8-bit absmax codes live in qint8, unsigned zero-point codes in quint8.
@@ -125,9 +140,13 @@ TEST(TorchReferenceTest, QuantizePerTensorIntegerRepresentationAgreesUpToTies) {
       EXPECT_LE(static_cast<double>(d.count), kMaxTieShare * x.numel() + 2);
     }
   }
+#endif
 }
 
 TEST(TorchReferenceTest, QuantizePerChannelIntegerRepresentationAgreesUpToTies) {
+#if !QUANTPPL_HAVE_QUANTIZE_PER_TENSOR_OPS
+  GTEST_SKIP() << "this LibTorch has no torch::quantize_per_channel";
+#else
   torch::manual_seed(24);
   for (const auto& shape : kShapes) {
     const torch::Tensor x = torch::randn(shape) * 0.05;
@@ -145,6 +164,7 @@ TEST(TorchReferenceTest, QuantizePerChannelIntegerRepresentationAgreesUpToTies) 
     EXPECT_TRUE(d.all_one_step_at_ties);
     EXPECT_LE(static_cast<double>(d.count), kMaxTieShare * x.numel() + 2);
   }
+#endif
 }
 
 // A construction where the two arithmetics must disagree: x exactly on a tie

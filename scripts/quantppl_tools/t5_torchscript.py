@@ -341,7 +341,24 @@ def normalize_config(raw: Dict) -> Dict:
     if cfg["relative_attention_num_buckets"] < 4:
         raise ValueError("config field relative_attention_num_buckets must be >= 4")
     parse_feed_forward_proj(cfg["feed_forward_proj"])
-    cfg["tie_word_embeddings"] = bool(cfg["tie_word_embeddings"])
+    # transformers 5 splits the two traits of T5 v1.0 that tie_word_embeddings carried in 4.x: its
+    # configs say tie_word_embeddings: true for every T5 (lm_head is the embedding unless the
+    # checkpoint stores an lm_head of its own) and scale_decoder_outputs says whether the decoder
+    # output is multiplied by d_model**-0.5. Here tie_word_embeddings keeps the 4.x meaning (v1.0:
+    # scaled output, lm_head = embedding), so a model's metadata reads the same whichever
+    # transformers saved it; lm_head_rule says where lm_head comes from, as each line loads it:
+    #   "embedding"           4.x, tied: the embedding, even when the checkpoint stores an lm_head;
+    #   "embedding_if_absent" 5.x: the checkpoint's lm_head if stored, else the embedding;
+    #   "own"                 4.x, untied: the checkpoint's lm_head, which must be there.
+    if raw.get("lm_head_rule") in ("embedding", "embedding_if_absent", "own"):  # normalized already
+        cfg["tie_word_embeddings"] = bool(cfg["tie_word_embeddings"])
+        cfg["lm_head_rule"] = raw["lm_head_rule"]
+    elif "scale_decoder_outputs" in raw:
+        cfg["tie_word_embeddings"] = bool(raw["scale_decoder_outputs"])
+        cfg["lm_head_rule"] = "embedding_if_absent"
+    else:
+        cfg["tie_word_embeddings"] = bool(cfg["tie_word_embeddings"])
+        cfg["lm_head_rule"] = "embedding" if cfg["tie_word_embeddings"] else "own"
     cfg["layer_norm_epsilon"] = float(cfg["layer_norm_epsilon"])
     return cfg
 
@@ -399,7 +416,10 @@ def load_hf_state_dict(model: T5ForLogits, state: Dict[str, Tensor]) -> List[str
         for k in EMBEDDING_ALIASES:
             if k not in state:
                 state[k] = emb
-    if "lm_head.weight" not in state and model.tie_word_embeddings and present:
+    rule = model.cfg["lm_head_rule"]
+    lm_head_from_embedding = bool(present) and (rule == "embedding" or
+                                                (rule == "embedding_if_absent" and "lm_head.weight" not in state))
+    if "lm_head.weight" not in state and lm_head_from_embedding:
         state["lm_head.weight"] = state["shared.weight"]
         notes.append("lm_head.weight taken from the tied embedding")
     expected = set(model.state_dict().keys())
@@ -411,7 +431,7 @@ def load_hf_state_dict(model: T5ForLogits, state: Dict[str, Tensor]) -> List[str
     for k, v in state.items():
         state[k] = v.to(torch.float32)
     model.load_state_dict(state, strict=True)
-    if model.tie_word_embeddings:
+    if lm_head_from_embedding:
         # Independent copy so that quantizing lm_head in place leaves the embedding untouched.
         model.lm_head.weight = nn.Parameter(model.shared.weight.detach().clone())
     return notes

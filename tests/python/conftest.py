@@ -15,7 +15,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EXPORT = os.path.join(REPO, "scripts", "export_t5.py")
 
 # The user's path is Debian's interpreter (it has torch); fall back to the running one.
-SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+# QUANTPPL_EXPORT_PYTHON names another one: the torch 2.x job (scripts/test_torch2.sh) exports
+# with its venv's python, so that the exporters run under the torch the tests compare with.
+SYSTEM_PYTHON = (os.environ.get("QUANTPPL_EXPORT_PYTHON")
+                 or ("/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable))
 
 SENTENCES = [
     "Quantization maps each weight to one of a small number of levels.",

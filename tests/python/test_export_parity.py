@@ -52,9 +52,12 @@ class Exported:
         self.module, self.meta, self.tok_bytes, self.export_proc = module, meta, tok_bytes, export_proc
 
 
-def build_and_export(cfg, tmp_dir, spiece_path, seed, safe_serialization=True, python=None, max_length=512):
+def build_and_export(cfg, tmp_dir, spiece_path, seed, safe_serialization=True, python=None, max_length=512,
+                     modify=None):
     torch.manual_seed(seed)
     hf = T5ForConditionalGeneration(T5Config(**cfg)).eval()
+    if modify is not None:
+        modify(hf)
     ckpt = os.path.join(tmp_dir, "ckpt")
     hf.save_pretrained(ckpt, safe_serialization=safe_serialization)
     with open(spiece_path, "rb") as f, open(os.path.join(ckpt, "spiece.model"), "wb") as g:
@@ -285,6 +288,25 @@ def test_tied_lm_head_is_an_independent_copy(tmp_path, spiece_path):
         mods["lm_head"].weight.mul_(0.5)
     assert not torch.equal(mods["lm_head"].weight, mods["shared"].weight)
     assert torch.equal(mods["shared"].weight, ex.hf.shared.weight)
+
+
+def test_own_lm_head_is_exported(tmp_path, spiece_path):
+    """An lm_head of its own (flan-t5's) is exported as stored, with no output scale. transformers 5
+    ties every T5's lm_head to the embedding at construction and saves such a model's config as
+    tie_word_embeddings: true, scale_decoder_outputs: false; 4.x leaves an untied config's lm_head
+    independent and saves tie_word_embeddings: false. Both must export the same model."""
+    def own_lm_head(hf):
+        with torch.no_grad():
+            hf.lm_head.weight = torch.nn.Parameter(0.05 * torch.randn(hf.lm_head.weight.shape))
+
+    ex = build_and_export(TINY_GATED, str(tmp_path), spiece_path, seed=11, modify=own_lm_head)
+    assert not torch.equal(ex.hf.lm_head.weight, ex.hf.shared.weight)
+    mods = dict(ex.module.named_modules())
+    assert torch.equal(mods["lm_head"].weight, ex.hf.lm_head.weight)
+    assert ex.meta["config"]["tie_word_embeddings"] is False
+    gen = torch.Generator().manual_seed(12)
+    for b, s, t in ((1, 7, 7), (3, 40, 20)):
+        assert_logits_match(ex, b, s, t, gen)
 
 
 def test_parity_checks_can_fail(tmp_path, spiece_path):
