@@ -418,9 +418,11 @@ VerifiedArchive verify(const ByteSource& src, const std::string& source) {
       fail(fmt::format("{} is {} bytes, more than the {} limit for quantppl.json", where, m.bytes,
                        format_bytes(kMaxMetadataBytes)));
     }
-    if (ends_with(m.name, "/extra/tokenizer.model") && m.bytes > kMaxTokenizerMemberBytes) {
-      fail(fmt::format("{} is {} bytes, more than the {} limit for tokenizer.model", where, m.bytes,
-                       format_bytes(kMaxTokenizerMemberBytes)));
+    for (const char* tokenizer_file : {"tokenizer.model", "tokenizer.json"}) {
+      if (ends_with(m.name, std::string("/extra/") + tokenizer_file) && m.bytes > kMaxTokenizerMemberBytes) {
+        fail(fmt::format("{} is {} bytes, more than the {} limit for {}", where, m.bytes,
+                         format_bytes(kMaxTokenizerMemberBytes), tokenizer_file));
+      }
     }
     archive.members.push_back(std::move(m));
   }

@@ -24,27 +24,83 @@ namespace quantppl {
 namespace {
 
 // Compare's weights: fp32 = the backup's originals, candidate i = variant i
-// written from its stored parameters. A restore is needed only when a
-// variant's weights are in place.
+// written from its prepared parameters.
+//
+// The batch-major loop puts every variant in place once per batch. Writing a
+// variant means one fake-quantize pass over every selected weight (~50 ms for
+// flan-t5-small's 60 M weights here), 2 x batches x variants passes in all,
+// where a variant-major pipeline (the seed tutorial's) quantizes once per
+// variant: on a 7k-token text (14 windows) that alone made quantppl slower
+// than the tutorial's Python. So when every variant's weights fit in
+// kVariantCacheBytes, each variant is fake-quantized once, into tensors of
+// its own, and putting a variant (or fp32) in place is Tensor::set_data on
+// each weight: no copy at all. The live weights' own storage is kept as the
+// fp32 state (restored from the backup once, never written while cached), so
+// backup.restore() and finish() still see the storage the model was loaded
+// with. Otherwise (larger models, many variants) the variant is written from
+// its parameters on each put, as before. Both give bit-identical weights.
+constexpr int64_t kVariantCacheBytes = int64_t{4} << 30;
+
 class VariantWeights : public WeightStates {
  public:
   VariantWeights(WeightBackup* backup, const std::vector<std::vector<std::unique_ptr<PreparedWeight>>>& prepared,
-                 bool original)
-      : backup_(backup), prepared_(prepared), original_(original) {}
+                 bool original, int64_t quantized_variant_bytes)
+      : backup_(backup), prepared_(prepared), original_(original) {
+    if (backup_ == nullptr) return;
+    cached_ = quantized_variant_bytes <= kVariantCacheBytes;
+    if (!cached_) return;
+    if (!original_) backup_->restore();  // the live storage holds fp32 from here on
+    original_ = true;
+    for (const LinearLayer& layer : backup_->layers()) own_.push_back(layer.weight.detach());
+    cache_.resize(prepared_.size());
+  }
   void put_fp32() override {
-    if (!original_) backup_->restore();
+    if (cached_) {
+      swap_in(own_);
+    } else if (!original_) {
+      backup_->restore();
+    }
     original_ = true;
   }
   void put(size_t i) override {
-    apply_prepared(*backup_, prepared_[i]);
     original_ = false;
+    if (!cached_) {
+      apply_prepared(*backup_, prepared_[i]);
+      return;
+    }
+    std::vector<torch::Tensor>& weights = cache_[i];
+    if (weights.empty()) {
+      torch::NoGradGuard no_grad;
+      for (size_t l = 0; l < prepared_[i].size(); ++l) {
+        torch::Tensor w = torch::empty_like(own_[l]);
+        prepared_[i][l]->fake_quantize_into(backup_->original(l), w);
+        backup_->release(l);
+        weights.push_back(std::move(w));
+      }
+    }
+    swap_in(weights);
   }
-  void finish() { put_fp32(); }
+  // Back to the loaded storage holding fp32, and the cached variants freed.
+  void finish() {
+    put_fp32();
+    cache_.clear();
+  }
 
  private:
+  void swap_in(const std::vector<torch::Tensor>& weights) {
+    torch::NoGradGuard no_grad;
+    for (size_t l = 0; l < weights.size(); ++l) {
+      torch::Tensor live = backup_->layers()[l].weight;
+      live.set_data(weights[l]);
+    }
+  }
+
   WeightBackup* backup_;
   const std::vector<std::vector<std::unique_ptr<PreparedWeight>>>& prepared_;
   bool original_;
+  bool cached_ = false;
+  std::vector<torch::Tensor> own_;                 // the loaded storage: fp32 while cached
+  std::vector<std::vector<torch::Tensor>> cache_;  // per variant, filled on its first put
 };
 
 }  // namespace
@@ -117,10 +173,11 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
 
   // Batch-major evaluation: fp32 first, then every variant on the same batch.
   // Choosing parameters left the last variant's weights in place.
-  VariantWeights weights(backup, prepared, /*original=*/!any_quantized);
   const size_t batch_count = setup.batches.size();
   const size_t evaluations_per_batch = 1 + static_cast<size_t>(std::count_if(
       options.variants.begin(), options.variants.end(), [](const Variant& v) { return !v.is_fp32; }));
+  VariantWeights weights(backup, prepared, /*original=*/!any_quantized,
+                         static_cast<int64_t>(evaluations_per_batch - 1) * 4 * setup.selected_parameters);
   const LoopResult loop = evaluate_batch_major(
       model, setup.batches, weights, candidates, setup.looks ? &*setup.looks : nullptr, options.ci_target_pct,
       [&](size_t done, size_t total) {

@@ -348,12 +348,14 @@ ContractModel ContractModel::load_impl(const std::string& path, const std::strin
     throw DataError(describe(path) + " has no " + metadata.tokenizer_file + " extra file (export it with " +
                     (metadata.is_causal() ? "scripts/export_hf.py)" : "scripts/export_t5.py)"));
   }
-  if (metadata.tokenizer_kind != "sentencepiece") {
+  const std::optional<TokenizerKind> kind = parse_tokenizer_kind(metadata.tokenizer_kind);
+  if (!kind) {  // parse_model_metadata accepts only the known kinds; kept for a future one
     throw DataError(describe(path) + ": " + kMetadataFile + ": tokenizer kind \"" + metadata.tokenizer_kind +
-                    "\" is not supported by this build (only \"sentencepiece\")");
+                    "\" is not supported (expected \"sentencepiece\" or \"bpe\")");
   }
+  const std::string own_name = describe(path) + ": " + metadata.tokenizer_file;
   Tokenizer tokenizer = tokenizer_override.empty()
-                            ? Tokenizer::from_bytes(std::move(extra[kTokenizerFile]), describe(path) + ": " + kTokenizerFile)
+                            ? Tokenizer::from_bytes(*kind, std::move(extra[metadata.tokenizer_file]), own_name)
                             : Tokenizer::from_file(tokenizer_override);
   if (tokenizer.piece_count() > metadata.vocab_size) {
     throw DataError(tokenizer.source_name() + " has " + std::to_string(tokenizer.piece_count()) +
@@ -364,7 +366,7 @@ ContractModel ContractModel::load_impl(const std::string& path, const std::strin
     // tokenizer when that one loads; a corrupt one is what an override may legitimately replace.
     std::optional<Tokenizer> own;
     try {
-      own.emplace(Tokenizer::from_bytes(std::move(extra[kTokenizerFile]), describe(path) + ": " + kTokenizerFile));
+      own.emplace(Tokenizer::from_bytes(*kind, std::move(extra[metadata.tokenizer_file]), own_name));
     } catch (const DataError&) {
     }
     if (own) check_same_vocabulary(tokenizer, *own);

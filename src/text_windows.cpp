@@ -132,6 +132,11 @@ std::vector<int64_t> tokenize_text(const Tokenizer& tokenizer, std::string_view 
 }
 
 std::vector<int64_t> encode_text(const Tokenizer& tokenizer, std::string_view text) {
+  // Byte-level BPE (model/bpe_tokenizer.h) streams its pre-tokenization in
+  // linear time and bounded memory, so the whole text is one call: cutting at
+  // newlines would change ids where a whitespace run crosses a newline
+  // ("a\n\nb"), which Hugging Face tokenizers encode as one pre-token.
+  if (tokenizer.kind() == TokenizerKind::kBpe) return tokenizer.encode(text);
   std::vector<int64_t> ids;
   ids.reserve(text.size() / 3 + 1);
   size_t pos = 0;

@@ -88,7 +88,8 @@ TEST(EnumTableTest, EveryLibraryTableRoundTrips) {
   expect_complete_round_trip(kScaleFormNames, {ScaleForm::kStep, ScaleForm::kInverseStep});
   expect_complete_round_trip(kZeroPointCodesNames, {ZeroPointCodes::kUnsigned, ZeroPointCodes::kSigned});
   expect_complete_round_trip(kArithmeticNames, {Arithmetic::kNumpy, Arithmetic::kTutorial});
-  expect_complete_round_trip(kPerplexityModeNames, {PerplexityMode::kReconstruct, PerplexityMode::kPrefix});
+  expect_complete_round_trip(kPerplexityModeNames, {PerplexityMode::kReconstruct, PerplexityMode::kPrefix,
+                                                     PerplexityMode::kCausal, PerplexityMode::kLlamaCpp});
   expect_complete_round_trip(kBackupStorageNames, {BackupStorage::kAuto, BackupStorage::kMemory, BackupStorage::kFile,
                                                   BackupStorage::kModel});
 }
@@ -101,7 +102,7 @@ TEST(EnumTableTest, StoredNamesAreTheHistoricalOnes) {
   EXPECT_EQ(kRangeMethodNames.choices(), "minmax, percentile, mse");
   EXPECT_EQ(kScaleFormNames.choices(), "step, inverse_step");
   EXPECT_EQ(kZeroPointCodesNames.choices(), "unsigned, signed");
-  EXPECT_EQ(kPerplexityModeNames.choices(), "reconstruct, prefix");
+  EXPECT_EQ(kPerplexityModeNames.choices(), "reconstruct, prefix, causal, llamacpp");  // causal models added two
   EXPECT_EQ(kBackupStorageNames.choices(), "auto, memory, file, model");
   // The default arithmetic comes first and is what a spec without ARITH gets.
   EXPECT_EQ(kArithmeticNames.entries[0].value, Arithmetic::kNumpy);
@@ -112,7 +113,7 @@ TEST(EnumTableTest, ParseFunctionsNameTheirFlag) {
     parse_perplexity_mode("both");
     FAIL();
   } catch (const UsageError& e) {
-    EXPECT_STREQ(e.what(), "--mode: unknown perplexity mode 'both'; expected reconstruct or prefix");
+    EXPECT_STREQ(e.what(), "--mode: unknown perplexity mode 'both'; expected reconstruct, prefix, causal or llamacpp");
   }
   try {
     parse_backup_storage("disk");

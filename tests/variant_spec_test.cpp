@@ -71,7 +71,7 @@ TEST_P(MalformedSpecTest, IsAUsageErrorThatNamesTheSpecAndShowsTheGrammar) {
 
 INSTANTIATE_TEST_SUITE_P(
     Catalogue, MalformedSpecTest,
-    ::testing::Values(std::make_pair("", "empty"), std::make_pair("fp16", "fields"),
+    ::testing::Values(std::make_pair("", "empty"), std::make_pair("fp16", "unknown scheme 'fp16'"),
                       std::make_pair("int8:8", "unknown scheme 'int8'"), std::make_pair("absmax", "fields"),
                       std::make_pair("absmax:0", "bits"), std::make_pair("absmax:1", "bits"),
                       std::make_pair("absmax:9", "bits"), std::make_pair("absmax:-1", "bits"),

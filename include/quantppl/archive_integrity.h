@@ -17,7 +17,7 @@
 //   - limits: a deflated member expands to at most kMaxInflatedMemberBytes, all deflated members
 //     together to at most kMaxInflatedTotalBytes (PyTorch stores members uncompressed; a deflated
 //     one comes from re-zipping, so this costs real models nothing), extra/quantppl.json is at
-//     most kMaxMetadataBytes and extra/tokenizer.model at most kMaxTokenizerMemberBytes;
+//     most kMaxMetadataBytes and extra/tokenizer.model and extra/tokenizer.json at most kMaxTokenizerMemberBytes;
 //   - the CRC-32 of every member's data (of the inflated bytes, for a deflated member, which must
 //     inflate to exactly its declared size), in one sequential pass over the file that also
 //     computes the file's SHA-256 (reported as model_sha256): verifying costs one read of the file.

@@ -218,3 +218,48 @@ def test_sensitivity_parts_are_blocks_and_lm_head(token_file, model):
     assert [p["layers"] for p in j["parts"]] == [7, 7, 1]
     assert len(j["layers"]) == CAUSAL_LAYERS
     assert j["tokens"] == (300 if model == CAUSAL else 300 - (300 + 15) // 16)  # add_bos vs not
+
+
+CAUSAL_BPE = os.path.join(FIXTURES, "tiny_causal_bpe.pt")
+
+
+def _python_with_tokenizers():
+    """A Python that imports Hugging Face tokenizers (the venv's), or None."""
+    for py in (sys.executable, os.path.join(REPO, "build", "venv", "bin", "python"),
+               os.environ.get("QUANTPPL_VENV", "") and os.path.join(os.environ["QUANTPPL_VENV"], "bin", "python")):
+        if py and os.path.exists(py) and subprocess.run([py, "-c", "import tokenizers"],
+                                                        capture_output=True).returncode == 0:
+            return py
+    return None
+
+
+def test_bpe_causal_model_tokenizes_like_hugging_face_tokenizers(tmp_path):
+    """End to end with a byte-level BPE tokenizer.json inside a causal contract file: quantppl's
+    perplexity from the text equals its perplexity from Hugging Face tokenizers' ids given with
+    --tokens (so the ids are the same, token for token), and the scored-token count is theirs."""
+    import zipfile
+    py = _python_with_tokenizers()
+    if py is None:
+        pytest.skip("no Python with Hugging Face tokenizers (the venv's)")
+    with zipfile.ZipFile(CAUSAL_BPE) as z:
+        member = next(n for n in z.namelist() if n.endswith("extra/tokenizer.json"))
+        (tmp_path / "tokenizer.json").write_bytes(z.read(member))
+    text = tmp_path / "text.txt"
+    text.write_text("The cat sat on the mat.\n\n  Indented line, digits 12345 and 2024;\n"
+                    "the end\tof the  text: \u00e9t\u00e9, \u65e5\u672c, \U0001F600!\n" * 6, encoding="utf-8")
+    hf = subprocess.run([py, "-c", "import sys, json; from tokenizers import Tokenizer; "
+                         "t = Tokenizer.from_file(sys.argv[1]); "
+                         "print(json.dumps(t.encode(open(sys.argv[2], encoding='utf-8').read(), "
+                         "add_special_tokens=False).ids))", str(tmp_path / "tokenizer.json"), str(text)],
+                        capture_output=True, text=True, timeout=120)
+    assert hf.returncode == 0, hf.stderr
+    ids = json.loads(hf.stdout)
+    assert len(ids) > 100 and max(ids) < 316
+    ids_file = tmp_path / "ids.json"
+    ids_file.write_text(json.dumps(ids))
+    from_text = compare_json("--text", str(text), "--variants", "fp32,absmax:4", model=CAUSAL_BPE)
+    from_ids = compare_json("--tokens", str(ids_file), "--variants", "fp32,absmax:4", model=CAUSAL_BPE)
+    for a, b in zip(from_text["results"], from_ids["results"]):
+        assert a["ppl"] == b["ppl"] and a["tokens"] == b["tokens"]
+    # add_bos: each window is [BOS] + text tokens, and every text token is scored.
+    assert from_text["results"][0]["tokens"] == len(ids)
