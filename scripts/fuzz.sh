@@ -26,13 +26,16 @@ targets=(${QUANTPPL_FUZZ_TARGETS:-variant_spec_fuzz metadata_fuzz quantize_fuzz 
 jobs="$(nproc)"
 
 command -v "$cxx" >/dev/null || { echo "fuzz: $cxx not found (apt-get install clang-14 libclang-rt-14-dev)" >&2; exit 2; }
-mkdir -p "$out/obj" "$out/artifacts"
+mkdir -p "$out/obj/formats" "$out/artifacts"
 
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 cxxflags=(-std=c++17 -O1 -g $sanitize -D_GLIBCXX_USE_CXX11_ABI=1 -DFMT_SHARED
           -I"$repo_root/include" -isystem /usr/include/torch/csrc/api/include)
 libs=(-ltorch -ltorch_cpu -lc10 -lfmt -lcrypto -lz -lre2 -lpcre2-8 -licuuc -lpthread -ldl)
-library_sources=(error percentile quantize variant_spec model_metadata regular_file json_input sha256 archive_integrity)
+library_sources=(error percentile quantize variant_spec model_metadata regular_file json_input sha256 archive_integrity
+                 formats/format_table formats/spec_fields formats/packed_sections formats/uniform_format
+                 formats/float_formats formats/scaled_element_format formats/mx_format formats/nvfp4_format
+                 formats/gguf_blocks formats/block_scan)
 # qpack_fuzz reaches the .qpack reader through packed_model.cpp, whose loading half needs most of the
 # library (ContractModel, the quantizer, output files). Those parts are not what it fuzzes, so they
 # come uninstrumented from the regular build's static library, after the instrumented objects
@@ -54,7 +57,12 @@ compile() {
 pids=()
 for s in "${library_sources[@]}"; do
   extra=()
-  [ "$s" = fake_quantize_kernel ] && extra=(-ffp-contract=off)
+  # As CMakeLists.txt: no fused multiply-add may change a rounding of the fused loops or the formats.
+  case "$s" in
+    fake_quantize_kernel) extra=(-ffp-contract=off) ;;
+    formats/float_formats|formats/scaled_element_format|formats/mx_format|formats/nvfp4_format|formats/gguf_blocks|formats/block_scan)
+      extra=(-ffp-contract=off -fno-trapping-math) ;;
+  esac
   compile "$repo_root/src/$s.cpp" "$out/obj/$s.o" -fsanitize=fuzzer-no-link "${extra[@]}" &
   pids+=($!)
   if [ ${#pids[@]} -ge "$jobs" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
