@@ -64,8 +64,10 @@ run_cpp_suite() {
 }
 run_cpp_suite "$@" >"$cpp_log" 2>&1 &
 cpp_pid=$!
-/usr/bin/python3 -m pytest -q -p no:cacheprovider "$repo_root/tests/cli" "$repo_root/tests/reliability" \
-  "$repo_root/tests/sweep" || status=1
+# tests/sweep is left to CTest's uninstrumented run: it drives the same CLI paths as tests/cli through
+# the Python sweep (68 s uninstrumented, an estimated 3-4 minutes under ASan) that CI's 40-minute
+# budget cannot spare now that the CLI and reliability tests alone take ~15 minutes here.
+/usr/bin/python3 -m pytest -q -p no:cacheprovider "$repo_root/tests/cli" "$repo_root/tests/reliability" || status=1
 cli_done=$(date +%s)
 "$repo_root/tests/regression/run_gate.sh" || status=1
 gate_done=$(date +%s)
