@@ -32,7 +32,7 @@ sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit
 cxxflags=(-std=c++17 -O1 -g $sanitize -D_GLIBCXX_USE_CXX11_ABI=1 -DFMT_SHARED
           -I"$repo_root/include" -isystem /usr/include/torch/csrc/api/include)
 libs=(-ltorch -ltorch_cpu -lc10 -lfmt -lcrypto -lz -lre2 -lpcre2-8 -licuuc -lpthread -ldl)
-library_sources=(error percentile quantize variant_spec model_metadata regular_file json_input sha256 archive_integrity
+library_sources=(error percentile quantize variant_spec methods/method_table model_metadata regular_file json_input sha256 archive_integrity
                  formats/format_table formats/spec_fields formats/packed_sections formats/uniform_format
                  formats/float_formats formats/scaled_element_format formats/mx_format formats/nvfp4_format
                  formats/gguf_blocks formats/block_scan)

@@ -134,6 +134,10 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     report.stop_z = setup.looks->z;
   }
 
+  // Calibration (once, fp32 weights in place) for the variants that need it.
+  const RunCalibration calibration =
+      any_quantized ? calibrate_for_run(model, setup.selected, options.variants, options.methods) : RunCalibration{};
+
   // Per variant: its parameters (chosen once) and its running comparison with fp32.
   report.load_seconds = seconds_since(run_started);
   std::vector<std::vector<std::unique_ptr<PreparedWeight>>> prepared(options.variants.size());
@@ -148,12 +152,14 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     result.variant = variant.name;
     result.spec = canonical_spec(variant);
     result.is_fp32 = variant.is_fp32;
+    if (!variant.is_fp32) result.method = method_label(variant.method);
+    if (variant_needs_calibration(variant)) result.calibration = calibration.provenance;
     result.fp32_bytes = 4 * setup.selected_parameters;
     result.packed_bytes = result.fp32_bytes;
     if (!variant.is_fp32) {
       if (progress) progress("choosing parameters", 0, 1, i, options.variants.size());
       const auto started = Clock::now();
-      prepared[i] = prepare_variant(*backup, *variant.format);
+      prepared[i] = prepare_method_variant(*backup, variant, calibration.view(model)).layers;
       apply_prepared(*backup, prepared[i]);
       ErrorMetrics total;
       for (size_t l = 0; l < backup->layers().size(); ++l) {

@@ -52,4 +52,29 @@ std::string csv_table(const std::vector<ordered_json>& rows) {
   return out.str();
 }
 
+nlohmann::ordered_json calibration_json(const std::optional<CalibrationProvenance>& c) {
+  if (!c) return nullptr;
+  nlohmann::ordered_json j;
+  j["text"] = c->text_path;
+  j["sha256"] = c->text_sha256;
+  j["tokens"] = c->tokens;
+  j["mode"] = c->mode;
+  j["stats"] = c->stats_path.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(c->stats_path);
+  return j;
+}
+
+nlohmann::ordered_json flatten_calibration(const nlohmann::ordered_json& row) {
+  nlohmann::ordered_json flat;
+  for (const auto& [key, value] : row.items()) {
+    if (key != "calibration") {
+      flat[key] = value;
+      continue;
+    }
+    for (const char* field : {"text", "sha256", "tokens", "mode", "stats"}) {
+      flat[std::string("calibration_") + field] = value.is_object() ? value[field] : nlohmann::ordered_json(nullptr);
+    }
+  }
+  return flat;
+}
+
 }  // namespace quantppl::json_rows

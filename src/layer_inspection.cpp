@@ -96,6 +96,12 @@ ordered_json layer_json(const LayerInspection& l, bool shape_as_list) {
       j[key] = nullptr;
     }
   }
+  const auto nan_null = [](double x) { return std::isnan(x) ? ordered_json(nullptr) : number_or_null(x); };
+  j["relative_error"] = l.method ? nan_null(l.method->relative_error) : ordered_json(nullptr);
+  j["rtn_relative_error"] = l.method ? nan_null(l.method->rtn_relative_error) : ordered_json(nullptr);
+  j["awq_alpha"] = l.method ? nan_null(l.method->awq_alpha) : ordered_json(nullptr);
+  j["hqq_iterations"] = l.method && l.method->hqq_iterations > 0 ? ordered_json(l.method->hqq_iterations)
+                                                                  : ordered_json(nullptr);
   return j;
 }
 
@@ -195,6 +201,20 @@ InspectionReport run_inspect(const InspectOptions& options, const InspectProgres
 
   InspectionSummary& summary = report.summary;
   double clipped = 0;
+  // A method's weights (and every variant's e when statistics are known).
+  std::optional<PreparedVariant> method;
+  if (!report.is_fp32) {
+    report.method = method_label(options.variant.method);
+    const bool has_method = options.variant.method != MethodKind::kRtn;
+    if (has_method || options.calibrate_always) {
+      WeightBackup backup(layers);
+      const RunCalibration calibration =
+          calibrate_for_run(model, layers, {options.variant}, options.methods, options.calibrate_always);
+      if (calibration.active) report.calibration = calibration.provenance;
+      method = prepare_method_variant(backup, options.variant, calibration.view(model));
+      if (!has_method) method->layers.clear();  // RTN: only the reports (e); damage as below
+    }
+  }
   for (size_t i = 0; i < layers.size(); ++i) {
     const LinearLayer& layer = layers[i];
     LayerInspection li;
@@ -202,7 +222,24 @@ InspectionReport run_inspect(const InspectOptions& options, const InspectProgres
     li.shape = layer.weight.sizes().vec();
     li.stats = weight_stats(layer.weight, layer.name);
     if (!report.is_fp32) {
-      li.damage = variant_damage(layer.weight, *options.variant.format, layer.name);
+      if (method && !method->layers.empty()) {
+        // The method's W_hat: error metrics and blocks; RTN's scales and zero points do not describe it.
+        torch::NoGradGuard no_grad;
+        const torch::Tensor src = layer.weight.detach().contiguous();
+        torch::Tensor w_hat = torch::empty_like(src);
+        method->layers[i]->fake_quantize_into(src, w_hat);
+        VariantDamage d;
+        d.uniform_grid = false;
+        const int64_t g = options.variant.format->group_columns(src.size(1), layer.name);
+        d.blocks = g == 0 ? 1 : src.numel() / g;
+        d.error = error_metrics(src, w_hat);
+        li.damage = d;
+        method->layers[i].reset();
+      } else {
+        li.damage = variant_damage(layer.weight, *options.variant.format, layer.name);
+      }
+      if (method) li.method = method->reports[i];
+      else li.method = LayerMethodReport{layer.name};
       summary.error.merge(li.damage->error);
       if (!li.damage->uniform_grid) summary.clipped_known = false;
       clipped += li.damage->clipped_fraction * static_cast<double>(li.stats.parameters);
@@ -225,6 +262,8 @@ InspectionReport run_inspect(const InspectOptions& options, const InspectProgres
 std::string format_inspection_json(const InspectionReport& r) {
   ordered_json j = to_json(r.provenance);
   j["variant"] = r.variant;
+  j["method"] = r.method;
+  j["calibration"] = json_rows::calibration_json(r.calibration);
   j["layers"] = ordered_json::array();
   for (const LayerInspection& l : r.layers) j["layers"].push_back(layer_json(l, /*shape_as_list=*/true));
   j["summary"] = summary_json(r);
@@ -237,6 +276,9 @@ std::string format_inspection_csv(const InspectionReport& r) {
   for (const LayerInspection& l : r.layers) {
     ordered_json row = layer_json(l, /*shape_as_list=*/false);
     row["variant"] = r.variant;
+    row["method"] = r.method;
+    row["calibration"] = json_rows::calibration_json(r.calibration);
+    row = json_rows::flatten_calibration(row);
     for (const auto& [key, value] : provenance.items()) row[key] = value;
     rows.push_back(std::move(row));
   }
@@ -249,9 +291,31 @@ std::string format_inspection_table(const InspectionReport& r) {
                      r.provenance.model_sha256.substr(0, 12), r.variant);
   size_t width = 5;
   for (const LayerInspection& l : r.layers) width = std::max(width, l.name.size());
-  out += fmt::format("{:<{}} {:>10} {:>9} {:>9} {:>9} {:>8} {:>6} {:>12} {:>10} {:>8} {:>10} {:>10} {:>8}\n", "layer",
+  // The method's columns, when some layer has them: e of the method and of RTN, AWQ's alpha.
+  bool show_e = false, show_alpha = false;
+  for (const LayerInspection& l : r.layers) {
+    show_e = show_e || (l.method && !std::isnan(l.method->relative_error));
+    show_alpha = show_alpha || (l.method && !std::isnan(l.method->awq_alpha));
+  }
+  const auto method_columns = [&](const LayerInspection* l) {
+    std::string cols;
+    if (show_e) {
+      const auto e = [](double x) { return std::isnan(x) ? std::string("-") : fmt::format("{:.3e}", x); };
+      cols += l == nullptr ? fmt::format(" {:>10} {:>10}", "e", "e RTN")
+                           : fmt::format(" {:>10} {:>10}", l->method ? e(l->method->relative_error) : "-",
+                                         l->method ? e(l->method->rtn_relative_error) : "-");
+    }
+    if (show_alpha) {
+      cols += l == nullptr ? fmt::format(" {:>6}", "alpha")
+                           : fmt::format(" {:>6}", l->method && !std::isnan(l->method->awq_alpha)
+                                                       ? fmt::format("{:.2f}", l->method->awq_alpha)
+                                                       : "-");
+    }
+    return cols;
+  };
+  out += fmt::format("{:<{}} {:>10} {:>9} {:>9} {:>9} {:>8} {:>6} {:>12} {:>10} {:>8} {:>10} {:>10} {:>8}{}\n", "layer",
                      width, "shape", "absmax", "std", "kurtosis", "out>6s", "blocks", "scale", "zero pt", "clipped",
-                     "MSE", "max|err|", "SQNR dB");
+                     "MSE", "max|err|", "SQNR dB", method_columns(nullptr));
   for (const LayerInspection& l : r.layers) {
     std::string blocks = "-", scale = "-", zero = "-", clipped = "-", mse = "-", maxerr = "-", sqnr = "-";
     if (l.damage) {
@@ -268,9 +332,10 @@ std::string format_inspection_table(const InspectionReport& r) {
       maxerr = fmt::format("{:.3e}", d.error.max_abs_error);
       sqnr = db_string(d.error.sqnr_db());
     }
-    out += fmt::format("{:<{}} {:>10} {:>9.4f} {:>9.4f} {:>9.2f} {:>7.4f}% {:>6} {:>12} {:>10} {:>8} {:>10} {:>10} {:>8}\n",
+    out += fmt::format("{:<{}} {:>10} {:>9.4f} {:>9.4f} {:>9.2f} {:>7.4f}% {:>6} {:>12} {:>10} {:>8} {:>10} {:>10} {:>8}{}\n",
                        l.name, width, shape_string(l.shape), l.stats.absmax, l.stats.stddev, l.stats.kurtosis,
-                       100.0 * l.stats.outlier_fraction_6sigma, blocks, scale, zero, clipped, mse, maxerr, sqnr);
+                       100.0 * l.stats.outlier_fraction_6sigma, blocks, scale, zero, clipped, mse, maxerr, sqnr,
+                       method_columns(&l));
   }
   const InspectionSummary& s = r.summary;
   if (r.is_fp32) {
@@ -282,6 +347,17 @@ std::string format_inspection_table(const InspectionReport& r) {
                        s.layers, s.parameters, s.error.mse(), s.error.max_abs_error, db_string(s.error.sqnr_db()),
                        clipped, s.worst_layer, db_string(s.worst_sqnr_db));
     out += "(per-channel/group rows show the median scale and zero point, marked ~; JSON/CSV carry min/median/max)\n";
+    if (show_e) {
+      int64_t better = 0, known = 0;
+      for (const LayerInspection& l : r.layers) {
+        if (!l.method || std::isnan(l.method->relative_error) || std::isnan(l.method->rtn_relative_error)) continue;
+        ++known;
+        if (l.method->relative_error < l.method->rtn_relative_error) ++better;
+      }
+      out += fmt::format("e = tr(dW H dW^T) / tr(W H W^T) on the calibration Hessian H{}: {} lower than RTN's on {} of {} "
+                         "layers\n",
+                         r.calibration ? " of " + r.calibration->text_path : "", r.method, better, known);
+    }
   }
   return out;
 }

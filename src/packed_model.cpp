@@ -25,9 +25,11 @@
 #include "quantppl/formats/uniform_format.h"
 #include "quantppl/regular_file.h"
 #include "quantppl/json_input.h"
+#include "quantppl/methods/method_weight.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/output_file.h"
 #include "quantppl/sha256.h"
+#include "quantppl/weight_backup.h"
 
 namespace quantppl {
 namespace {
@@ -300,12 +302,20 @@ std::string stripped_model_bytes(ContractModel& model, const std::vector<LinearL
 
 PackedModelSummary write_packed_model(const std::string& model_path, const Variant& variant,
                                       const std::string& include, const std::string& exclude,
-                                      const std::string& out_path, bool force, bool embed) {
+                                      const std::string& out_path, bool force, bool embed,
+                                      const MethodRunOptions& methods) {
   check_packing_inputs(model_path, variant, out_path, force);
   const WeightFormat& format = *variant.format;
   ContractModel model = ContractModel::load(model_path);
   const std::vector<LinearLayer> layers = select_layers(model.linear_layers(), include, exclude);
   const std::string source = read_regular_file(model_path, "model", kMaxModelFileBytes);
+  // Every layer's parameters (and a method's result), chosen from the originals.
+  std::vector<std::unique_ptr<PreparedWeight>> prepared;
+  {
+    WeightBackup backup(layers);
+    const RunCalibration calibration = calibrate_for_run(model, layers, {variant}, methods);
+    prepared = prepare_method_variant(backup, variant, calibration.view(model)).layers;
+  }
 
   std::string payload;
   const auto add_section = [&payload](const char* data, size_t size) {
@@ -317,9 +327,10 @@ PackedModelSummary write_packed_model(const std::string& model_path, const Varia
 
   PackedModelSummary summary;
   ordered_json layer_entries = ordered_json::array();
-  for (const LinearLayer& layer : layers) {
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const LinearLayer& layer = layers[l];
     const torch::Tensor weight = layer.weight.contiguous();
-    const PackedWeight packed = format.prepare(weight, layer.name)->pack(weight);
+    const PackedWeight packed = prepared[l]->pack(weight);
     ordered_json entry;
     entry["name"] = layer.name;
     entry["shape"] = {weight.size(0), weight.size(1)};
@@ -636,12 +647,14 @@ PackedModel parse_packed_model(std::string bytes, const std::string& path) {
       format.group_columns(layer.in_features, layer.name);
       // The uniform format stores zero points as float32 when one does not fit int16: the one
       // case where a layer takes more than packed_bytes (uniform_format.h).
-      const int64_t expected = format.packed_bytes(layer.out_features, layer.in_features);
+      const bool scaled = stores_input_scales(m.variant.method);
+      const int64_t expected =
+          format.packed_bytes(layer.out_features, layer.in_features) + (scaled ? 4 * layer.in_features : 0);
       if (total != expected && !wide_zero_points) {
         r.fail(field + ".sections", fmt::format("hold {} bytes, but {} stores a [{}, {}] weight in {}", total, format.spec(),
                                                 layer.out_features, layer.in_features, expected));
       }
-      m.weights.push_back(format.unpack(packed, layer.name));
+      m.weights.push_back(unpack_method_weight(format, scaled, std::move(packed), layer.name));
     } catch (const DataError& e) {
       if (std::string_view(e.what()).rfind(r.source(), 0) == 0) throw;  // already names the file and field
       r.fail(field, e.what());

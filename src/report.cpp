@@ -17,6 +17,8 @@ namespace {
 using nlohmann::ordered_json;
 using json_rows::csv_table;
 using json_rows::number_or_null;
+using json_rows::calibration_json;
+using json_rows::flatten_calibration;
 
 ordered_json settings_json(const CompareReport& r) {
   ordered_json j = to_json(r.provenance);
@@ -52,6 +54,8 @@ ordered_json result_json(const VariantResult& v) {
   ordered_json j;
   j["variant"] = v.variant;
   j["spec"] = v.spec;
+  j["method"] = v.method;
+  j["calibration"] = calibration_json(v.calibration);
   j["ppl"] = v.ppl;
   j["ppl_stderr"] = number_or_null(v.ppl_stderr);
   j["nll"] = v.nll;
@@ -116,7 +120,7 @@ std::string format_csv(const CompareReport& report) {
   const ordered_json settings = settings_json(report);
   std::vector<ordered_json> rows;
   for (const VariantResult& v : report.results) {
-    ordered_json row = result_json(v);
+    ordered_json row = flatten_calibration(result_json(v));
     for (const auto& [key, value] : settings.items()) row[key] = value;
     rows.push_back(std::move(row));
   }
@@ -133,6 +137,13 @@ std::string format_table(const CompareReport& r) {
   if (p.ci_target_pct) {
     out += fmt::format("early stopping: --ci-target {}%, windows shuffled with seed {}, {} looks at z = {:.3f}\n",
                        *p.ci_target_pct, p.seed.value_or(0), r.looks, r.stop_z);
+  }
+  for (const VariantResult& v : r.results) {
+    if (!v.calibration) continue;
+    const CalibrationProvenance& c = *v.calibration;
+    out += fmt::format("calibration  {}  (sha256 {}, {} tokens, mode {}{})\n", c.text_path, short_hash(c.text_sha256),
+                       c.tokens, c.mode, c.stats_path.empty() ? "" : ", statistics from " + c.stats_path);
+    break;  // one calibration per run
   }
   out += fmt::format("\n{:<26} {:>18} {:>9} {:>20} {:>10} {:>7} {:>10} {:>8} {:>17} {:>6} {:>8}\n", "variant", "perplexity",
                      "vs fp32", "dNLL/token (95% CI)", "KL mean", "top-1", "weight MSE", "SQNR dB", "packed", "bits/w", "seconds");

@@ -37,14 +37,21 @@ using Subset = std::vector<bool>;  // subset[i]: layer i is fake-quantized
 // Puts subsets of the layers in place by copying only the layers whose state changes.
 class LayerSwitch {
  public:
-  LayerSwitch(WeightBackup& backup, const WeightFormat& format) : backup_(backup) {
+  // Each layer's quantized weight: a method's result when `method` is given, else format's round to nearest.
+  LayerSwitch(WeightBackup& backup, const WeightFormat& format,
+              const std::vector<std::unique_ptr<PreparedWeight>>* method)
+      : backup_(backup) {
     torch::NoGradGuard no_grad;
     backup_.restore();
     quantized_.reserve(backup_.layers().size());
     for (size_t i = 0; i < backup_.layers().size(); ++i) {
       const torch::Tensor original = backup_.original(i).contiguous();
       torch::Tensor quantized = torch::empty_like(original, torch::MemoryFormat::Contiguous);
-      format.fake_quantize_into(original, quantized, backup_.layers()[i].name);
+      if (method != nullptr) {
+        method->at(i)->fake_quantize_into(original, quantized);
+      } else {
+        format.fake_quantize_into(original, quantized, backup_.layers()[i].name);
+      }
       quantized_.push_back(quantized);
     }
     current_.assign(backup_.layers().size(), false);
@@ -220,8 +227,19 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
   SensitivityStopping stopping;
   stopping.looks = setup.looks ? &*setup.looks : nullptr;
   stopping.ci_target_pct = options.ci_target_pct;
+  // A method's weights, computed once from the originals (RTN: the format's rounding, in LayerSwitch).
+  std::optional<PreparedVariant> method;
+  std::optional<CalibrationProvenance> calibration;
+  if (options.variant.method != MethodKind::kRtn) {
+    WeightBackup backup(setup.selected);
+    const RunCalibration run = calibrate_for_run(*setup.model, setup.selected, {options.variant}, options.methods);
+    if (run.active) calibration = run.provenance;
+    method = prepare_method_variant(backup, options.variant, run.view(*setup.model));
+  }
   SensitivityReport report = measure_sensitivity(*setup.model, setup.batches, setup.selected, *options.variant.format,
-                                                 options.keep, progress, stopping);
+                                                 options.keep, progress, stopping, method ? &method->layers : nullptr);
+  report.method = method_label(options.variant.method);
+  report.calibration = calibration;
   report.provenance = setup.provenance;
   report.variant = options.variant.name;
   if (setup.looks) {
@@ -235,7 +253,11 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
 SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<EvalBatch>& batches,
                                       const std::vector<LinearLayer>& selected, const WeightFormat& format,
                                       const std::vector<int64_t>& keep, const SensitivityProgress& progress,
-                                      const SensitivityStopping& stopping) {
+                                      const SensitivityStopping& stopping,
+                                      const std::vector<std::unique_ptr<PreparedWeight>>* method) {
+  if (method != nullptr && method->size() != selected.size()) {
+    throw UsageError(fmt::format("measure_sensitivity: {} prepared weights for {} layers", method->size(), selected.size()));
+  }
   for (const int64_t k : keep) {
     if (k < 0) throw UsageError(fmt::format("--keep values must be >= 0, got {}", k));
   }
@@ -254,7 +276,7 @@ SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<Ev
   const size_t n = backup.layers().size();
   report.tokens = count_label_tokens(batches);
 
-  LayerSwitch layers(backup, format);
+  LayerSwitch layers(backup, format, method);
 
   // Phase 1: every single layer, all layers, each part.
   SubsetTable phase1;
@@ -395,6 +417,8 @@ SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<Ev
 std::string format_sensitivity_json(const SensitivityReport& r) {
   ordered_json j = to_json(r.provenance);
   j["variant"] = r.variant;
+  j["method"] = r.method;
+  j["calibration"] = json_rows::calibration_json(r.calibration);
   j["tokens"] = r.tokens;
   j["fp32_tokens"] = r.fp32_tokens;
   j["looks"] = r.provenance.ci_target_pct ? ordered_json(r.looks) : ordered_json(nullptr);
@@ -466,6 +490,7 @@ std::string format_sensitivity_csv(const SensitivityReport& r) {
     row["fp32_ppl"] = r.fp32_ppl;
     row["all_quantized_ppl"] = r.all_quantized_ppl;
     row["variant"] = r.variant;
+    row["method"] = r.method;
     for (const auto& [key, value] : provenance.items()) row[key] = value;
     rows.push_back(std::move(row));
   }

@@ -96,8 +96,9 @@ MethodSpec parse_method(const std::string& spec, const std::string& text) {
   }
   const int args = static_cast<int>(fields.size()) - 1;
   if (args < it->min_args || args > it->max_args) {
-    fail(spec, fmt::format("method '{}' takes {} to {} ':'-separated arguments, got {}", it->name, it->min_args,
-                           it->max_args, args));
+    fail(spec, it->max_args == 0 ? fmt::format("method '{}' takes no argument, got {}", it->name, args)
+                                 : fmt::format("method '{}' takes {} to {} ':'-separated arguments ({}), got {}", it->name,
+                                               it->min_args, it->max_args, it->args, args));
   }
   for (const std::string& arg : fields) {
     if (arg.empty()) fail(spec, fmt::format("method '{}' has an empty argument", it->name));
@@ -113,11 +114,11 @@ std::string variant_help_table() {
       "numpy|tutorial; bits per weight = all stored bits of codes and scales over the weights; G = inputs per "
       "block: N for groupN, in_features per channel, all weights per tensor)\n";
   out += format_table_text();
-  out += "Methods:";
+  out += "Methods: FORMAT+METHOD (+gptq and +awq read calibration statistics: --calibration, --calibration-stats)\n";
   for (const MethodInfo& m : method_table()) {
-    out += fmt::format(" +{}{}: {}.", m.name, m.args, m.meaning);
+    out += fmt::format("  +{}{}: {}\n", m.name, m.args, m.meaning);
   }
-  return out + "\n";
+  return out;
 }
 
 Variant make_variant(std::shared_ptr<const WeightFormat> format) {
@@ -153,6 +154,7 @@ Variant parse_variant(const std::string& raw_spec) {
                                    [&](const MethodInfo& m) { return m.name == method.name; });
     if (!info->no_op) variant.methods.push_back(std::move(method));
   }
+  variant.method = resolve_methods(spec, variant.methods);
   set_uniform_config(variant);
   return variant;
 }

@@ -42,6 +42,7 @@
 #include "quantppl/default_paths.h"  // default_model_path(), default_text_path(), kDefaultVariants
 #include "quantppl/distribution_metrics.h"
 #include "quantppl/early_stopping.h"
+#include "quantppl/methods/variant_methods.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/perplexity.h"
 #include "quantppl/provenance.h"
@@ -72,12 +73,21 @@ struct CompareOptions {
   // that passes (regression_check.h gate_bands); a variant stops once its
   // decision is settled at 95%.
   std::map<std::string, std::pair<double, double>> gate_bands;
+  // Calibration for the variants whose method reads activation statistics
+  // (+gptq, +awq, +awq+gptq): computed once, before any variant, with fp32
+  // weights (methods/variant_methods.h).
+  MethodRunOptions methods;
 };
 
 struct VariantResult {
   std::string variant;  // the spec as the user wrote it: the label
   std::string spec;     // its canonical spelling (variant_spec.h), what scripts key results by
   bool is_fp32 = false;
+  // The method's label (method_table.h: "rtn", "gptq", "awq", "hqq",
+  // "awq+gptq"; "none" for fp32) and, for a calibrated method, where its
+  // statistics came from.
+  std::string method = "none";
+  std::optional<CalibrationProvenance> calibration;
   double ppl = 0;
   double nll = 0;  // mean negative log-likelihood per predicted token (nats)
   int64_t tokens = 0;

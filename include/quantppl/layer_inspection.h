@@ -42,6 +42,7 @@
 #include "quantppl/formats/weight_format.h"
 #include "quantppl/provenance.h"
 #include "quantppl/quantize.h"
+#include "quantppl/methods/variant_methods.h"
 #include "quantppl/variant_spec.h"
 
 namespace quantppl {
@@ -93,6 +94,11 @@ struct LayerInspection {
   std::vector<int64_t> shape;
   WeightStats stats;
   std::optional<VariantDamage> damage;  // absent for fp32
+  // What the variant's method did (methods/variant_methods.h): the relative
+  // output error e = tr(dW H dW^T) / tr(W H W^T) of the method and of RTN on
+  // the calibration Hessian H (when statistics are known), AWQ's alpha, HQQ's
+  // iterations. Absent for fp32.
+  std::optional<LayerMethodReport> method;
 };
 
 struct InspectionSummary {
@@ -109,6 +115,8 @@ struct InspectionReport {
   Provenance provenance;  // model, its sha256, include/exclude, versions (provenance.h; no text)
   std::string variant;  // as the user wrote it
   bool is_fp32 = false;
+  std::string method = "none";  // method_table.h's label ("none" for fp32)
+  std::optional<CalibrationProvenance> calibration;
   std::vector<LayerInspection> layers;  // module-definition order
   InspectionSummary summary;
 };
@@ -119,6 +127,11 @@ struct InspectOptions {
   Variant variant;             // e.g. parse_variant("absmax:8")
   std::string include;         // regex on Linear module names (empty: all)
   std::string exclude;         // regex (empty: none)
+  // The calibration of a +gptq/+awq variant; with `calibrate_always`
+  // (--calibration or --calibration-stats given) RTN and HQQ variants get
+  // their e too.
+  MethodRunOptions methods;
+  bool calibrate_always = false;
 };
 
 using InspectProgress = std::function<void(size_t done, size_t total)>;

@@ -68,6 +68,7 @@
 #include "quantppl/formats/packed_sections.h"  // pack_codes, unpack_codes (declared here before)
 #include "quantppl/formats/weight_format.h"
 #include "quantppl/quantize.h"
+#include "quantppl/methods/variant_methods.h"
 #include "quantppl/variant_spec.h"
 
 namespace quantppl {
@@ -147,9 +148,14 @@ struct PackedModelSummary {
 // `embed`: store the whole model file in the .qpack; otherwise reference it
 // by the path as given plus its SHA-256. UsageError for fp32 or a .qpack
 // input (re-packing would lose which layers the input had quantized).
+// A variant with a method (+gptq, +awq, +hqq, ...) is computed with
+// `methods` (its calibration; methods/variant_methods.h) and stored at the
+// format's real width too (methods/method_weight.h: an AWQ layer adds an
+// "input_scales" section).
 PackedModelSummary write_packed_model(const std::string& model_path, const Variant& variant,
                                       const std::string& include, const std::string& exclude,
-                                      const std::string& out_path, bool force, bool embed);
+                                      const std::string& out_path, bool force, bool embed,
+                                      const MethodRunOptions& methods = {});
 // The version 1 layout (uniform formats only, the whole float32 model
 // embedded), as quantppl wrote it before version 2: for the tests that keep
 // version 1 files readable.

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 
+#include "quantppl/methods/variant_methods.h"
 #include "quantppl/variant_spec.h"
 
 namespace quantppl {
@@ -23,6 +24,7 @@ struct QuantizeModelOptions {
   std::string include;
   std::string exclude;
   bool force = false;
+  MethodRunOptions methods;  // the calibration of a +gptq/+awq variant
 };
 
 struct QuantizeModelSummary {

@@ -63,6 +63,7 @@
 #include "quantppl/perplexity.h"
 #include "quantppl/provenance.h"
 #include "quantppl/formats/weight_format.h"
+#include "quantppl/methods/variant_methods.h"
 #include "quantppl/variant_spec.h"
 
 namespace quantppl {
@@ -92,6 +93,10 @@ struct SensitivityOptions {
   std::string exclude;         // regex (empty: none)
   std::optional<double> ci_target_pct;  // early stopping (see above)
   uint64_t seed = kDefaultSeed;         // the window order's seed with ci_target_pct
+  // The calibration of a +gptq/+awq variant (methods/variant_methods.h): the
+  // method runs once over the selected layers, then each layer's result is
+  // switched in alone, in subsets and in parts like an RTN variant's.
+  MethodRunOptions methods;
 };
 
 // Early stopping for measure_sensitivity (engine.h): the planned looks and the target.
@@ -138,6 +143,8 @@ struct PartResult {
 struct SensitivityReport {
   Provenance provenance;     // model, text (text_tokens: after --max-tokens), settings, versions (provenance.h)
   std::string variant;
+  std::string method = "rtn";  // method_table.h's label
+  std::optional<CalibrationProvenance> calibration;  // a calibrated method's statistics
   int64_t tokens = 0;        // predicted tokens per run (N)
   int64_t fp32_tokens = 0;   // tokens of phase 1's fp32 reference (N unless early stopping ended it sooner)
   int64_t looks = 0;         // with ci_target_pct: planned looks and their z (early_stopping.h (3))
@@ -163,10 +170,13 @@ SensitivityReport run_sensitivity(const SensitivityOptions& options, const Sensi
 // Linear layers to consider (aliasing the model's weights, as
 // ContractModel::linear_layers gives them); they hold their original values
 // again on return, bit-for-bit, also when it throws.
+// `method`: a method's prepared weights of `layers` (prepare_method_variant),
+// used instead of `format`'s round to nearest when given.
 SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<EvalBatch>& batches,
                                       const std::vector<LinearLayer>& layers, const WeightFormat& format,
                                       const std::vector<int64_t>& keep, const SensitivityProgress& progress = {},
-                                      const SensitivityStopping& stopping = {});
+                                      const SensitivityStopping& stopping = {},
+                                      const std::vector<std::unique_ptr<PreparedWeight>>* method = nullptr);
 // The uniform format of `config` (formats/uniform_format.h).
 SensitivityReport measure_sensitivity(ContractModel& model, const std::vector<EvalBatch>& batches,
                                       const std::vector<LinearLayer>& layers, const QuantConfig& config,

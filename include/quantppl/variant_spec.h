@@ -35,6 +35,7 @@ struct Variant {
   bool is_fp32 = false;
   std::shared_ptr<const WeightFormat> format;  // null when is_fp32
   std::vector<MethodSpec> methods;             // in spec order; no-op methods (rtn) dropped
+  MethodKind method = MethodKind::kRtn;        // what `methods` amount to (resolve_methods)
   // The uniform format's config (formats/uniform_format.h) when the format is
   // absmax/zeropoint, for the callers that need the integer grid itself (the
   // seeds' tests); default otherwise. Every generic path uses `format`.

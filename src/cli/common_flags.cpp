@@ -113,6 +113,16 @@ CLI::Option* add_calibration_stats_flag(CLI::App* cmd, CalibrationFlags& flags) 
 void add_calibration_flags(CLI::App* cmd, CalibrationFlags& flags) {
   add_calibration_text_flags(cmd, flags);
   add_calibration_stats_flag(cmd, flags);
+  add_enum_option(cmd, "--calibration-mode", flags.mode, kCalibrationModeNames,
+                  "How GPTQ/AWQ variants get each layer's activation statistics");
+}
+
+MethodRunOptions method_run_options(const CalibrationFlags& flags, const std::string& eval_text) {
+  MethodRunOptions options;
+  options.request = calibration_request(flags, eval_text);
+  options.mode = flags.mode;
+  options.warn = print_warning;
+  return options;
 }
 
 CalibrationRequest calibration_request(const CalibrationFlags& flags, const std::string& eval_text) {

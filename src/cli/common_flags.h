@@ -17,6 +17,7 @@
 
 #include "quantppl/enum_table.h"
 #include "quantppl/methods/calibration.h"
+#include "quantppl/methods/variant_methods.h"
 #include "quantppl/perplexity.h"
 
 namespace quantppl::cli {
@@ -87,16 +88,20 @@ struct CalibrationFlags {
   std::string stats;  // --calibration-stats FILE
   std::string text;   // --calibration FILE ("" : data/calibration.txt)
   int64_t tokens = kDefaultCalibrationTokens;  // --calibration-tokens N
+  CalibrationMode mode = CalibrationMode::kFp32;  // --calibration-mode
 };
 // --calibration and --calibration-tokens.
 void add_calibration_text_flags(CLI::App* cmd, CalibrationFlags& flags);
 // --calibration-stats.
 CLI::Option* add_calibration_stats_flag(CLI::App* cmd, CalibrationFlags& flags);
-// All three (what compare, quantize, inspect and sensitivity take).
+// All four, with --calibration-mode (what compare, quantize, inspect and sensitivity take).
 void add_calibration_flags(CLI::App* cmd, CalibrationFlags& flags);
 // The library's request for these flags; `eval_text` (the run's text, "" for
 // none) is what the same-text warning compares with.
 CalibrationRequest calibration_request(const CalibrationFlags& flags, const std::string& eval_text = "");
+// The library's options for the methods of a run: the request, the mode, and
+// warnings printed with print_warning.
+MethodRunOptions method_run_options(const CalibrationFlags& flags, const std::string& eval_text = "");
 // Prints a calibration warning on stderr ("quantppl: warning: ...").
 void print_warning(const std::string& message);
 

@@ -95,7 +95,8 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   }
   // What the run reads, which --output must not replace.
   const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer,
-                                           !c.tokens.empty() ? c.tokens : c.text.empty() ? default_text_path() : c.text, c.check};
+                                           !c.tokens.empty() ? c.tokens : c.text.empty() ? default_text_path() : c.text, c.check,
+                                           c.calibration.text, c.calibration.stats};
   if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
   ExpectedRun expected;
   std::string variant_specs = c.variants;
@@ -124,8 +125,10 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   }
   options.seed = static_cast<uint64_t>(c.seed);
   options.threads = setup_runtime(c.threads, c.verbose);
+  options.methods = method_run_options(c.calibration, c.tokens.empty() ? (c.text.empty() ? default_text_path() : c.text) : "");
 
   ProgressBar bar(!c.quiet);
+  options.methods.progress = [&](size_t done, size_t total) { bar.update("calibrating", done, total); };
   const CompareReport report = run_compare(
       options, [&](const std::string& stage, size_t index, size_t stages, size_t done, size_t total) {
         bar.update(fmt::format("[{}/{}] {}", index + 1, stages, stage), done, total);

@@ -17,7 +17,10 @@ CLI::App* setup_inspect(CLI::App& app, InspectCommand& c) {
   auto* cmd = app.add_subcommand(
       "inspect",
       "Per Linear layer: shape, weight statistics (min/max/absmax/std, excess kurtosis, share beyond 6 sigma) and, "
-      "for one variant, the clipped share, scale and zero point, MSE, max abs error and SQNR. No text is evaluated.");
+      "for one variant, the clipped share, scale and zero point, MSE, max abs error and SQNR. No text is evaluated. "
+      "With a method (SPEC+gptq, +awq, ...) or with --calibration/--calibration-stats, also each layer's relative "
+      "output error e = tr(dW H dW^T) / tr(W H W^T) on the calibration Hessian, for the method and for RTN side by "
+      "side, and AWQ's chosen alpha.");
   add_model_flag(cmd, c.model);
   add_tokenizer_flag(cmd, c.tokenizer);
   cmd->add_option("--variant,-v", c.variant, std::string("One variant (fp32: statistics only): ") + kVariantGrammar)
@@ -31,7 +34,8 @@ CLI::App* setup_inspect(CLI::App& app, InspectCommand& c) {
 }
 
 int run_inspect_command(const InspectCommand& c) {
-  const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer};
+  const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer,
+                                           c.calibration.text, c.calibration.stats};
   if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
   InspectOptions options;
   options.model_path = c.model;
@@ -39,8 +43,11 @@ int run_inspect_command(const InspectCommand& c) {
   options.variant = parse_variant(c.variant);
   options.include = c.include;
   options.exclude = c.exclude;
+  options.methods = method_run_options(c.calibration);
+  options.calibrate_always = !c.calibration.text.empty() || !c.calibration.stats.empty();
 
   ProgressBar bar(!c.quiet);
+  options.methods.progress = [&](size_t done, size_t total) { bar.update("calibrating", done, total); };
   const InspectionReport report =
       run_inspect(options, [&](size_t done, size_t total) { bar.update("inspecting layers", done, total); });
   bar.finish();

@@ -47,9 +47,9 @@ int run_quantize_command(const QuantizeCommand& q) {
     }
     const Variant variant = parse_variant(q.variant);
     const std::string model = q.model.empty() ? default_model_path() : q.model;
-    check_output_path(q.packed, q.force, {model});
-    const PackedModelSummary s =
-        write_packed_model(model, variant, q.include, q.exclude, q.packed, q.force, /*embed=*/!q.no_embed);
+    check_output_path(q.packed, q.force, {model, q.calibration.text, q.calibration.stats});
+    const PackedModelSummary s = write_packed_model(model, variant, q.include, q.exclude, q.packed, q.force,
+                                                    /*embed=*/!q.no_embed, method_run_options(q.calibration));
     std::cerr << fmt::format(
         "quantppl: wrote {} ({}: {} Linear layers, {} weights; {} bytes packed vs {} fp32 (x{:.2f}), {:.4g} bits per "
         "weight; file {} bytes vs the original model's {} bytes ({:.1f}%){})\n",
@@ -59,7 +59,8 @@ int run_quantize_command(const QuantizeCommand& q) {
         q.no_embed ? ", model referenced" : ", model embedded without its quantized weights");
     return 0;
   }
-  check_output_path(q.output, q.force, {q.model.empty() ? default_model_path() : q.model, q.tokenizer});
+  check_output_path(q.output, q.force, {q.model.empty() ? default_model_path() : q.model, q.tokenizer,
+                                       q.calibration.text, q.calibration.stats});
   QuantizeModelOptions options;
   options.model_path = q.model;
   options.tokenizer_path = q.tokenizer;
@@ -68,6 +69,7 @@ int run_quantize_command(const QuantizeCommand& q) {
   options.include = q.include;
   options.exclude = q.exclude;
   options.force = q.force;
+  options.methods = method_run_options(q.calibration);
   const QuantizeModelSummary summary = quantize_model_file(options);
   std::cerr << fmt::format("quantppl: wrote {} ({}: {} Linear layers, {} weights, weight MSE {:.3e}, SQNR {:.2f} dB; "
                            "{:.4g} bits per weight packed)\n",

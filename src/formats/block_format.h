@@ -298,6 +298,32 @@ class BlockFormat final : public WeightFormat {
     return std::make_unique<BlockColumnQuantizer<Codec>>(codec_, std::move(ctx), std::move(params));
   }
 
+  // begin_group's split: the context from the whole weight, each block's
+  // parameters from its block of group_source.
+  std::unique_ptr<PreparedWeight> prepare_from_groups(const torch::Tensor& whole_weight, const torch::Tensor& group_source,
+                                                      const std::string& name) const override {
+    check_weight(whole_weight, name, "prepare_from_groups");
+    check_weight(group_source, name, "prepare_from_groups");
+    if (!whole_weight.sizes().equals(group_source.sizes())) {
+      throw UsageError("prepare_from_groups: weight '" + name + "': the group source's shape differs from the weight's");
+    }
+    const int64_t out = whole_weight.size(0), in = whole_weight.size(1);
+    const int64_t L = block_elems(out, in, name);
+    typename Codec::Context ctx;
+    std::vector<typename Codec::Params> params;
+    if (out * in > 0) {
+      const std::vector<BlockStats> whole = block_stats(whole_weight.data_ptr<float>(), out * in, L,
+                                                        codec_.needs_signed_max(), name);
+      BlockStats all = whole[0];
+      for (size_t b = 1; b < whole.size(); ++b) all = merge_stats(all, whole[b]);
+      ctx = codec_.context(all);
+      const std::vector<BlockStats> stats = block_stats(group_source.data_ptr<float>(), out * in, L,
+                                                        codec_.needs_signed_max(), name);
+      codec_.choose(group_source.view({-1, L}), stats, ctx, params, name);
+    }
+    return std::make_unique<BlockPrepared<Codec>>(codec_, out, in, L, std::move(ctx), std::move(params), name);
+  }
+
   torch::Tensor unpack(const PackedWeight& packed, const std::string& name) const override {
     const int64_t out = packed.out_features, in = packed.in_features;
     if (out < 0 || in < 0 || (in > 0 && out > std::numeric_limits<int64_t>::max() / in)) {

@@ -8,23 +8,9 @@
 #include <torch/torch.h>
 
 #include "quantppl/error.h"
+#include "quantppl/methods/method_weight.h"
 
 namespace quantppl {
-
-std::string method_label(MethodKind kind) {
-  switch (kind) {
-    case MethodKind::kRtn: return "rtn";
-    case MethodKind::kGptq: return "gptq";
-    case MethodKind::kAwq: return "awq";
-    case MethodKind::kHqq: return "hqq";
-    case MethodKind::kAwqGptq: return "awq+gptq";
-  }
-  return "rtn";
-}
-
-bool method_needs_calibration(MethodKind kind) {
-  return kind == MethodKind::kGptq || kind == MethodKind::kAwq || kind == MethodKind::kAwqGptq;
-}
 
 namespace {
 
@@ -67,20 +53,28 @@ std::vector<LayerMethodResult> apply_method(const std::vector<LayerToQuantize>& 
   std::vector<LayerMethodResult> results(layers.size());
   switch (method.kind) {
     case MethodKind::kRtn:
-      for (size_t i = 0; i < layers.size(); ++i) results[i].weight = round_to_nearest(layers[i].weight, format, layers[i].name);
+      for (size_t i = 0; i < layers.size(); ++i) {
+        results[i].weight = round_to_nearest(layers[i].weight, format, layers[i].name);
+        results[i].format_weight = results[i].weight;
+      }
       break;
     case MethodKind::kHqq:
       for (size_t i = 0; i < layers.size(); ++i) {
-        const HqqResult r = hqq_quantize(layers[i].weight, method.hqq_bits, method.hqq_group_columns, layers[i].name,
+        const int64_t g = method.hqq_group_columns < 0 ? layers[i].weight.size(1) : method.hqq_group_columns;
+        const HqqResult r = hqq_quantize(layers[i].weight, method.hqq_bits, g, layers[i].name,
                                          method.hqq);
         results[i].weight = r.weight;
+        results[i].format_weight = r.weight;
         results[i].hqq_iterations = r.iterations;
       }
       break;
     case MethodKind::kGptq:
       for (size_t i = 0; i < layers.size(); ++i) {
-        const GptqResult r = gptq_quantize(layers[i].weight, layers[i].stats->hessian, format, layers[i].name, method.gptq);
+        GptqResult r = gptq_quantize(layers[i].weight, layers[i].stats->hessian, format, layers[i].name, method.gptq);
         results[i].weight = r.weight;
+        results[i].format_weight = r.weight;
+        results[i].parameter_source = std::move(r.parameter_source);
+        results[i].group_whole = std::move(r.group_whole);
         results[i].relative_error = r.relative_error;
       }
       break;
@@ -92,14 +86,22 @@ std::vector<LayerMethodResult> apply_method(const std::vector<LayerToQuantize>& 
         const AwqResult r = awq_search(awq_layers, format, method.awq);
         for (size_t j = 0; j < group.size(); ++j) {
           const size_t i = group[j];
-          results[i].awq_alpha = r.alpha;
+          LayerMethodResult& out = results[i];
+          out.awq_alpha = r.alpha;
+          out.input_scales = r.scales;
+          // V = Q(W diag(s)) as awq.h (1) computes it; W_hat = V / s is then r.weights[j] bit-for-bit.
+          const torch::Tensor scaled = layers[i].weight.to(torch::kFloat32) * r.scales.unsqueeze(0);
           if (method.kind == MethodKind::kAwq) {
-            results[i].weight = r.weights[j];
+            out.format_weight = torch::empty_like(scaled);
+            format.fake_quantize_into(scaled.contiguous(), out.format_weight, layers[i].name);
           } else {
-            results[i].weight = awq_gptq_quantize(layers[i].weight, layers[i].stats->hessian, r.scales, format,
-                                                  layers[i].name, method.gptq)
-                                    .weight;
+            GptqResult g = gptq_quantize(scaled, scale_hessian(layers[i].stats->hessian, r.scales), format,
+                                         layers[i].name, method.gptq);
+            out.format_weight = std::move(g.weight);
+            out.parameter_source = std::move(g.parameter_source);
+            out.group_whole = std::move(g.group_whole);
           }
+          out.weight = unscale_inputs(out.format_weight, out.input_scales);
         }
       }
       break;

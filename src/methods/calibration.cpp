@@ -165,27 +165,33 @@ const LayerActivationStats* find_layer_stats(const CalibrationStats& stats, cons
   return nullptr;
 }
 
+namespace {
+
+// The warning when the calibration text is the evaluation text (same path or same sha256).
+void same_text_warning(const CalibrationRequest& request, const CalibrationWarning& warn,
+                     const std::string& calibration_path, const std::string& calibration_sha) {
+  if (!warn || request.eval_text_path.empty()) return;
+  bool same = request.eval_text_path != "-" && same_file(calibration_path, request.eval_text_path);
+  std::string eval_sha = request.eval_text_sha256;
+  if (!same && eval_sha.empty() && request.eval_text_path != "-") {
+    try {
+      eval_sha = sha256_file(request.eval_text_path);
+    } catch (const Error&) {
+    }
+  }
+  same = same || (!eval_sha.empty() && eval_sha == calibration_sha);
+  if (same) {
+    warn(fmt::format("calibration text '{}' is the evaluation text '{}' (same file or same sha256): the measured "
+                     "quantization error will be optimistic; calibrate on other text (--calibration)",
+                     calibration_path, request.eval_text_path));
+  }
+}
+
+}  // namespace
+
 CalibrationStats calibration_stats_for_run(ContractModel& model, const std::vector<LinearLayer>& layers,
                                            const CalibrationRequest& request, const CalibrationWarning& warn,
                                            const CalibrationProgress& progress) {
-  auto same_text_warning = [&](const std::string& calibration_path, const std::string& calibration_sha) {
-    if (!warn || request.eval_text_path.empty()) return;
-    bool same = request.eval_text_path != "-" && same_file(calibration_path, request.eval_text_path);
-    std::string eval_sha = request.eval_text_sha256;
-    if (!same && eval_sha.empty() && request.eval_text_path != "-") {
-      try {
-        eval_sha = sha256_file(request.eval_text_path);
-      } catch (const Error&) {
-      }
-    }
-    same = same || (!eval_sha.empty() && eval_sha == calibration_sha);
-    if (same) {
-      warn(fmt::format("calibration text '{}' is the evaluation text '{}' (same file or same sha256): the measured "
-                       "quantization error will be optimistic; calibrate on other text (--calibration)",
-                       calibration_path, request.eval_text_path));
-    }
-  };
-
   CalibrationStats stats;
   if (!request.stats_path.empty()) {
     stats = read_calibration_stats(request.stats_path);
@@ -194,7 +200,7 @@ CalibrationStats calibration_stats_for_run(ContractModel& model, const std::vect
                                   "run `quantppl calibrate` on this model",
                                   request.stats_path, stats.model_sha256, model.path(), model.file_sha256()));
     }
-    same_text_warning(stats.text_path, stats.text_sha256);
+    same_text_warning(request, warn, stats.text_path, stats.text_sha256);
     CalibrationStats selected = stats;
     selected.layers.clear();
     for (const LinearLayer& layer : layers) {
@@ -212,6 +218,18 @@ CalibrationStats calibration_stats_for_run(ContractModel& model, const std::vect
     return selected;
   }
 
+  CalibrationInputs inputs = calibration_inputs_for_run(model, request, warn);
+  std::vector<std::string> names;
+  for (const LinearLayer& layer : layers) names.push_back(layer.name);
+  stats = collect_calibration_stats(model, names, inputs.batches, progress);
+  stats.text_path = inputs.text.path;
+  stats.text_sha256 = inputs.text.sha256;
+  stats.tokens = inputs.text.tokens;
+  return stats;
+}
+
+CalibrationInputs calibration_inputs_for_run(ContractModel& model, const CalibrationRequest& request,
+                                             const CalibrationWarning& warn) {
   const std::string text_path = request.text_path.empty() ? default_calibration_text_path() : request.text_path;
   const ModelMetadata& meta = model.metadata();
   const int64_t max_length = request.max_length > 0 ? request.max_length : meta.max_length;
@@ -219,17 +237,12 @@ CalibrationStats calibration_stats_for_run(ContractModel& model, const std::vect
     throw UsageError(fmt::format("calibration window length {} exceeds model '{}''s max_length {}", max_length,
                                  model.path(), meta.max_length));
   }
-  const CalibrationText text = load_calibration_text(text_path, model.tokenizer(), meta.eos_token_id, max_length,
-                                                     request.tokens);
-  same_text_warning(text_path, text.sha256);
-  const std::vector<CalibrationBatch> batches = t5_calibration_batches(text, request.batch_size, meta);
-  std::vector<std::string> names;
-  for (const LinearLayer& layer : layers) names.push_back(layer.name);
-  stats = collect_calibration_stats(model, names, batches, progress);
-  stats.text_path = text_path;
-  stats.text_sha256 = text.sha256;
-  stats.tokens = text.tokens;
-  return stats;
+  CalibrationInputs inputs;
+  inputs.text = load_calibration_text(text_path, model.tokenizer(), meta.eos_token_id, max_length, request.tokens);
+  inputs.text.path = text_path;
+  same_text_warning(request, warn, text_path, inputs.text.sha256);
+  inputs.batches = t5_calibration_batches(inputs.text, request.batch_size, meta);
+  return inputs;
 }
 
 }  // namespace quantppl

@@ -131,6 +131,8 @@ GptqResult gptq_quantize(const torch::Tensor& weight, const torch::Tensor& hessi
     }
   }
   std::unique_ptr<ColumnGroupQuantizer> current;
+  // parameter_source^T: the columns each group's parameters were chosen from.
+  torch::Tensor source_t = permuted ? torch::Tensor() : torch::empty_like(wt);
 
   for (int64_t i1 = 0; i1 < in; i1 += options.block_size) {
     const int64_t i2 = std::min(i1 + options.block_size, in);
@@ -156,6 +158,7 @@ GptqResult gptq_quantize(const torch::Tensor& weight, const torch::Tensor& hessi
             if (i > 0) later = later - u.slice(0, i1, i1 + i).slice(1, i2, c_end).t().mm(err.slice(0, 0, i));
             cols = torch::cat({cols, later}, 0);
           }
+          source_t.slice(0, original, original + cols.size(0)).copy_(cols);
           current = format.begin_group(w0, cols.t().contiguous(), name);
         }
         quantizer = current.get();
@@ -180,6 +183,8 @@ GptqResult gptq_quantize(const torch::Tensor& weight, const torch::Tensor& hessi
   GptqResult result;
   result.weight = result_t.t().contiguous();
   result.relative_error = relative_output_error(weight, result.weight, hessian);
+  result.parameter_source = permuted ? w0 : source_t.t().contiguous();
+  result.group_whole = w0;
   return result;
 }
 

@@ -128,6 +128,19 @@ class WeightFormat {
                                                             const torch::Tensor& group_cols,
                                                             const std::string& name) const = 0;
 
+  // The parameters a method fixed group by group (GPTQ: gptq.h's
+  // parameter_source), as a PreparedWeight that packs the method's result:
+  // per block, what prepare() would choose from that block of `group_source`;
+  // weight-level parameters (a per-tensor scale, NVFP4's global scale) from
+  // `whole_weight`, as begin_group takes them. The default, prepare(group_source),
+  // is right for every format whose parameters are per block only.
+  virtual std::unique_ptr<PreparedWeight> prepare_from_groups(const torch::Tensor& whole_weight,
+                                                              const torch::Tensor& group_source,
+                                                              const std::string& name) const {
+    (void)whole_weight;
+    return prepare(group_source, name);
+  }
+
   // The inverse of PreparedWeight::pack: x_hat, bit-identical with
   // fake_quantize_into. DataError naming `name` for sections that do not
   // match the format and shape (a hostile .qpack must not crash it).

@@ -22,10 +22,9 @@
 #include "quantppl/methods/calibration_stats.h"
 #include "quantppl/methods/gptq.h"
 #include "quantppl/methods/hqq.h"
+#include "quantppl/methods/method_table.h"
 
 namespace quantppl {
-
-enum class MethodKind { kRtn, kGptq, kAwq, kHqq, kAwqGptq };
 
 struct MethodChoice {
   MethodKind kind = MethodKind::kRtn;
@@ -38,10 +37,6 @@ struct MethodChoice {
   int64_t hqq_group_columns = 64;
 };
 
-// "rtn", "gptq", "awq", "hqq", "awq+gptq": the `method` field of compare rows.
-std::string method_label(MethodKind kind);
-// Whether the method reads calibration statistics (all but RTN and HQQ).
-bool method_needs_calibration(MethodKind kind);
 
 struct LayerToQuantize {
   std::string name;
@@ -51,6 +46,16 @@ struct LayerToQuantize {
 
 struct LayerMethodResult {
   torch::Tensor weight;  // W_hat, float32 [out, in]
+  // What a deployed model stores (method_weight.h): W_hat = format_weight /
+  // input_scales (AWQ, AWQ+GPTQ), or W_hat = format_weight (input_scales
+  // undefined). format_weight lies on the format's grid.
+  torch::Tensor format_weight;
+  torch::Tensor input_scales;
+  // GPTQ, AWQ+GPTQ: gptq.h's parameter_source (in format_weight's domain);
+  // undefined: the format's own parameters of format_weight's source (RTN:
+  // W; AWQ: W diag(s)).
+  torch::Tensor parameter_source;
+  torch::Tensor group_whole;  // gptq.h's group_whole, with parameter_source
   // e of the method and of round to nearest on the same H (NaN without statistics).
   double relative_error = std::numeric_limits<double>::quiet_NaN();
   double rtn_relative_error = std::numeric_limits<double>::quiet_NaN();

@@ -159,6 +159,17 @@ CalibrationStats calibration_stats_for_run(ContractModel& model, const std::vect
                                            const CalibrationRequest& request, const CalibrationWarning& warn = {},
                                            const CalibrationProgress& progress = {});
 
+// The calibration text of a run and its batches, without a forward pass (what
+// GPTQ's sequential mode feeds collect_calibration_stats once per block):
+// load_calibration_text + t5_calibration_batches as calibration_stats_for_run
+// does it, with its same-text warning. text.path is the path used.
+struct CalibrationInputs {
+  CalibrationText text;
+  std::vector<CalibrationBatch> batches;
+};
+CalibrationInputs calibration_inputs_for_run(ContractModel& model, const CalibrationRequest& request,
+                                             const CalibrationWarning& warn = {});
+
 // The layer called `name`, or nullptr.
 const LayerActivationStats* find_layer_stats(const CalibrationStats& stats, const std::string& name);
 

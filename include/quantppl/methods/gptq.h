@@ -93,6 +93,16 @@ struct GptqOptions {
 struct GptqResult {
   torch::Tensor weight;           // W_hat, float32 [out, in], on the format's grid
   double relative_error = 0.0;    // e of (2) with the undamped H
+  // What fixed each group's parameters, [out, in] float32: column block g of
+  // it holds W[:, c0 : c0 + G) as the group saw them when GPTQ reached c0 (the
+  // error-updated weights; the original W with act_order's static groups and
+  // per tensor). WeightFormat::prepare_from_groups(W, parameter_source) gives
+  // back exactly those parameters, which is how a GPTQ result is packed at the
+  // format's real width (methods/method_weight.h).
+  torch::Tensor parameter_source;
+  // The whole weight begin_group was given (W with dead inputs zeroed), the
+  // `whole_weight` of prepare_from_groups.
+  torch::Tensor group_whole;
 };
 
 // GPTQ of one Linear weight. `weight`: float32 [out, in] (any layout);
