@@ -135,8 +135,10 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
   }
 
   // Calibration (once, fp32 weights in place) for the variants that need it.
+  const auto calibration_started = Clock::now();
   const RunCalibration calibration =
       any_quantized ? calibrate_for_run(model, setup.selected, options.variants, options.methods) : RunCalibration{};
+  if (calibration.active) report.calibration_seconds = seconds_since(calibration_started);
 
   // Per variant: its parameters (chosen once) and its running comparison with fp32.
   report.load_seconds = seconds_since(run_started);
@@ -170,6 +172,7 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
       result.weight_sqnr_db = total.sqnr_db();
       result.packed_bytes = prepared_packed_bytes(*backup, *variant.format, prepared[i]);
       candidate.seconds += seconds_since(started);
+      result.method_seconds = candidate.seconds;
     }
     if (setup.selected_parameters > 0) {
       result.bits_per_weight = 8.0 * static_cast<double>(*result.packed_bytes) / static_cast<double>(setup.selected_parameters);
@@ -231,6 +234,20 @@ CompareReport run_compare(const CompareOptions& options, const CompareProgress& 
     r.delta_nll_ci95 = r.distribution.delta_nll_ci95;
     r.seconds = runs[i].variant->is_fp32 ? fp32_seconds : runs[i].seconds;
     r.stopped_early = runs[i].stopped_early;
+  }
+  // Methods against their format's round to nearest, paired token by token.
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const Variant& v = options.variants[i];
+    if (v.is_fp32 || v.method == MethodKind::kRtn) continue;
+    for (size_t j = 0; j < runs.size(); ++j) {
+      const Variant& rtn = options.variants[j];
+      if (rtn.is_fp32 || rtn.method != MethodKind::kRtn || rtn.format->spec() != v.format->spec()) continue;
+      if (const auto d = paired_nll_difference(runs[i].comparison, runs[j].comparison)) {
+        report.results[i].rtn_delta_nll_mean = d->mean;
+        report.results[i].rtn_delta_nll_ci95 = d->ci95;
+      }
+      break;
+    }
   }
   report.total_seconds = seconds_since(run_started);
   return report;

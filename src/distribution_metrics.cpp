@@ -213,6 +213,7 @@ void DistributionComparison::accumulate(double kl, bool agree, float nll, float 
   if (keep_values_) {
     kl_values_.push_back(kl32);
     dp_values_.push_back(dp32);
+    nll_values_.push_back(nll);
   }
   ++tokens_;
 }
@@ -276,6 +277,26 @@ double DistributionComparison::delta_nll_mean() const {
 
 double DistributionComparison::delta_nll_ci95() const {
   return kZ95 * sample_sd_of_mean(delta_sum_, delta_sq_sum_, tokens_);
+}
+
+std::optional<PairedNllDifference> paired_nll_difference(const DistributionComparison& a,
+                                                         const DistributionComparison& b) {
+  const std::vector<float>& x = a.nll_values();
+  const std::vector<float>& y = b.nll_values();
+  if (x.empty() || x.size() != y.size() || static_cast<int64_t>(x.size()) != a.tokens() || a.tokens() != b.tokens()) {
+    return std::nullopt;
+  }
+  double sum = 0, sq_sum = 0;
+  for (size_t t = 0; t < x.size(); ++t) {
+    const double d = static_cast<double>(x[t]) - static_cast<double>(y[t]);
+    sum += d;
+    sq_sum += d * d;
+  }
+  PairedNllDifference p;
+  p.tokens = a.tokens();
+  p.mean = sum / static_cast<double>(p.tokens);
+  p.ci95 = kZ95 * sample_sd_of_mean(sum, sq_sum, p.tokens);
+  return p;
 }
 
 }  // namespace quantppl

@@ -28,6 +28,7 @@ ordered_json settings_json(const CompareReport& r) {
   j["looks"] = r.provenance.ci_target_pct ? ordered_json(r.looks) : ordered_json(nullptr);
   j["stop_z"] = r.provenance.ci_target_pct ? number_or_null(r.stop_z) : ordered_json(nullptr);
   j["load_seconds"] = r.load_seconds;
+  j["calibration_seconds"] = r.calibration_seconds;
   j["total_seconds"] = r.total_seconds;
   return j;
 }
@@ -71,6 +72,8 @@ ordered_json result_json(const VariantResult& v) {
   j["top1_agreement_stderr"] = number_or_null(d.top1_agreement_stderr);
   j["delta_nll_mean"] = number_or_null(v.delta_nll_mean);
   j["delta_nll_ci95"] = number_or_null(v.delta_nll_ci95);
+  j["rtn_delta_nll_mean"] = number_or_null(v.rtn_delta_nll_mean);
+  j["rtn_delta_nll_ci95"] = number_or_null(v.rtn_delta_nll_ci95);
   j["ppl_ratio"] = number_or_null(d.ppl_ratio);
   j["ppl_ratio_ci95_low"] = number_or_null(d.ppl_ratio_ci95_low);
   j["ppl_ratio_ci95_high"] = number_or_null(d.ppl_ratio_ci95_high);
@@ -89,6 +92,7 @@ ordered_json result_json(const VariantResult& v) {
                                : ordered_json(nullptr);
   j["bits_per_weight"] = v.bits_per_weight ? ordered_json(*v.bits_per_weight) : ordered_json(nullptr);
   j["seconds"] = v.seconds;
+  j["method_seconds"] = v.method_seconds;
   j["stopped_early"] = v.stopped_early;
   return j;
 }
@@ -145,8 +149,11 @@ std::string format_table(const CompareReport& r) {
                        c.tokens, c.mode, c.stats_path.empty() ? "" : ", statistics from " + c.stats_path);
     break;  // one calibration per run
   }
-  out += fmt::format("\n{:<26} {:>18} {:>9} {:>20} {:>10} {:>7} {:>10} {:>8} {:>17} {:>6} {:>8}\n", "variant", "perplexity",
-                     "vs fp32", "dNLL/token (95% CI)", "KL mean", "top-1", "weight MSE", "SQNR dB", "packed", "bits/w", "seconds");
+  size_t width = 26;
+  for (const VariantResult& v : r.results) width = std::max(width, v.variant.size());
+  out += fmt::format("\n{:<{}} {:>18} {:>9} {:>20} {:>10} {:>7} {:>10} {:>8} {:>17} {:>6} {:>8}\n", "variant", width,
+                     "perplexity", "vs fp32", "dNLL/token (95% CI)", "KL mean", "top-1", "weight MSE", "SQNR dB", "packed",
+                     "bits/w", "seconds");
   for (const VariantResult& v : r.results) {
     const std::string delta = v.delta_ppl_pct ? fmt::format("{:+.2f}%", *v.delta_ppl_pct) : "-";
     const std::string mse = v.weight_mse ? fmt::format("{:.3e}", *v.weight_mse) : "-";
@@ -158,7 +165,7 @@ std::string format_table(const CompareReport& r) {
                                                  static_cast<double>(v.fp32_bytes) / static_cast<double>(*v.packed_bytes))
                                    : "-";
     const std::string bits = v.bits_per_weight ? fmt::format("{:.3g}", *v.bits_per_weight) : "-";
-    out += fmt::format("{:<26} {:>18} {:>9} {:>20} {:>10.3g} {:>6.2f}% {:>10} {:>8} {:>17} {:>6} {:>8.2f}\n", v.variant,
+    out += fmt::format("{:<{}} {:>18} {:>9} {:>20} {:>10.3g} {:>6.2f}% {:>10} {:>8} {:>17} {:>6} {:>8.2f}\n", v.variant, width,
                        fmt::format("{:.4f} ± {:.3f}", v.ppl, v.ppl_stderr), delta,
                        fmt::format("{:+.5f} ± {:.5f}", v.delta_nll_mean, v.delta_nll_ci95), v.kl_mean,
                        100.0 * v.top1_agreement, mse, sqnr, packed, bits, v.seconds);
@@ -166,6 +173,15 @@ std::string format_table(const CompareReport& r) {
   out += fmt::format("\n{} tokens predicted per variant; ± is one standard error for perplexity and the 95% "
                      "interval of the paired per-token NLL change against fp32. --stats: every statistic per variant.\n",
                      r.results.empty() ? 0 : r.results.front().tokens);
+  bool header = false;
+  for (const VariantResult& v : r.results) {
+    if (!v.rtn_delta_nll_mean || !v.rtn_delta_nll_ci95) continue;
+    if (!header) out += "\nmethods against round to nearest of the same format (paired dNLL/token, 95% CI; < 0: better):\n";
+    header = true;
+    const double d = *v.rtn_delta_nll_mean, ci = *v.rtn_delta_nll_ci95;
+    out += fmt::format("  {:<{}} {:+.5f} ± {:.5f}  {}\n", v.variant, width, d, ci,
+                       std::abs(d) <= ci ? "within noise" : d < 0 ? "better, beyond noise" : "worse, beyond noise");
+  }
   for (const VariantResult& v : r.results) {
     if (v.stopped_early) {
       out += fmt::format("{}: stopped early after {} tokens (its numbers are on those tokens)\n", v.variant, v.tokens);

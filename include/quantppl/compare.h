@@ -110,12 +110,20 @@ struct VariantResult {
   double top1_agreement = 0;
   double delta_nll_mean = 0;
   double delta_nll_ci95 = 0;  // half-width of the 95% interval of delta_nll_mean
+  // A method's row (+gptq, +awq, +hqq, ...) when the run also lists its
+  // format alone (round to nearest): the paired per-token NLL change against
+  // that RTN row on the same tokens, with its 95% interval
+  // (distribution_metrics.h, paired_nll_difference): negative = the method
+  // predicts better than RTN; beyond noise when |mean| > ci95.
+  std::optional<double> rtn_delta_nll_mean;
+  std::optional<double> rtn_delta_nll_ci95;
   // Every statistic of the comparison with fp32 (distribution_metrics.h:
   // percentiles, standard errors, Δp, ppl_ratio and its interval, NLL
   // correlation); the six fields above are copies of its values, kept for
   // existing callers.
   DistributionStats distribution;
   double seconds = 0;  // this variant's own work: choosing and applying parameters, forward passes, metrics
+  double method_seconds = 0;  // of which choosing its weights (the method: GPTQ, AWQ's search, HQQ, RTN's parameters)
   bool stopped_early = false;  // early stopping ended it before the last window (tokens < the text's)
 };
 
@@ -129,6 +137,7 @@ struct CompareReport {
   double stop_z = 0;
   // timing (seconds; not part of any regression check)
   double load_seconds = 0;  // model + tokenizer load, text tokenization, weight backup
+  double calibration_seconds = 0;  // the calibration pass of the methods that need one (0: none ran)
   double total_seconds = 0;  // the whole run_compare
 
   std::vector<VariantResult> results;

@@ -122,7 +122,8 @@ struct DistributionStats {
 // The percentiles a TokenValueStats reports, in its field order.
 inline constexpr double kReportedPercentiles[] = {0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9};
 
-// kKeep: keep KL_t and dp_t (8 bytes a token) for the percentiles.
+// kKeep: keep KL_t and dp_t (8 bytes a token) for the percentiles, and the
+// variant's nll_t (4 more) for paired comparisons between two variants.
 // kSumsOnly: running sums, minimum and maximum only (O(1) memory).
 enum class PerTokenValues { kKeep, kSumsOnly };
 
@@ -151,6 +152,8 @@ class DistributionComparison {
   double top1_agreement() const;
   double delta_nll_mean() const;
   double delta_nll_ci95() const;
+  // The variant's nll_t in token order (kKeep only; empty under kSumsOnly).
+  const std::vector<float>& nll_values() const { return nll_values_; }
 
  private:
   // One position: its (1), its agreement (2), both NLLs, as add() computed them.
@@ -178,6 +181,23 @@ class DistributionComparison {
   float dp_max_ = -std::numeric_limits<float>::infinity();
   std::vector<float> kl_values_;  // kKeep only
   std::vector<float> dp_values_;
+  std::vector<float> nll_values_;
 };
+
+// The paired per-token NLL change of variant `a` against variant `b` on the
+// same positions: d_t = nll_t(a) - nll_t(b), its mean and the half-width of
+// its 95% interval (kZ95 times the sample standard error, as delta_nll_ci95).
+// This is what says whether a method beats round to nearest beyond noise: the
+// fp32 terms cancel, so its interval is usually much narrower than the
+// difference of the two delta_nll intervals. nullopt unless both kept their
+// values over the same number of positions (early stopping ends variants at
+// different windows).
+struct PairedNllDifference {
+  double mean = 0;
+  double ci95 = 0;
+  int64_t tokens = 0;
+};
+std::optional<PairedNllDifference> paired_nll_difference(const DistributionComparison& a,
+                                                         const DistributionComparison& b);
 
 }  // namespace quantppl

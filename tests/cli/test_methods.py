@@ -90,6 +90,23 @@ def test_compare_rows_carry_method_and_calibration_provenance():
     assert by["absmax:4:group32+gptq"]["bits_per_weight"] == by["absmax:4:group32"]["bits_per_weight"]
 
 
+def test_methods_are_paired_with_their_formats_round_to_nearest():
+    rows = compare(TINY, "fp32,absmax:3:group32,absmax:3:group32+gptq,absmax:3:group32+awq,zeropoint:3:group32+hqq",
+                   *TINY_CALIBRATION)
+    by = {r["variant"]: r for r in rows}
+    for v in ("fp32", "absmax:3:group32"):
+        assert by[v]["rtn_delta_nll_mean"] is None and by[v]["rtn_delta_nll_ci95"] is None
+    # No zeropoint:3:group32 row: nothing to pair the HQQ row with.
+    assert by["zeropoint:3:group32+hqq"]["rtn_delta_nll_mean"] is None
+    rtn = by["absmax:3:group32"]
+    for v in ("absmax:3:group32+gptq", "absmax:3:group32+awq"):
+        row = by[v]
+        # The mean of the per-token differences is the difference of the means against fp32.
+        assert row["rtn_delta_nll_mean"] == pytest.approx(row["delta_nll_mean"] - rtn["delta_nll_mean"], abs=1e-9)
+        assert row["rtn_delta_nll_ci95"] > 0
+        assert row["method_seconds"] > 0 and row["method_seconds"] <= row["seconds"]
+
+
 def test_compare_csv_flattens_the_calibration_object():
     r = run("compare", "--model", TINY, "--variants", "absmax:4:group32,absmax:4:group32+awq", "--max-length", "32",
             "--format", "csv", "--quiet", *TINY_CALIBRATION)
