@@ -55,8 +55,6 @@ ordered_json result_json(const VariantResult& v) {
   ordered_json j;
   j["variant"] = v.variant;
   j["spec"] = v.spec;
-  j["method"] = v.method;
-  j["calibration"] = calibration_json(v.calibration);
   j["ppl"] = v.ppl;
   j["ppl_stderr"] = number_or_null(v.ppl_stderr);
   j["nll"] = v.nll;
@@ -72,8 +70,6 @@ ordered_json result_json(const VariantResult& v) {
   j["top1_agreement_stderr"] = number_or_null(d.top1_agreement_stderr);
   j["delta_nll_mean"] = number_or_null(v.delta_nll_mean);
   j["delta_nll_ci95"] = number_or_null(v.delta_nll_ci95);
-  j["rtn_delta_nll_mean"] = number_or_null(v.rtn_delta_nll_mean);
-  j["rtn_delta_nll_ci95"] = number_or_null(v.rtn_delta_nll_ci95);
   j["ppl_ratio"] = number_or_null(d.ppl_ratio);
   j["ppl_ratio_ci95_low"] = number_or_null(d.ppl_ratio_ci95_low);
   j["ppl_ratio_ci95_high"] = number_or_null(d.ppl_ratio_ci95_high);
@@ -92,8 +88,13 @@ ordered_json result_json(const VariantResult& v) {
                                : ordered_json(nullptr);
   j["bits_per_weight"] = v.bits_per_weight ? ordered_json(*v.bits_per_weight) : ordered_json(nullptr);
   j["seconds"] = v.seconds;
-  j["method_seconds"] = v.method_seconds;
   j["stopped_early"] = v.stopped_early;
+  // Methods (issue 15/16), after the fields of earlier versions so that their order is kept.
+  j["method"] = v.method;
+  j["calibration"] = calibration_json(v.calibration);
+  j["rtn_delta_nll_mean"] = number_or_null(v.rtn_delta_nll_mean);
+  j["rtn_delta_nll_ci95"] = number_or_null(v.rtn_delta_nll_ci95);
+  j["method_seconds"] = v.method_seconds;
   return j;
 }
 

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "quantppl/error.h"
+#include "quantppl/eval/causal_windows.h"
 #include "quantppl/methods/activation_capture.h"
 #include "quantppl/methods/calibration_file.h"
 #include "quantppl/sha256.h"
@@ -53,6 +54,13 @@ CalibrationBatch t5_calibration_batch(const EvalBatch& batch) {
   CalibrationBatch out;
   out.arguments = {batch.input_ids, batch.attention_mask, batch.decoder_input_ids};
   out.position_masks = {batch.attention_mask.ne(0), torch::Tensor(), batch.label_mask.to(torch::kBool)};
+  return out;
+}
+
+CalibrationBatch causal_calibration_batch(const EvalBatch& batch) {
+  CalibrationBatch out;
+  out.arguments = {batch.input_ids, batch.attention_mask};
+  out.position_masks = {batch.attention_mask.ne(0), torch::Tensor()};
   return out;
 }
 
@@ -238,10 +246,32 @@ CalibrationInputs calibration_inputs_for_run(ContractModel& model, const Calibra
                                  model.path(), meta.max_length));
   }
   CalibrationInputs inputs;
-  inputs.text = load_calibration_text(text_path, model.tokenizer(), meta.eos_token_id, max_length, request.tokens);
+  if (!meta.is_causal()) {
+    inputs.text = load_calibration_text(text_path, model.tokenizer(), meta.eos_token_id, max_length, request.tokens);
+    inputs.text.path = text_path;
+    same_text_warning(request, warn, text_path, inputs.text.sha256);
+    inputs.batches = t5_calibration_batches(inputs.text, request.batch_size, meta);
+    return inputs;
+  }
+  // A causal model: the text's ids as its evaluation reads them (no EOS; BPE encodes the whole
+  // text), the first N kept, in consecutive windows of max_length (--mode causal, no stride).
+  if (request.tokens < 0) throw UsageError("--calibration-tokens must be >= 0, got " + std::to_string(request.tokens));
+  EvalText text = load_eval_ids(text_path, model.tokenizer());
+  if (request.tokens > 0 && static_cast<size_t>(request.tokens) < text.token_ids.size()) {
+    text.token_ids.resize(static_cast<size_t>(request.tokens));
+  }
   inputs.text.path = text_path;
+  inputs.text.sha256 = text.sha256;
+  inputs.text.tokens = static_cast<int64_t>(text.token_ids.size());
   same_text_warning(request, warn, text_path, inputs.text.sha256);
-  inputs.batches = t5_calibration_batches(inputs.text, request.batch_size, meta);
+  CausalWindowOptions w;
+  w.mode = PerplexityMode::kCausal;
+  w.max_length = max_length;
+  w.add_bos = meta.add_bos;
+  w.bos_token_id = meta.bos_token_id;
+  for (const EvalBatch& b : make_causal_batches(causal_windows(text.token_ids, w), request.batch_size, meta)) {
+    inputs.batches.push_back(causal_calibration_batch(b));
+  }
   return inputs;
 }
 

@@ -274,3 +274,21 @@ def test_awq_on_the_shipped_model_matches_the_reference(tmp_path, shipped):
             e_ref = ref["errors"][k] / float(np.sum((w @ h) * w))
             assert layers[name]["relative_error"] == pytest.approx(e_ref, rel=1e-4), name
     assert agree >= 0.95 * len(groups), (agree, len(groups))
+
+
+def test_gptq_lowers_the_paired_nll_change_on_the_shipped_model(shipped):
+    """Issue 15's end-to-end check on models/default.pt and data/default_eval.txt. At 3 bits GPTQ's gain over
+    RTN is beyond the 95% interval of the paired per-token difference; at 4 bits the point estimate is lower but
+    4338 tokens cannot resolve it (README 'Methods' reports both, with the numbers)."""
+    stats_path = shipped[0]
+    specs = ["zeropoint:%d:%s" % (b, g) for b in (3, 4) for g in ("group64", "channel")]
+    variants = ",".join(["fp32"] + [s + m for s in specs for m in ("", "+gptq")])
+    rows = {r["variant"]: r for r in load_json(run("compare", "--model", DEFAULT_MODEL, "--variants", variants,
+                                                   "--calibration-stats", str(stats_path), "--format", "json",
+                                                   "--quiet"))["results"]}
+    for spec in specs:
+        rtn, gptq = rows[spec], rows[spec + "+gptq"]
+        assert gptq["delta_nll_mean"] < rtn["delta_nll_mean"], spec
+        assert gptq["kl_mean"] < rtn["kl_mean"] and gptq["top1_agreement"] > rtn["top1_agreement"], spec
+        if spec.startswith("zeropoint:3"):
+            assert gptq["rtn_delta_nll_mean"] < -gptq["rtn_delta_nll_ci95"], spec

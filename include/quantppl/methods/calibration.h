@@ -91,6 +91,11 @@ struct CalibrationBatch {
 // A T5 batch (perplexity.h): arguments (input_ids, attention_mask,
 // decoder_input_ids), masks (attention_mask != 0, none, label_mask).
 CalibrationBatch t5_calibration_batch(const EvalBatch& batch);
+// A causal batch (eval/causal_windows.h, make_causal_batches): arguments
+// (input_ids, attention_mask), masks (attention_mask != 0, none). Calibration
+// of a causal model reads the text as its evaluation does (no EOS; a BPE
+// tokenizer encodes the whole text), cut into consecutive max_length windows.
+CalibrationBatch causal_calibration_batch(const EvalBatch& batch);
 
 using CalibrationProgress = std::function<void(size_t done, size_t total)>;
 
