@@ -5,15 +5,19 @@ every Linear layer of a contract model, with the very Hessians quantppl captured
 file quantppl_method_bench --stats-out or `quantppl calibrate --output` writes).
 
 usage: gptq_reference_bench.py MODEL STATS [--spec absmax:B:groupG|absmax:B:channel|...]
-                               [--threads T] [--act-order] [--verbose]
+                               [--threads T] [--act-order] [--include REGEX]
+                               [--verbose]
 
 Only the reference's gptq() and its relative error e = tr(dW H dW^T) / tr(W H W^T) are timed
 (what quantppl's gptq_quantize computes); loading the model and the file is not. Prints one JSON
-object: seconds, layers, layer_names, relative_errors (per layer, in the file's layer order).
+object: seconds, layers, layer_names, relative_errors and layer_seconds (per layer, in the file's
+layer order). --include times a subset (scripts/bench.sh --quick: the first encoder block); the
+report compares it with quantppl's seconds on the same layers.
 """
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -45,6 +49,8 @@ def main():
     ap.add_argument("--spec", default="absmax:4:group128")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--act-order", action="store_true")
+    ap.add_argument("--include", default="", metavar="REGEX",
+                    help="only the layers whose name matches (re.search); default all")
     ap.add_argument("--verbose", action="store_true", help="one line per layer on stderr")
     args = ap.parse_args()
     # numpy's BLAS (inverse, Cholesky, the products of e) gets the same threads as quantppl.
@@ -62,9 +68,11 @@ def main():
     params = dict(torch.jit.load(args.model, map_location="cpu").named_parameters())
     stats = read_calibration_file(args.stats)
     meta = dict(parse_spec(args.spec), act_order=args.act_order, damp=0.01)
-    names, errors = [], []
+    names, errors, seconds = [], [], []
     total = 0.0
     for name in stats["layer_order"]:
+        if args.include and not re.search(args.include, name):
+            continue
         w = params[name + ".weight"].detach().numpy().astype(np.float64)
         h = stats["layers"][name]["hessian"].astype(np.float64)
         m = dict(meta, out=w.shape[0])
@@ -73,13 +81,15 @@ def main():
         xhat, _ = gptq(w, h, m)
         dw = xhat - w
         e = float(np.sum((dw @ h) * dw)) / float(np.sum((w @ h) * w))
-        total += time.perf_counter() - t0
+        seconds.append(time.perf_counter() - t0)
+        total += seconds[-1]
         names.append(name)
         errors.append(e)
         if args.verbose:
             print("%-50s e %.6g  (%.1f s so far)" % (name, e, total), file=sys.stderr)
     print(json.dumps({"seconds": total, "layers": len(names), "spec": args.spec, "act_order": args.act_order,
-                      "threads": args.threads, "layer_names": names, "relative_errors": errors}, indent=1))
+                      "threads": args.threads, "layer_names": names, "relative_errors": errors,
+                      "layer_seconds": seconds}, indent=1))
 
 
 if __name__ == "__main__":

@@ -97,16 +97,20 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-// GPTQ of every layer; per-layer e in `errors`.
+// GPTQ of every layer; per-layer e and seconds in `errors` and `seconds`.
 double time_gptq(const std::vector<quantppl::LinearLayer>& layers, const quantppl::CalibrationStats& stats,
-                 const quantppl::WeightFormat& format, bool act_order, std::vector<double>& errors) {
+                 const quantppl::WeightFormat& format, bool act_order, std::vector<double>& errors,
+                 std::vector<double>& seconds) {
   quantppl::GptqOptions options;
   options.act_order = act_order;
   errors.clear();
+  seconds.clear();
   const auto t0 = Clock::now();
   for (size_t i = 0; i < layers.size(); ++i) {
+    const auto t1 = Clock::now();
     const quantppl::GptqResult r =
         quantppl::gptq_quantize(layers[i].weight, stats.layers[i].hessian, format, layers[i].name, options);
+    seconds.push_back(seconds_since(t1));
     errors.push_back(r.relative_error);
   }
   return seconds_since(t0);
@@ -133,10 +137,11 @@ int run(int argc, char** argv) {
     quantppl::write_calibration_stats(args.stats_out, stats, /*force=*/true, {args.model, args.calibration});
   }
 
-  std::vector<double> natural_errors;
-  std::vector<double> actorder_errors;
-  const double gptq_seconds = time_gptq(layers, stats, *format, false, natural_errors);
-  const double actorder_seconds = args.actorder ? time_gptq(layers, stats, *format, true, actorder_errors) : -1.0;
+  std::vector<double> natural_errors, natural_seconds;
+  std::vector<double> actorder_errors, actorder_seconds_per_layer;
+  const double gptq_seconds = time_gptq(layers, stats, *format, false, natural_errors, natural_seconds);
+  const double actorder_seconds =
+      args.actorder ? time_gptq(layers, stats, *format, true, actorder_errors, actorder_seconds_per_layer) : -1.0;
 
   // AWQ: one search per shared_input group, in order of first appearance.
   std::vector<std::vector<size_t>> groups;
@@ -176,6 +181,8 @@ int run(int argc, char** argv) {
       {"awq_alphas", alphas},
       {"layer_names", names},
       {"gptq_relative_errors", natural_errors},
+      {"gptq_layer_seconds", natural_seconds},
+      {"gptq_actorder_layer_seconds", actorder_seconds_per_layer},
       {"gptq_actorder_relative_errors", actorder_errors},
       {"stats_file", args.stats_out},
   };

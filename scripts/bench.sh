@@ -51,8 +51,8 @@
 #       at T=2: one calibration pass (16,384 tokens of data/calibration.txt; --quick: 2,048), GPTQ
 #       of every Linear layer (absmax:4:group128, natural order and actorder), AWQ's search over
 #       every layer group -> methods.json; then the Python reference GPTQ
-#       (bench/gptq_reference_bench.py, natural order) on the Hessians that run captured ->
-#       gptq_reference.json.
+#       (bench/gptq_reference_bench.py, natural order; --quick: the first encoder block only) on
+#       the Hessians that run captured -> gptq_reference.json.
 #
 # Environment: quantppl sets OMP_WAIT_POLICY=PASSIVE itself; python_baseline.py sets
 # OMP_WAIT_POLICY=PASSIVE, OPENBLAS_NUM_THREADS=T and the glibc malloc tunables itself;
@@ -400,9 +400,12 @@ else
   run_to "$RUN/methods.json" "$METHOD_BENCH" --model "$FLAN" --calibration "$CAL_TEXT" --tokens "$CAL_TOKENS" \
     --threads 2 --spec absmax:4:group128 --stats-out "$RUN/methods.qcal"
   if [[ -f $RUN/methods.qcal ]]; then
-    log "(i) Python reference GPTQ on the same Hessians (natural order, 2 threads)"
+    # The reference takes ~10x quantppl's time: --quick times it on the first encoder block only.
+    ref_include=()
+    ((QUICK)) && ref_include=(--include '^encoder\.block\.0\.')
+    log "(i) Python reference GPTQ on the same Hessians (natural order, 2 threads) ${ref_include[*]}"
     run_to "$RUN/gptq_reference.json" "$PY" "$REPO/bench/gptq_reference_bench.py" "$FLAN" "$RUN/methods.qcal" \
-      --spec absmax:4:group128 --threads 2
+      --spec absmax:4:group128 --threads 2 "${ref_include[@]}"
     rm -f "$RUN/methods.qcal"
   fi
 fi

@@ -1,6 +1,7 @@
 // AWQ's scale search; the math and decisions are in include/quantppl/methods/awq.h.
 #include "quantppl/methods/awq.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -20,10 +21,30 @@ torch::Tensor awq_scaled_fake_quantize(const torch::Tensor& weight, const torch:
   return scaled.div_(scales.unsqueeze(0));
 }
 
-// tr(dW H dW^T) with a float32 product, summed in float64.
+// tr(D H D^T), D = dW, with float32 products summed in float64, using the
+// symmetry of H to skip about half of the products: with D_a the columns of
+// block a (kErrorBlock inputs) and H_ab the matching block of H,
+//
+//   tr(D H D^T) = sum_a tr(D_a H_aa D_a^T) + 2 sum_{a<b} tr(D_a H_ab D_b^T),
+//
+// and P_a = D_a H[a, a:] gives both terms of block a in one product: the
+// flops are (K + 1) / (2K) of D H's for K blocks (62.5% at in = 512, 56% at
+// 1024). Each term is a float32 dot product of length kErrorBlock (u = 2^-24,
+// |error| <= kErrorBlock u sum |d||H||d| to first order), summed in float64.
+constexpr int64_t kErrorBlock = 128;
+
 double awq_output_error_f32(const torch::Tensor& weight, const torch::Tensor& weight_hat, const torch::Tensor& h32) {
   const torch::Tensor d = weight_hat - weight;
-  return (d.mm(h32) * d).sum(torch::kFloat64).item<double>();
+  const int64_t in = d.size(1);
+  double total = 0;
+  for (int64_t a0 = 0; a0 < in; a0 += kErrorBlock) {
+    const int64_t a1 = std::min(a0 + kErrorBlock, in);
+    const torch::Tensor da = d.slice(1, a0, a1);
+    const torch::Tensor p = da.mm(h32.slice(0, a0, a1).slice(1, a0));  // [out, in - a0]
+    total += (p.slice(1, 0, a1 - a0) * da).sum(torch::kFloat64).item<double>();
+    if (a1 < in) total += 2 * (p.slice(1, a1 - a0) * d.slice(1, a1)).sum(torch::kFloat64).item<double>();
+  }
+  return total;
 }
 
 }  // namespace
