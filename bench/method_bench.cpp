@@ -19,11 +19,14 @@
 //
 // usage: quantppl_method_bench --model M --calibration TEXT [--tokens N]
 //          [--threads T] [--spec SPEC] [--stats-out FILE] [--skip-actorder]
+//          [--skip-awq] [--max-layers N]   (the first N layers only: for profiling)
 // Prints one JSON object on stdout (fields below, per-layer e of GPTQ included
-// so that the reference's e can be checked against them).
+// so that the reference's e can be checked against them); cpu_seconds holds
+// each phase's process CPU time (all threads), for runs on a busy machine.
 #include <torch/torch.h>
 
 #include <chrono>
+#include <ctime>
 #include <cstdlib>
 #include <iostream>
 #include <map>
@@ -50,6 +53,10 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// CPU seconds of the whole process (every thread): on a shared machine the
+// wall time grows with the other work, the CPU time much less.
+double cpu_seconds() { return static_cast<double>(std::clock()) / CLOCKS_PER_SEC; }
+
 struct Args {
   std::string model;
   std::string calibration;
@@ -58,12 +65,14 @@ struct Args {
   std::string spec = "absmax:4:group128";
   std::string stats_out;
   bool actorder = true;
+  bool awq = true;
+  int64_t max_layers = 0;  // 0: every Linear layer
 };
 
 [[noreturn]] void usage_error(const std::string& message) {
   throw quantppl::UsageError("quantppl_method_bench: " + message +
                              " (usage: --model M --calibration TEXT [--tokens N] [--threads T] [--spec SPEC] "
-                             "[--stats-out FILE] [--skip-actorder])");
+                             "[--stats-out FILE] [--skip-actorder] [--skip-awq] [--max-layers N])");
 }
 
 Args parse_args(int argc, char** argv) {
@@ -88,6 +97,10 @@ Args parse_args(int argc, char** argv) {
       a.stats_out = value();
     } else if (flag == "--skip-actorder") {
       a.actorder = false;
+    } else if (flag == "--skip-awq") {
+      a.awq = false;
+    } else if (flag == "--max-layers") {
+      a.max_layers = std::stoll(value());
     } else {
       usage_error("unknown argument '" + flag + "'");
     }
@@ -123,7 +136,10 @@ int run(int argc, char** argv) {
   const std::shared_ptr<const quantppl::WeightFormat> format = quantppl::parse_format(args.spec);
 
   quantppl::ContractModel model = quantppl::ContractModel::load(args.model);
-  const std::vector<quantppl::LinearLayer> layers = model.linear_layers();
+  std::vector<quantppl::LinearLayer> layers = model.linear_layers();
+  if (args.max_layers > 0 && static_cast<size_t>(args.max_layers) < layers.size()) {
+    layers.resize(static_cast<size_t>(args.max_layers));
+  }
   int64_t parameters = 0;
   for (const auto& l : layers) parameters += l.weight.numel();
 
@@ -131,17 +147,23 @@ int run(int argc, char** argv) {
   request.text_path = args.calibration;
   request.tokens = args.tokens;
   auto t0 = Clock::now();
+  double c0 = cpu_seconds();
   const quantppl::CalibrationStats stats = quantppl::calibration_stats_for_run(model, layers, request);
   const double calibration_seconds = seconds_since(t0);
+  const double calibration_cpu = cpu_seconds() - c0;
   if (!args.stats_out.empty()) {
     quantppl::write_calibration_stats(args.stats_out, stats, /*force=*/true, {args.model, args.calibration});
   }
 
   std::vector<double> natural_errors, natural_seconds;
   std::vector<double> actorder_errors, actorder_seconds_per_layer;
+  c0 = cpu_seconds();
   const double gptq_seconds = time_gptq(layers, stats, *format, false, natural_errors, natural_seconds);
+  const double gptq_cpu = cpu_seconds() - c0;
+  c0 = cpu_seconds();
   const double actorder_seconds =
       args.actorder ? time_gptq(layers, stats, *format, true, actorder_errors, actorder_seconds_per_layer) : -1.0;
+  const double actorder_cpu = cpu_seconds() - c0;
 
   // AWQ: one search per shared_input group, in order of first appearance.
   std::vector<std::vector<size_t>> groups;
@@ -154,12 +176,15 @@ int run(int argc, char** argv) {
   }
   std::vector<double> alphas;
   t0 = Clock::now();
+  c0 = cpu_seconds();
   for (const std::vector<size_t>& group : groups) {
+    if (!args.awq) break;
     std::vector<quantppl::AwqLayer> awq_layers;
     for (const size_t i : group) awq_layers.push_back({layers[i].name, layers[i].weight, &stats.layers[i]});
     alphas.push_back(quantppl::awq_search(awq_layers, *format).alpha);
   }
   const double awq_seconds = seconds_since(t0);
+  const double awq_cpu = cpu_seconds() - c0;
 
   nlohmann::json names = nlohmann::json::array();
   for (const auto& l : layers) names.push_back(l.name);
@@ -179,6 +204,8 @@ int run(int argc, char** argv) {
       {"awq_groups", groups.size()},
       {"awq_seconds", awq_seconds},
       {"awq_alphas", alphas},
+      {"cpu_seconds", {{"calibration", calibration_cpu}, {"gptq", gptq_cpu}, {"gptq_actorder", actorder_cpu},
+                       {"awq", awq_cpu}}},
       {"layer_names", names},
       {"gptq_relative_errors", natural_errors},
       {"gptq_layer_seconds", natural_seconds},

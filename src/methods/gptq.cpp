@@ -6,6 +6,8 @@
 #include "quantppl/methods/gptq.h"
 
 #include <cmath>
+
+#include <dlfcn.h>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -44,8 +46,40 @@ void check_gptq_inputs(const torch::Tensor& weight, const torch::Tensor& hessian
   }
 }
 
+// OpenBLAS at one thread for the lifetime of the scope (no-op with another
+// BLAS), restored after. Why: LAPACK's Cholesky and inverse (potrf, potri) run
+// many short parallel steps, each a thread hand-off; on this 2-core machine
+// the three O(in^3) factorisations of a 512-wide H took 1.4-2.4 s at two
+// OpenBLAS threads under load (6.7 s at 1024) and ~0.1 s at one. GPTQ's
+// products (the lazy updates (4), e) keep the configured threads. OpenBLAS's
+// thread count is process-wide: GPTQ runs on one thread at a time here.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() {
+    using GetThreads = int (*)();
+    get_ = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    set_ = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    if (get_ != nullptr && set_ != nullptr) {
+      saved_ = get_();
+      if (saved_ > 1) set_(1);
+    }
+  }
+  ~SingleThreadedBlas() {
+    if (set_ != nullptr && saved_ > 1) set_(saved_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  using SetThreads = void (*)(int);
+  int (*get_)() = nullptr;
+  SetThreads set_ = nullptr;
+  int saved_ = 0;
+};
+
 // U, the upper Cholesky factor of (H + lambda I)^-1 (3), in float64.
 torch::Tensor inverse_hessian_factor(torch::Tensor h, double damp, const std::string& name) {
+  const SingleThreadedBlas single_thread;
   const double lambda = damp * h.diagonal().mean().item<double>();
   h.diagonal().add_(lambda);
   auto [lower, info] = torch::linalg_cholesky_ex(h, /*upper=*/false, /*check_errors=*/false);
