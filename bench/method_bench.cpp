@@ -174,14 +174,16 @@ int run(int argc, char** argv) {
     if (id < 0 || inserted) groups.emplace_back();
     groups[id < 0 ? groups.size() - 1 : it->second].push_back(i);
   }
-  std::vector<double> alphas;
+  std::vector<double> alphas, awq_group_seconds;
   t0 = Clock::now();
   c0 = cpu_seconds();
   for (const std::vector<size_t>& group : groups) {
     if (!args.awq) break;
     std::vector<quantppl::AwqLayer> awq_layers;
     for (const size_t i : group) awq_layers.push_back({layers[i].name, layers[i].weight, &stats.layers[i]});
+    const auto t1 = Clock::now();
     alphas.push_back(quantppl::awq_search(awq_layers, *format).alpha);
+    awq_group_seconds.push_back(seconds_since(t1));
   }
   const double awq_seconds = seconds_since(t0);
   const double awq_cpu = cpu_seconds() - c0;
@@ -204,6 +206,7 @@ int run(int argc, char** argv) {
       {"awq_groups", groups.size()},
       {"awq_seconds", awq_seconds},
       {"awq_alphas", alphas},
+      {"awq_group_seconds", awq_group_seconds},
       {"cpu_seconds", {{"calibration", calibration_cpu}, {"gptq", gptq_cpu}, {"gptq_actorder", actorder_cpu},
                        {"awq", awq_cpu}}},
       {"layer_names", names},
