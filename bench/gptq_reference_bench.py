@@ -9,7 +9,8 @@ usage: gptq_reference_bench.py MODEL STATS [--spec absmax:B:groupG|absmax:B:chan
                                [--verbose]
 
 Only the reference's gptq() and its relative error e = tr(dW H dW^T) / tr(W H W^T) are timed
-(what quantppl's gptq_quantize computes); loading the model and the file is not. Prints one JSON
+(what quantppl's gptq_quantize computes); loading the model and the file is not. cpu_seconds:
+the process CPU time over the loop (reading each layer's arrays included). Prints one JSON
 object: seconds, layers, layer_names, relative_errors and layer_seconds (per layer, in the file's
 layer order). --include times a subset (scripts/bench.sh --quick: the first encoder block); the
 report compares it with quantppl's seconds on the same layers.
@@ -70,6 +71,7 @@ def main():
     meta = dict(parse_spec(args.spec), act_order=args.act_order, damp=0.01)
     names, errors, seconds = [], [], []
     total = 0.0
+    cpu0 = time.process_time()
     for name in stats["layer_order"]:
         if args.include and not re.search(args.include, name):
             continue
@@ -87,8 +89,8 @@ def main():
         errors.append(e)
         if args.verbose:
             print("%-50s e %.6g  (%.1f s so far)" % (name, e, total), file=sys.stderr)
-    print(json.dumps({"seconds": total, "layers": len(names), "spec": args.spec, "act_order": args.act_order,
-                      "threads": args.threads, "layer_names": names, "relative_errors": errors,
+    print(json.dumps({"seconds": total, "cpu_seconds": time.process_time() - cpu0, "layers": len(names),
+                      "spec": args.spec, "act_order": args.act_order, "threads": args.threads, "layer_names": names, "relative_errors": errors,
                       "layer_seconds": seconds}, indent=1))
 
 

@@ -486,9 +486,12 @@ def method_rows(run_dir):
     for key, label in (("gptq", "natural"), ("gptq_actorder", "actorder")):
         if m.get(key + "_seconds", -1) < 0:
             continue
+        cpu = m.get("cpu_seconds", {})
+        note = "calibration %.1f s + GPTQ %.1f s" % (m["calibration_seconds"], m[key + "_seconds"])
+        if key in cpu:
+            note += " (CPU %.1f s + %.1f s)" % (cpu["calibration"], cpu[key])
         rows.append(Row("8 GPTQ calib+all layers", "%s, %s" % (config, label), m[key + "_total_seconds"],
-                        GPTQ_TOTAL_LIMIT, "<=", "calibration %.1f s + GPTQ %.1f s" % (
-                            m["calibration_seconds"], m[key + "_seconds"]), fmt="%.1f"))
+                        GPTQ_TOTAL_LIMIT, "<=", note, fmt="%.1f"))
     ref_path = os.path.join(run_dir, "gptq_reference.json")
     if os.path.exists(ref_path):
         ref = read_json(ref_path)
@@ -501,12 +504,15 @@ def method_rows(run_dir):
         note = ("reference %.1f s vs quantppl %.1f s on the same %d layers (GPTQ only, natural order); "
                 "e differs by <= %.2g%%" % (ref["seconds"], ours_total, len(common),
                                             100 * max(diffs) if diffs else float("nan")))
+        if "cpu_seconds" in ref and "gptq" in m.get("cpu_seconds", {}) and len(common) == len(m["layer_names"]):
+            note += "; CPU %.1f s vs %.1f s" % (ref["cpu_seconds"], m["cpu_seconds"]["gptq"])
         rows.append(Row("8 Python ref / GPTQ", "%s, natural" % config,
                         ref["seconds"] / ours_total if ours_total > 0 else None, GPTQ_REFERENCE_LIMIT, ">=", note))
     else:
         rows.append(Row("8 Python ref / GPTQ", config, None, GPTQ_REFERENCE_LIMIT, ">=", "reference not run"))
     rows.append(Row("9 AWQ search", "%s, %d groups" % (config, m["awq_groups"]), m["awq_seconds"], AWQ_LIMIT, "<=",
-                    "after calibration (%.1f s)" % m["calibration_seconds"], fmt="%.1f"))
+                    "after calibration (%.1f s)%s" % (m["calibration_seconds"], "; CPU %.1f s" % m["cpu_seconds"]["awq"]
+                                                      if "awq" in m.get("cpu_seconds", {}) else ""), fmt="%.1f"))
     return rows
 
 
