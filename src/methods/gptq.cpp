@@ -6,11 +6,11 @@
 #include "quantppl/methods/gptq.h"
 
 #include <cmath>
-
-#include <dlfcn.h>
 #include <limits>
 #include <memory>
 #include <vector>
+
+#include <dlfcn.h>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -52,7 +52,9 @@ void check_gptq_inputs(const torch::Tensor& weight, const torch::Tensor& hessian
 // the three O(in^3) factorisations of a 512-wide H took 1.4-2.4 s at two
 // OpenBLAS threads under load (6.7 s at 1024) and ~0.1 s at one. GPTQ's
 // products (the lazy updates (4), e) keep the configured threads. OpenBLAS's
-// thread count is process-wide: GPTQ runs on one thread at a time here.
+// thread count is process-wide: GPTQ runs on one thread at a time here. (An
+// OpenMP build of OpenBLAS also sets OpenMP's count with it; the restore puts
+// back the BLAS count, which configure_runtime makes LibTorch's too.)
 class SingleThreadedBlas {
  public:
   SingleThreadedBlas() {
@@ -115,7 +117,9 @@ struct HessianFactor {
 };
 
 // One per thread: the last factor computed (GPTQ of one model runs its layers in
-// order, so the layers of one input group are consecutive calls).
+// order, so the layers of one input group are consecutive calls). It holds a
+// copy of that H and its U (8 in^2 bytes for a float32 H) until the next call
+// with another H replaces it.
 thread_local std::shared_ptr<const HessianFactor> last_factor;
 
 std::shared_ptr<const HessianFactor> hessian_factor(const torch::Tensor& hessian, const GptqOptions& options,
