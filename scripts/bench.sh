@@ -47,6 +47,12 @@
 #   (h) calibration (issue 15): `quantppl calibrate` of every Linear layer with 16,384 tokens of
 #       data/calibration.txt (--quick: 2,048) at T=2, on models/default.pt and on the
 #       flan-t5-small-shaped model: wall time and peak RSS, written to calibration.txt.
+#   (i) GPTQ and AWQ (issues 15, 16): build/quantppl_method_bench on the flan-t5-small-shaped model
+#       at T=2: one calibration pass (16,384 tokens of data/calibration.txt; --quick: 2,048), GPTQ
+#       of every Linear layer (absmax:4:group128, natural order and actorder), AWQ's search over
+#       every layer group -> methods.json; then the Python reference GPTQ
+#       (bench/gptq_reference_bench.py, natural order; --quick: the first encoder block only) on
+#       the Hessians that run captured -> gptq_reference.json.
 #
 # Environment: quantppl sets OMP_WAIT_POLICY=PASSIVE itself; python_baseline.py sets
 # OMP_WAIT_POLICY=PASSIVE, OPENBLAS_NUM_THREADS=T and the glibc malloc tunables itself;
@@ -377,6 +383,31 @@ if "$QUANTPPL" calibrate --help > /dev/null 2>&1; then
   done
 else
   log "(h) skipped: $QUANTPPL has no calibrate"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# (i) GPTQ and AWQ: calibration + every Linear layer, and the Python reference GPTQ (issues 15, 16)
+# ---------------------------------------------------------------------------------------------
+METHOD_BENCH=$BUILD/quantppl_method_bench
+CAL_TEXT=$REPO/data/calibration.txt
+if [[ ! -x $METHOD_BENCH ]]; then
+  log "(i) skipped: $METHOD_BENCH is not built yet"
+elif [[ ! -f $CAL_TEXT ]]; then
+  log "(i) skipped: $CAL_TEXT is missing (scripts/setup.sh generates it)"
+else
+  CAL_TOKENS=$((QUICK ? 2048 : 16384))
+  log "(i) quantppl_method_bench: calibration ($CAL_TOKENS tokens), GPTQ (natural, actorder), AWQ, 2 threads"
+  run_to "$RUN/methods.json" "$METHOD_BENCH" --model "$FLAN" --calibration "$CAL_TEXT" --tokens "$CAL_TOKENS" \
+    --threads 2 --spec absmax:4:group128 --stats-out "$RUN/methods.qcal"
+  if [[ -f $RUN/methods.qcal ]]; then
+    # The reference takes ~10x quantppl's time: --quick times it on the first encoder block only.
+    ref_include=()
+    ((QUICK)) && ref_include=(--include '^encoder\.block\.0\.')
+    log "(i) Python reference GPTQ on the same Hessians (natural order, 2 threads) ${ref_include[*]}"
+    run_to "$RUN/gptq_reference.json" "$PY" "$REPO/bench/gptq_reference_bench.py" "$FLAN" "$RUN/methods.qcal" \
+      --spec absmax:4:group128 --threads 2 "${ref_include[@]}"
+    rm -f "$RUN/methods.qcal"
+  fi
 fi
 
 sgemm end

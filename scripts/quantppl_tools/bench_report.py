@@ -18,6 +18,8 @@ missing is shown as "not measured"):
   tutorial_{1k,7k}.rN.json/.seconds   the seed tutorial's pipeline (quantppl_tools.tutorial_baseline run)
   startup_{1k,7k}.rN.json/.seconds    quantppl compare --variants fp32,absmax:8,zeropoint:8, same text and
                            threads; .seconds = wall time of the whole process
+  methods.json             build/quantppl_method_bench output (calibration, GPTQ, AWQ seconds)
+  gptq_reference.json      bench/gptq_reference_bench.py output (the Python reference GPTQ's seconds)
 
 Targets and how each ratio is formed:
   1 fake-quant     real time of BM_FakeQuantize/<variant>/threads:T over BM_CopyLinearWeights/threads:T;
@@ -48,6 +50,14 @@ Targets and how each ratio is formed:
                    quantppl compare's, same model, text and threads: >= 1.15 on the ~1,000-token text,
                    >= 1.0 on the ~7,000-token text. The detail shows both medians and how far the
                    fp32 perplexities of the two sides differ (same weights and token ids: ~1e-5).
+  8 GPTQ           (issue 15) methods.json (build/quantppl_method_bench): the calibration pass
+                   (16,384 tokens of data/calibration.txt; --quick: 2,048) plus GPTQ of every Linear
+                   layer (absmax:4:group128), natural order and actorder, <= 180 s each; and the
+                   Python reference GPTQ (bench/gptq_reference_bench.py -> gptq_reference.json, same
+                   Hessians, natural order) over quantppl's GPTQ alone, >= 1.0. The detail shows how
+                   far the per-layer e of the two differ (largest relative difference).
+  9 AWQ            (issue 16) methods.json: AWQ's search over every layer group (absmax:4:group128,
+                   20 alphas), after calibration, <= 30 s.
 """
 
 import argparse
@@ -74,6 +84,9 @@ RSS_LENGTH_LIMIT = 1.05
 XL_RSS_LIMIT_BYTES = 24 * 1024 ** 3
 STARTUP_LIMIT = 1.2
 TUTORIAL_LIMITS = {"1k": 1.15, "7k": 1.0}
+GPTQ_TOTAL_LIMIT = 180.0
+GPTQ_REFERENCE_LIMIT = 1.0
+AWQ_LIMIT = 30.0
 
 _UNIT = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 _THREADS = re.compile(r"^threads:(\d+)$")
@@ -460,6 +473,49 @@ def tutorial_rows(run_dir):
     return rows
 
 
+def method_rows(run_dir):
+    """Targets 8 and 9: GPTQ (calibration included) and AWQ's search, from methods.json."""
+    path = os.path.join(run_dir, "methods.json")
+    if not os.path.exists(path):
+        return [Row("8 GPTQ calib+all layers", "-", None, GPTQ_TOTAL_LIMIT, "<=", "not run"),
+                Row("8 Python ref / GPTQ", "-", None, GPTQ_REFERENCE_LIMIT, ">=", "not run"),
+                Row("9 AWQ search", "-", None, AWQ_LIMIT, "<=", "not run")]
+    m = read_json(path)
+    config = "%s, %d layers, %d tok, %s thr" % (m["spec"], m["layers"], m["calibration_tokens"], m["threads"])
+    rows = []
+    for key, label in (("gptq", "natural"), ("gptq_actorder", "actorder")):
+        if m.get(key + "_seconds", -1) < 0:
+            continue
+        cpu = m.get("cpu_seconds", {})
+        note = "calibration %.1f s + GPTQ %.1f s" % (m["calibration_seconds"], m[key + "_seconds"])
+        if key in cpu:
+            note += " (CPU %.1f s + %.1f s)" % (cpu["calibration"], cpu[key])
+        rows.append(Row("8 GPTQ calib+all layers", "%s, %s" % (config, label), m[key + "_total_seconds"],
+                        GPTQ_TOTAL_LIMIT, "<=", note, fmt="%.1f"))
+    ref_path = os.path.join(run_dir, "gptq_reference.json")
+    if os.path.exists(ref_path):
+        ref = read_json(ref_path)
+        ours = dict(zip(m["layer_names"], m["gptq_relative_errors"]))
+        ours_seconds = dict(zip(m["layer_names"], m["gptq_layer_seconds"]))
+        common = [n for n in ref["layer_names"] if n in ours]
+        ours_total = sum(ours_seconds[n] for n in common)
+        diffs = [abs(e / ours[n] - 1) for n, e in zip(ref["layer_names"], ref["relative_errors"])
+                 if n in ours and ours[n] > 0]
+        note = ("reference %.1f s vs quantppl %.1f s on the same %d layers (GPTQ only, natural order); "
+                "e differs by <= %.2g%%" % (ref["seconds"], ours_total, len(common),
+                                            100 * max(diffs) if diffs else float("nan")))
+        if "cpu_seconds" in ref and "gptq" in m.get("cpu_seconds", {}) and len(common) == len(m["layer_names"]):
+            note += "; CPU %.1f s vs %.1f s" % (ref["cpu_seconds"], m["cpu_seconds"]["gptq"])
+        rows.append(Row("8 Python ref / GPTQ", "%s, natural" % config,
+                        ref["seconds"] / ours_total if ours_total > 0 else None, GPTQ_REFERENCE_LIMIT, ">=", note))
+    else:
+        rows.append(Row("8 Python ref / GPTQ", config, None, GPTQ_REFERENCE_LIMIT, ">=", "reference not run"))
+    rows.append(Row("9 AWQ search", "%s, %d groups" % (config, m["awq_groups"]), m["awq_seconds"], AWQ_LIMIT, "<=",
+                    "after calibration (%.1f s)%s" % (m["calibration_seconds"], "; CPU %.1f s" % m["cpu_seconds"]["awq"]
+                                                      if "awq" in m.get("cpu_seconds", {}) else ""), fmt="%.1f"))
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # Machine
 # ---------------------------------------------------------------------------------------------
@@ -537,6 +593,7 @@ def collect(run_dir):
     rows += startup_rows(gb)
     rows += tutorial_rows(run_dir)
     rows += format_rows(gb)
+    rows += method_rows(run_dir)
     return rows
 
 

@@ -10,6 +10,8 @@
 #include <memory>
 #include <vector>
 
+#include <dlfcn.h>
+
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -44,8 +46,42 @@ void check_gptq_inputs(const torch::Tensor& weight, const torch::Tensor& hessian
   }
 }
 
+// OpenBLAS at one thread for the lifetime of the scope (no-op with another
+// BLAS), restored after. Why: LAPACK's Cholesky and inverse (potrf, potri) run
+// many short parallel steps, each a thread hand-off; on this 2-core machine
+// the three O(in^3) factorisations of a 512-wide H took 1.4-2.4 s at two
+// OpenBLAS threads under load (6.7 s at 1024) and ~0.1 s at one. GPTQ's
+// products (the lazy updates (4), e) keep the configured threads. OpenBLAS's
+// thread count is process-wide: GPTQ runs on one thread at a time here. (An
+// OpenMP build of OpenBLAS also sets OpenMP's count with it; the restore puts
+// back the BLAS count, which configure_runtime makes LibTorch's too.)
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() {
+    using GetThreads = int (*)();
+    get_ = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    set_ = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    if (get_ != nullptr && set_ != nullptr) {
+      saved_ = get_();
+      if (saved_ > 1) set_(1);
+    }
+  }
+  ~SingleThreadedBlas() {
+    if (set_ != nullptr && saved_ > 1) set_(saved_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  using SetThreads = void (*)(int);
+  int (*get_)() = nullptr;
+  SetThreads set_ = nullptr;
+  int saved_ = 0;
+};
+
 // U, the upper Cholesky factor of (H + lambda I)^-1 (3), in float64.
 torch::Tensor inverse_hessian_factor(torch::Tensor h, double damp, const std::string& name) {
+  const SingleThreadedBlas single_thread;
   const double lambda = damp * h.diagonal().mean().item<double>();
   h.diagonal().add_(lambda);
   auto [lower, info] = torch::linalg_cholesky_ex(h, /*upper=*/false, /*check_errors=*/false);
@@ -64,6 +100,56 @@ torch::Tensor inverse_hessian_factor(torch::Tensor h, double damp, const std::st
   return upper;
 }
 
+// The factor of (3) for one Hessian and the options it depends on. Layers that
+// read one tensor (q, k, v; wi_0, wi_1; cross-attention k, v) have the same H,
+// and calibration gives them one shared tensor: the factor (two Cholesky
+// factorisations and an inverse, O(in^3) in float64) is computed once and
+// reused while consecutive calls pass an equal H. A hit needs H equal element
+// for element (torch::equal, O(in^2)), not just the same storage, so that an
+// H edited in place or a new H at a reused address is never mistaken for it.
+struct HessianFactor {
+  torch::Tensor hessian;  // the H given (a private copy, its dtype)
+  double damp = 0.0;
+  bool act_order = false;
+  torch::Tensor dead;  // bool [in]: diag(H) == 0
+  torch::Tensor perm;  // processing order
+  torch::Tensor u;     // float32 U of (3) in processing order
+};
+
+// One per thread: the last factor computed (GPTQ of one model runs its layers in
+// order, so the layers of one input group are consecutive calls). It holds a
+// copy of that H and its U (8 in^2 bytes for a float32 H) until the next call
+// with another H replaces it.
+thread_local std::shared_ptr<const HessianFactor> last_factor;
+
+std::shared_ptr<const HessianFactor> hessian_factor(const torch::Tensor& hessian, const GptqOptions& options,
+                                                    const std::string& name) {
+  const std::shared_ptr<const HessianFactor> cached = last_factor;
+  if (cached && cached->damp == options.damp && cached->act_order == options.act_order &&
+      cached->hessian.scalar_type() == hessian.scalar_type() && cached->hessian.sizes() == hessian.sizes() &&
+      torch::equal(cached->hessian, hessian)) {
+    return cached;
+  }
+  auto f = std::make_shared<HessianFactor>();
+  f->damp = options.damp;
+  f->act_order = options.act_order;
+  // Dead inputs (diag H = 0): diagonal 1 (their weights are zeroed by the caller).
+  torch::Tensor h = hessian.to(torch::kFloat64).clone();
+  f->dead = h.diagonal() == 0;
+  if (f->dead.any().item<bool>()) h.diagonal().masked_fill_(f->dead, 1.0);
+  const int64_t in = h.size(0);
+  if (options.act_order) {
+    f->perm = std::get<1>(torch::sort(h.diagonal(), /*stable=*/true, /*dim=*/0, /*descending=*/true));
+    h = h.index_select(0, f->perm).index_select(1, f->perm);
+  } else {
+    f->perm = torch::arange(in, torch::kLong);
+  }
+  f->u = inverse_hessian_factor(h, options.damp, name).to(torch::kFloat32);
+  f->hessian = hessian.clone();
+  last_factor = f;
+  return f;
+}
+
 }  // namespace
 
 double output_error(const torch::Tensor& weight, const torch::Tensor& weight_hat, const torch::Tensor& hessian) {
@@ -76,9 +162,11 @@ double output_error(const torch::Tensor& weight, const torch::Tensor& weight_hat
 double relative_output_error(const torch::Tensor& weight, const torch::Tensor& weight_hat,
                              const torch::Tensor& hessian) {
   torch::NoGradGuard no_grad;
-  const double numerator = output_error(weight, weight_hat, hessian);
+  const torch::Tensor h = hessian.to(torch::kFloat64);
   const torch::Tensor w = weight.to(torch::kFloat64);
-  const double denominator = (w.mm(hessian.to(torch::kFloat64)) * w).sum().item<double>();
+  const torch::Tensor d = weight_hat.to(torch::kFloat64) - w;
+  const double numerator = (d.mm(h) * d).sum().item<double>();
+  const double denominator = (w.mm(h) * w).sum().item<double>();
   if (numerator == 0.0) return 0.0;
   if (denominator == 0.0) return std::numeric_limits<double>::infinity();
   return numerator / denominator;
@@ -99,23 +187,12 @@ GptqResult gptq_quantize(const torch::Tensor& weight, const torch::Tensor& hessi
         name, format.spec(), group_width));
   }
 
-  // Dead inputs (diag H = 0): weight zeroed, diagonal 1.
-  torch::Tensor h = hessian.to(torch::kFloat64).clone();
+  // Dead inputs (diag H = 0): weight zeroed, diagonal 1 (hessian_factor).
+  const std::shared_ptr<const HessianFactor> factor = hessian_factor(hessian, options, name);
   torch::Tensor w0 = weight.to(torch::kFloat32).contiguous().clone();
-  const torch::Tensor dead = h.diagonal() == 0;
-  if (dead.any().item<bool>()) {
-    h.diagonal().masked_fill_(dead, 1.0);
-    w0.masked_fill_(dead.unsqueeze(0), 0.0f);
-  }
-
-  torch::Tensor perm;
-  if (permuted) {
-    perm = std::get<1>(torch::sort(h.diagonal(), /*stable=*/true, /*dim=*/0, /*descending=*/true));
-    h = h.index_select(0, perm).index_select(1, perm);
-  } else {
-    perm = torch::arange(in, torch::kLong);
-  }
-  const torch::Tensor u = inverse_hessian_factor(h, options.damp, name).to(torch::kFloat32);
+  if (factor->dead.any().item<bool>()) w0.masked_fill_(factor->dead.unsqueeze(0), 0.0f);
+  const torch::Tensor& perm = factor->perm;
+  const torch::Tensor& u = factor->u;
   const auto perm_a = perm.accessor<int64_t, 1>();
 
   // wt: W^T in processing order, updated in place by (3)-(4); qt: W_hat^T.
@@ -164,13 +241,24 @@ GptqResult gptq_quantize(const torch::Tensor& weight, const torch::Tensor& hessi
         quantizer = current.get();
       }
       const torch::Tensor column = block[i];
-      const torch::Tensor q = quantizer->fake_quantize_column(column, original % group_width);
-      qt[i1 + i].copy_(q);
+      const torch::Tensor q = quantizer->fake_quantize_column(column, original % group_width).contiguous();
+      // (3) on contiguous rows of W^T: err = (w_q - Q(w_q)) / U_qq into err[i] and
+      // qt's row, then w_j -= err * U_qj for the block's later columns j (the
+      // later blocks get (4)). Plain loops: a column is only `out` floats, and
+      // a tensor op per step costs more than its arithmetic at these sizes.
       const float d = u_a[i][i];
-      torch::Tensor e = (column - q).div_(d);
-      err[i].copy_(e);
-      if (i + 1 < count) {
-        block.slice(0, i + 1).addr_(u_block[i].slice(0, i + 1), e, /*beta=*/1, /*alpha=*/-1);
+      const float* q_p = q.data_ptr<float>();
+      float* col_p = column.data_ptr<float>();
+      float* e_p = err[i].data_ptr<float>();
+      float* qt_p = qt[i1 + i].data_ptr<float>();
+      for (int64_t r = 0; r < out; ++r) {
+        qt_p[r] = q_p[r];
+        e_p[r] = (col_p[r] - q_p[r]) / d;
+      }
+      for (int64_t j = i + 1; j < count; ++j) {
+        const float uij = u_a[i][j];
+        float* row = col_p + (j - i) * out;
+        for (int64_t r = 0; r < out; ++r) row[r] -= uij * e_p[r];
       }
     }
     if (i2 < in) {

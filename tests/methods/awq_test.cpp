@@ -93,6 +93,27 @@ TEST(AwqTest, NeverWorseThanRtnAndGptqOnDiagonalHessianIsAwq) {
   EXPECT_LT(output_error(w, full.weight, st.hessian), r.output_errors[0]);
 }
 
+// The search's errors (float32 products over blocks of 128 inputs using H's
+// symmetry, awq.cpp) against the plain float64 trace of gptq.h's output_error,
+// with in_features not a multiple of the block.
+TEST(AwqTest, SearchErrorsAreTheFloat64OutputErrors) {
+  const LayerActivationStats st = stats_of(320, 11, /*dead=*/2);
+  torch::manual_seed(12);
+  const torch::Tensor w1 = torch::randn({48, 320}) * 0.05f;
+  const torch::Tensor w2 = torch::randn({80, 320}) * 0.05f;
+  const UniformTestFormat format(config_of(Scheme::kAbsmax, 4, Granularity::kPerGroup, 64));
+  const AwqResult r = awq_search({{"a", w1, &st}, {"b", w2, &st}}, format);
+  const std::vector<torch::Tensor> ws = {w1, w2};
+  for (size_t l = 0; l < ws.size(); ++l) {
+    const double exact = output_error(ws[l], r.weights[l], st.hessian);
+    EXPECT_NEAR(r.output_errors[l], exact, 1e-5 * exact) << l;
+    const double rtn = output_error(ws[l], fake_quantize(ws[l], config_of(Scheme::kAbsmax, 4, Granularity::kPerGroup, 64)),
+                                    st.hessian);
+    EXPECT_NEAR(r.rtn_output_errors[l], rtn, 1e-5 * rtn) << l;
+  }
+  EXPECT_NEAR(r.search_errors[0], r.rtn_output_errors[0] + r.rtn_output_errors[1], 1e-12 * r.search_errors[0]);
+}
+
 void write_raw(const std::string& path, const torch::Tensor& t) {
   std::ofstream f(path, std::ios::binary);
   const torch::Tensor c = t.contiguous();

@@ -222,6 +222,48 @@ TEST(GptqTest, BadInputsAreErrorsNamingTheLayer) {
   expect_error([&] { gptq_quantize(w, h, format, "enc.wo", options); }, "enc.wo", true);
 }
 
+// Layers that read one tensor share H, and GPTQ factors it once for them
+// (gptq.cpp's hessian_factor): reusing the factor must give what a fresh
+// factorisation gives, and an H edited in place (same storage, new values)
+// must never reuse the old factor.
+TEST(GptqTest, SharedHessianFactorIsReusedOnlyForAnEqualHessian) {
+  const UniformTestFormat format(config_of(Scheme::kAbsmax, 4, Granularity::kPerGroup, 32));
+  const torch::Tensor w1 = random_weight(24, 128, 31);
+  const torch::Tensor w2 = random_weight(40, 128, 32);
+  torch::Tensor h = correlated_hessian(128, 512, 33).to(torch::kFloat32);
+  const torch::Tensor other_h = correlated_hessian(128, 512, 34);
+  for (const bool act_order : {false, true}) {
+    GptqOptions options;
+    options.act_order = act_order;
+    // Fresh results: a different H in between, so nothing can be reused.
+    gptq_quantize(w1, other_h, format, "flush", options);
+    const torch::Tensor fresh2 = gptq_quantize(w2, h.clone(), format, "k", options).weight;
+    gptq_quantize(w1, other_h, format, "flush", options);
+    const torch::Tensor fresh1 = gptq_quantize(w1, h.clone(), format, "q", options).weight;
+    // Consecutive layers on the same H (the second may reuse the factor).
+    EXPECT_TRUE(torch::equal(gptq_quantize(w1, h, format, "q", options).weight, fresh1));
+    EXPECT_TRUE(torch::equal(gptq_quantize(w2, h, format, "k", options).weight, fresh2));
+    // The same storage with new values: a rank-one term added in place.
+    torch::Tensor edited = h.clone();
+    const torch::Tensor v = torch::randn({128, 1}) * 2.0f;
+    edited.add_(v.mm(v.t()));
+    gptq_quantize(w1, other_h, format, "flush", options);
+    const torch::Tensor fresh_edited = gptq_quantize(w2, edited.clone(), format, "k", options).weight;
+    EXPECT_FALSE(torch::equal(fresh_edited, fresh2)) << "the edit must change the result for this test to mean anything";
+    gptq_quantize(w1, h, format, "q", options);
+    h.copy_(edited);
+    EXPECT_TRUE(torch::equal(gptq_quantize(w2, h, format, "k", options).weight, fresh_edited)) << act_order;
+    h = correlated_hessian(128, 512, 33).to(torch::kFloat32);
+  }
+  // Another damping is another factor.
+  GptqOptions damped;
+  damped.damp = 0.5;
+  gptq_quantize(w1, other_h, format, "flush", damped);
+  const torch::Tensor fresh_damped = gptq_quantize(w2, h.clone(), format, "k", damped).weight;
+  gptq_quantize(w2, h, format, "k");
+  EXPECT_TRUE(torch::equal(gptq_quantize(w2, h, format, "k", damped).weight, fresh_damped));
+}
+
 TEST(GptqTest, RelativeOutputErrorOfKnownCase) {
   // W = [[1, 2]], W_hat = [[1, 1]], H = [[2, 1], [1, 3]]:
   // dW H dW^T = 3, W H W^T = 2 + 4 + 12 = 18.

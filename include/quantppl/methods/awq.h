@@ -37,8 +37,12 @@
 // * Ties: the smallest alpha with the smallest error wins (strict <).
 // * Arithmetic: s in float64 from m, rounded to float32; W diag(s), the
 //   format's fake quantization and the division by s in float32; the error (3)
-//   as a float32 matrix product summed in float64 (the search compares
-//   candidates whose errors differ by far more than float32's 1e-7).
+//   as float32 matrix products over blocks of 128 inputs, using H's symmetry
+//   (awq.cpp), summed in float64: each product term is a float32 dot product
+//   of at most 128 terms, so |error| <= 129 u sum_rij |dW_ri| |H_ij| |dW_rj|
+//   (u = 2^-24, first order), ~8e-6 relative where H's off-diagonal terms do
+//   not cancel (the search compares candidates whose errors differ by far
+//   more).
 // * AWQ then GPTQ (`+awq+gptq`): with s from the search, GPTQ runs on
 //   W' = W diag(s) with H' = diag(s)^-1 H diag(s)^-1, the Hessian of the
 //   scaled input diag(s)^-1 x, and the result is scaled back:
