@@ -97,8 +97,25 @@ torch::Tensor hqq_min_max_fake_quantize(const torch::Tensor& weight, int bits, i
   return hqq_dequantize_blocks(hqq_min_max_blocks(weight, bits, group_columns, name));
 }
 
-HqqResult hqq_quantize(const torch::Tensor& weight, int bits, int64_t group_columns, const std::string& name,
-                       const HqqOptions& options) {
+namespace {
+
+// Whether a residual |w - w_r(z)| of the block can reach shrink_p's threshold
+// (else the kernel skips the per-weight test). In code units (times k), with
+// a = fl(w k) in [a_min, a_max], a_min = -z_0 exactly (z_0 = fl(-min * k))
+// and a_max - a_min <= L up to rounding: an unclamped weight is within 1/2 of
+// its code; one clamped to 0 has a + z in [z - z_0, -1/2), one clamped to L
+// has a + z - L <= z - z_0 (+ rounding). So |residual| k <= max(1/2,
+// |z - z_0|) plus float32 rounding of magnitudes up to |z_0| + |z| + L, here
+// bounded generously (2^-18 relative, 1% more, against the kernel's own
+// 0.999 margin).
+bool may_shrink(const kernel::HqqStep& s, float z_start) {
+  const double bound = std::max(0.5, std::fabs(static_cast<double>(s.z) - z_start)) +
+                       (std::fabs(z_start) + std::fabs(s.z) + s.qmax) * 0x1p-18 + 1e-3;
+  return !(bound * 1.01 < static_cast<double>(s.threshold) * s.k * 0.999);
+}
+
+HqqBlocks hqq_optimize_blocks(const torch::Tensor& weight, int bits, int64_t group_columns, const std::string& name,
+                              const HqqOptions& options, int* iterations) {
   if (!(options.lp_norm > 0 && options.lp_norm <= 1)) {
     throw UsageError(fmt::format("HQQ: lp_norm must be in (0, 1], got {}", options.lp_norm));
   }
@@ -125,8 +142,11 @@ HqqResult hqq_quantize(const torch::Tensor& weight, int bits, int64_t group_colu
   // error sums independent of the thread count.
   constexpr int kChunk = 4;
   constexpr int64_t kTile = 64;
-  HqqResult result;
+  struct {
+    int iterations = 0;
+  } result;
   const float* w = b.w.data_ptr<float>();
+  const std::vector<float> z_start = b.z;
   const int64_t tiles = (b.count + kTile - 1) / kTile;
   std::vector<double> tile_err(static_cast<size_t>(tiles) * kChunk);
   std::vector<float> z_after(static_cast<size_t>(b.count) * kChunk);
@@ -147,6 +167,7 @@ HqqResult hqq_quantize(const torch::Tensor& weight, int bits, int64_t group_colu
           for (int64_t i = first; i < last_block; ++i) {
             s.k = b.k[i];
             s.z = j == 0 ? b.z[i] : z_after[static_cast<size_t>(i) * kChunk + j - 1];
+            s.may_shrink = may_shrink(s, z_start[i]);
             err[j] += kernel::hqq_step(w + i * b.size, b.size, s, &z_after[static_cast<size_t>(i) * kChunk + j]);
           }
         }
@@ -171,6 +192,25 @@ HqqResult hqq_quantize(const torch::Tensor& weight, int bits, int64_t group_colu
     for (int64_t i = 0; i < b.count; ++i) b.z[i] = z_after[static_cast<size_t>(i) * kChunk + last];
   }
 
+  *iterations = result.iterations;
+  return b;
+}
+
+}  // namespace
+
+HqqParams hqq_optimize(const torch::Tensor& weight, int bits, int64_t group_columns, const std::string& name,
+                       const HqqOptions& options) {
+  HqqParams p;
+  HqqBlocks b = hqq_optimize_blocks(weight, bits, group_columns, name, options, &p.iterations);
+  p.inverse_scale = std::move(b.k);
+  p.zero_point = std::move(b.z);
+  return p;
+}
+
+HqqResult hqq_quantize(const torch::Tensor& weight, int bits, int64_t group_columns, const std::string& name,
+                       const HqqOptions& options) {
+  HqqResult result;
+  HqqBlocks b = hqq_optimize_blocks(weight, bits, group_columns, name, options, &result.iterations);
   result.weight = hqq_dequantize_blocks(b);
   result.inverse_scale = torch::from_blob(b.k.data(), {b.count}, torch::kFloat32).clone();
   result.scale = 1.0f / result.inverse_scale;

@@ -53,36 +53,54 @@ double hqq_step_scalar(const float* w, int64_t n, const HqqStep& s, double* zsum
 // lane: relative error ~32 * 2^-24) and in float64 across runs.
 constexpr int64_t kFloatRun = 256;
 
-__attribute__((target("avx2"))) double hqq_step_avx2(const float* w, int64_t n, const HqqStep& s, double* zsum) {
-  const __m256 k = _mm256_set1_ps(s.k), z = _mm256_set1_ps(s.z), qmax = _mm256_set1_ps(s.qmax);
-  // Lanes at or above the threshold (less a margin for the rounding of
-  // |w k - (q - z)| against |w - w_r| k) take the exact scalar formula.
-  const __m256 zero = _mm256_setzero_ps(), thr_k = _mm256_set1_ps(s.threshold * s.k * 0.999f);
+// One vector of 8 weights: |w - w_r| * k = |w k - (q - z)| (no division per
+// weight) into err, q - w k of (4) into zs, lanes at or above the threshold
+// (less a margin for the rounding of |w k - (q - z)| against |w - w_r| k)
+// into slow when kCheck.
+template <bool kCheck>
+__attribute__((target("avx2"), always_inline)) inline void hqq_lane(const float* p, __m256 k, __m256 z, __m256 qmax,
+                                                                    __m256 thr_k, __m256& err, __m256& zs,
+                                                                    __m256& slow) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 a = _mm256_mul_ps(_mm256_loadu_ps(p), k);
+  __m256 q = _mm256_round_ps(_mm256_add_ps(a, z), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  q = _mm256_min_ps(qmax, _mm256_max_ps(_mm256_setzero_ps(), q));
+  const __m256 ax_k = _mm256_and_ps(_mm256_sub_ps(a, _mm256_sub_ps(q, z)), abs_mask);
+  err = _mm256_add_ps(err, ax_k);
+  if (kCheck) slow = _mm256_or_ps(slow, _mm256_cmp_ps(ax_k, thr_k, _CMP_GE_OQ));
+  zs = _mm256_add_ps(zs, _mm256_sub_ps(q, a));
+}
+
+__attribute__((target("avx2"), always_inline)) inline __m256d widen_sum(__m256 v) {
+  return _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
+// Two sets of accumulators (even and odd vectors), so that consecutive adds
+// do not wait on each other. kCheck: whether any lane can reach the shrink
+// threshold (HqqStep::may_shrink); without it the comparison is skipped.
+template <bool kCheck>
+__attribute__((target("avx2"))) double hqq_step_avx2_impl(const float* w, int64_t n, const HqqStep& s, double* zsum) {
+  const __m256 k = _mm256_set1_ps(s.k), z = _mm256_set1_ps(s.z), qmax = _mm256_set1_ps(s.qmax);
+  const __m256 thr_k = _mm256_set1_ps(s.threshold * s.k * 0.999f);
   __m256d err_acc = _mm256_setzero_pd(), z_acc = _mm256_setzero_pd();
   __m256 slow = _mm256_setzero_ps();
   int64_t i = 0;
   while (i + 8 <= n) {
     const int64_t run_end = std::min(n - (n - i) % 8, i + kFloatRun);
-    __m256 err_run = _mm256_setzero_ps(), z_run = _mm256_setzero_ps();
-    for (; i < run_end; i += 8) {
-      const __m256 v = _mm256_loadu_ps(w + i);
-      const __m256 a = _mm256_mul_ps(v, k);
-      __m256 q = _mm256_round_ps(_mm256_add_ps(a, z), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      q = _mm256_min_ps(qmax, _mm256_max_ps(zero, q));
-      // |w - w_r| * k = |w k - (q - z)|, without a division per weight.
-      const __m256 ax_k = _mm256_and_ps(_mm256_sub_ps(a, _mm256_sub_ps(q, z)), abs_mask);
-      err_run = _mm256_add_ps(err_run, ax_k);
-      slow = _mm256_or_ps(slow, _mm256_cmp_ps(ax_k, thr_k, _CMP_GE_OQ));
-      const __m256 term = _mm256_sub_ps(q, a);
-      z_run = _mm256_add_ps(z_run, term);
+    __m256 err0 = _mm256_setzero_ps(), z0 = _mm256_setzero_ps();
+    __m256 err1 = _mm256_setzero_ps(), z1 = _mm256_setzero_ps();
+    for (; i + 16 <= run_end; i += 16) {
+      hqq_lane<kCheck>(w + i, k, z, qmax, thr_k, err0, z0, slow);
+      hqq_lane<kCheck>(w + i + 8, k, z, qmax, thr_k, err1, z1, slow);
     }
-    err_acc = _mm256_add_pd(err_acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(err_run)),
-                                                   _mm256_cvtps_pd(_mm256_extractf128_ps(err_run, 1))));
-    z_acc = _mm256_add_pd(z_acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(z_run)),
-                                               _mm256_cvtps_pd(_mm256_extractf128_ps(z_run, 1))));
+    if (i < run_end) {
+      hqq_lane<kCheck>(w + i, k, z, qmax, thr_k, err0, z0, slow);
+      i += 8;
+    }
+    err_acc = _mm256_add_pd(err_acc, widen_sum(_mm256_add_ps(err0, err1)));
+    z_acc = _mm256_add_pd(z_acc, widen_sum(_mm256_add_ps(z0, z1)));
   }
-  if (_mm256_movemask_ps(slow) != 0) {
+  if (kCheck && _mm256_movemask_ps(slow) != 0) {
     // Some residual nears the shrink threshold: the whole block by the exact
     // scalar formula (rare: |x| ~ 0.17 at the defaults).
     *zsum = 0;
@@ -94,6 +112,10 @@ __attribute__((target("avx2"))) double hqq_step_avx2(const float* w, int64_t n, 
   const double err = ((e[0] + e[1]) + (e[2] + e[3])) / static_cast<double>(s.k);
   *zsum += (t[0] + t[1]) + (t[2] + t[3]);
   return err + hqq_step_scalar(w + i, n - i, s, zsum);
+}
+
+__attribute__((target("avx2"))) double hqq_step_avx2(const float* w, int64_t n, const HqqStep& s, double* zsum) {
+  return s.may_shrink ? hqq_step_avx2_impl<true>(w, n, s, zsum) : hqq_step_avx2_impl<false>(w, n, s, zsum);
 }
 
 __attribute__((target("avx2"))) void hqq_dequantize_avx2(const float* w, float* dst, int64_t n, float kf, float zf,

@@ -15,6 +15,9 @@ struct HqqStep {
   float inv_beta;   // float(1 / beta)
   float pm1;        // float(p - 1)
   float threshold;  // below this |x|, shrink_p(x) is certainly 0
+  // false only when no residual of the block can reach the threshold, which
+  // the caller knows from a bound (hqq.cpp); true always checks each weight.
+  bool may_shrink = true;
 };
 
 // One iteration on a block w[0, n): returns sum |w - w_r(z_i)| in float64 and
