@@ -251,7 +251,7 @@ TEST_P(HqqFormatTest, UnpackOfPackIsBitIdenticalWithXHat) {
 
 TEST_P(HqqFormatTest, AllZeroWeightStaysZero) {
   const std::shared_ptr<const WeightFormat> format = parse_format(GetParam());
-  const torch::Tensor w = torch::zeros({8, 64});
+  const torch::Tensor w = torch::zeros({8, 128});
   const auto prepared = hqq_prepare(w, *format, "layer");
   const torch::Tensor x_hat = fake_quantized(*prepared, w);
   EXPECT_TRUE((x_hat == 0).all().item<bool>());
