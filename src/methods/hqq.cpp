@@ -99,21 +99,6 @@ torch::Tensor hqq_min_max_fake_quantize(const torch::Tensor& weight, int bits, i
 
 namespace {
 
-// Whether a residual |w - w_r(z)| of the block can reach shrink_p's threshold
-// (else the kernel skips the per-weight test). In code units (times k), with
-// a = fl(w k) in [a_min, a_max], a_min = -z_0 exactly (z_0 = fl(-min * k))
-// and a_max - a_min <= L up to rounding: an unclamped weight is within 1/2 of
-// its code; one clamped to 0 has a + z in [z - z_0, -1/2), one clamped to L
-// has a + z - L <= z - z_0 (+ rounding). So |residual| k <= max(1/2,
-// |z - z_0|) plus float32 rounding of magnitudes up to |z_0| + |z| + L, here
-// bounded generously (2^-18 relative, 1% more, against the kernel's own
-// 0.999 margin).
-bool may_shrink(const kernel::HqqStep& s, float z_start) {
-  const double bound = std::max(0.5, std::fabs(static_cast<double>(s.z) - z_start)) +
-                       (std::fabs(z_start) + std::fabs(s.z) + s.qmax) * 0x1p-18 + 1e-3;
-  return !(bound * 1.01 < static_cast<double>(s.threshold) * s.k * 0.999);
-}
-
 HqqBlocks hqq_optimize_blocks(const torch::Tensor& weight, int bits, int64_t group_columns, const std::string& name,
                               const HqqOptions& options, int* iterations) {
   if (!(options.lp_norm > 0 && options.lp_norm <= 1)) {
@@ -147,29 +132,27 @@ HqqBlocks hqq_optimize_blocks(const torch::Tensor& weight, int bits, int64_t gro
   } result;
   const float* w = b.w.data_ptr<float>();
   const std::vector<float> z_start = b.z;
+  std::vector<double> inv_k(b.k.size());
+  for (size_t i = 0; i < b.k.size(); ++i) inv_k[i] = 1.0 / static_cast<double>(b.k[i]);
   const int64_t tiles = (b.count + kTile - 1) / kTile;
   std::vector<double> tile_err(static_cast<size_t>(tiles) * kChunk);
+  // z_after[j * count + i]: block i's zero point after iteration j of the chunk.
   std::vector<float> z_after(static_cast<size_t>(b.count) * kChunk);
   float best = std::numeric_limits<float>::infinity();
   bool stopped = false;
   for (int it0 = 0; it0 < options.iters && b.count > 0 && !stopped; it0 += kChunk) {
     const int chunk = std::min(kChunk, options.iters - it0);
     at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-      kernel::HqqStep s = step;
       for (int64_t t = t0; t < t1; ++t) {
         double* err = &tile_err[static_cast<size_t>(t) * kChunk];
-        std::fill(err, err + kChunk, 0.0);
         // Iteration-major within the tile: consecutive blocks are independent,
         // so the CPU overlaps them (one block's iterations form a dependency
         // chain through z); the tile stays in cache across the chunk.
-        const int64_t first = t * kTile, last_block = std::min(b.count, (t + 1) * kTile);
+        const int64_t first = t * kTile, n = std::min(b.count, (t + 1) * kTile) - first;
         for (int j = 0; j < chunk; ++j) {
-          for (int64_t i = first; i < last_block; ++i) {
-            s.k = b.k[i];
-            s.z = j == 0 ? b.z[i] : z_after[static_cast<size_t>(i) * kChunk + j - 1];
-            s.may_shrink = may_shrink(s, z_start[i]);
-            err[j] += kernel::hqq_step(w + i * b.size, b.size, s, &z_after[static_cast<size_t>(i) * kChunk + j]);
-          }
+          const float* z_in = j == 0 ? &b.z[first] : &z_after[static_cast<size_t>((j - 1) * b.count + first)];
+          err[j] = kernel::hqq_step_blocks(w + first * b.size, n, b.size, &b.k[first], &inv_k[first], z_in, &z_start[first],
+                                           &z_after[static_cast<size_t>(j * b.count + first)], step);
         }
       }
     });
@@ -189,7 +172,7 @@ HqqBlocks hqq_optimize_blocks(const torch::Tensor& weight, int bits, int64_t gro
         break;
       }
     }
-    for (int64_t i = 0; i < b.count; ++i) b.z[i] = z_after[static_cast<size_t>(i) * kChunk + last];
+    std::copy_n(&z_after[static_cast<size_t>(last * b.count)], b.count, b.z.begin());
   }
 
   *iterations = result.iterations;

@@ -79,11 +79,35 @@ __attribute__((target("avx2"), always_inline)) inline __m256d widen_sum(__m256 v
 // do not wait on each other. kCheck: whether any lane can reach the shrink
 // threshold (HqqStep::may_shrink); without it the comparison is skipped.
 template <bool kCheck>
-__attribute__((target("avx2"))) double hqq_step_avx2_impl(const float* w, int64_t n, const HqqStep& s, double* zsum) {
+__attribute__((target("avx2"), always_inline)) inline double hqq_step_avx2_impl(const float* w, int64_t n,
+                                                                              const HqqStep& s, double inv_k,
+                                                                              double* zsum) {
   const __m256 k = _mm256_set1_ps(s.k), z = _mm256_set1_ps(s.z), qmax = _mm256_set1_ps(s.qmax);
   const __m256 thr_k = _mm256_set1_ps(s.threshold * s.k * 0.999f);
-  __m256d err_acc = _mm256_setzero_pd(), z_acc = _mm256_setzero_pd();
   __m256 slow = _mm256_setzero_ps();
+  if (n <= kFloatRun && n % 8 == 0) {
+    // One run (every group size up to 256): both sums reduced across lanes
+    // in float32 together, a handful of instructions per block.
+    __m256 err0 = _mm256_setzero_ps(), z0 = _mm256_setzero_ps();
+    __m256 err1 = _mm256_setzero_ps(), z1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      hqq_lane<kCheck>(w + i, k, z, qmax, thr_k, err0, z0, slow);
+      hqq_lane<kCheck>(w + i + 8, k, z, qmax, thr_k, err1, z1, slow);
+    }
+    if (i < n) hqq_lane<kCheck>(w + i, k, z, qmax, thr_k, err0, z0, slow);
+    if (kCheck && _mm256_movemask_ps(slow) != 0) {
+      *zsum = 0;
+      return hqq_step_scalar(w, n, s, zsum);
+    }
+    // [e01, e23, z01, z23 | e45, e67, z45, z67] -> [e, z, e, z]
+    const __m256 h = _mm256_hadd_ps(_mm256_add_ps(err0, err1), _mm256_add_ps(z0, z1));
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    r = _mm_hadd_ps(r, r);
+    *zsum += static_cast<double>(_mm_cvtss_f32(_mm_shuffle_ps(r, r, 1)));
+    return static_cast<double>(_mm_cvtss_f32(r)) * inv_k;
+  }
+  __m256d err_acc = _mm256_setzero_pd(), z_acc = _mm256_setzero_pd();
   int64_t i = 0;
   while (i + 8 <= n) {
     const int64_t run_end = std::min(n - (n - i) % 8, i + kFloatRun);
@@ -109,13 +133,35 @@ __attribute__((target("avx2"))) double hqq_step_avx2_impl(const float* w, int64_
   alignas(32) double e[4], t[4];
   _mm256_store_pd(e, err_acc);
   _mm256_store_pd(t, z_acc);
-  const double err = ((e[0] + e[1]) + (e[2] + e[3])) / static_cast<double>(s.k);
+  const double err = ((e[0] + e[1]) + (e[2] + e[3])) * inv_k;
   *zsum += (t[0] + t[1]) + (t[2] + t[3]);
-  return err + hqq_step_scalar(w + i, n - i, s, zsum);
+  return i < n ? err + hqq_step_scalar(w + i, n - i, s, zsum) : err;
 }
 
 __attribute__((target("avx2"))) double hqq_step_avx2(const float* w, int64_t n, const HqqStep& s, double* zsum) {
-  return s.may_shrink ? hqq_step_avx2_impl<true>(w, n, s, zsum) : hqq_step_avx2_impl<false>(w, n, s, zsum);
+  const double inv_k = 1.0 / static_cast<double>(s.k);
+  return s.may_shrink ? hqq_step_avx2_impl<true>(w, n, s, inv_k, zsum)
+                      : hqq_step_avx2_impl<false>(w, n, s, inv_k, zsum);
+}
+
+__attribute__((target("avx2"))) double hqq_step_blocks_avx2(const float* w, int64_t nblocks, int64_t size,
+                                                            const float* k, const double* inv_k, const float* z,
+                                                            const float* z_start, float* z_next, const HqqStep& step) {
+  HqqStep s = step;
+  double total = 0;
+  const double inv_n = 1.0 / static_cast<double>(size);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    s.k = k[b];
+    s.z = z[b];
+    double zsum = 0;
+    if (hqq_may_shrink(s, z_start[b])) {
+      total += hqq_step_avx2_impl<true>(w + b * size, size, s, inv_k[b], &zsum);
+    } else {
+      total += hqq_step_avx2_impl<false>(w + b * size, size, s, inv_k[b], &zsum);
+    }
+    z_next[b] = static_cast<float>(zsum * inv_n);
+  }
+  return total;
 }
 
 __attribute__((target("avx2"))) void hqq_dequantize_avx2(const float* w, float* dst, int64_t n, float kf, float zf,
@@ -145,6 +191,36 @@ const bool kHasAvx2 = false;
 #endif
 
 }  // namespace
+
+// In code units (times k), with a = fl(w k) in [a_min, a_max], a_min = -z_0
+// exactly (z_0 = fl(-min * k)) and a_max - a_min <= L up to rounding: an
+// unclamped weight is within 1/2 of its code; one clamped to 0 has a + z in
+// [z - z_0, -1/2), one clamped to L has a + z - L <= z - z_0 (+ rounding).
+// So |residual| k <= max(1/2, |z - z_0|) plus float32 rounding of magnitudes
+// up to |z_0| + |z| + L, bounded here generously (2^-18 relative, 1% more,
+// against the kernel's own 0.999 margin on the threshold).
+bool hqq_may_shrink(const HqqStep& s, float z_start) {
+  const float bound = std::max(0.5f, std::fabs(s.z - z_start)) +
+                      (std::fabs(z_start) + std::fabs(s.z) + s.qmax) * 0x1p-18f + 1e-3f;
+  return !(bound * 1.01f < s.threshold * s.k * 0.99f);
+}
+
+double hqq_step_blocks(const float* w, int64_t nblocks, int64_t size, const float* k, const double* inv_k,
+                       const float* z, const float* z_start, float* z_next, const HqqStep& step) {
+#if defined(__x86_64__)
+  if (kHasAvx2) return hqq_step_blocks_avx2(w, nblocks, size, k, inv_k, z, z_start, z_next, step);
+#endif
+  HqqStep s = step;
+  double total = 0;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    s.k = k[b];
+    s.z = z[b];
+    double zsum = 0;
+    total += hqq_step_scalar(w + b * size, size, s, &zsum);
+    z_next[b] = static_cast<float>(zsum / static_cast<double>(size));
+  }
+  return total;
+}
 
 double hqq_step(const float* w, int64_t n, const HqqStep& s, float* z_next) {
   double zsum = 0;
