@@ -52,15 +52,17 @@
 // Arithmetic: every per-element operation of q and of (4) in float32 in the
 // package's order (w * k, + z, round half to even, clamp; q - w * k), so the
 // codes are bit-identical with the package's for the same k and z. The error
-// of the stopping rule, |w - w_r|, is summed as |w k - (q - z)| and divided by
-// k once per block (the same to ~1 ulp per weight, without a division per
-// weight). Block sums run in float32 lanes over at most 256 weights and in
-// float64 beyond (torch sums float32), so z agrees with the package's to
-// ~1e-7 relative and the stopping decision differs only if two successive
-// mean errors agree to ~1e-7. shrink_p is 0 whenever
-// |x| < beta^(-1/(2-p)) (about 0.17 at the defaults: most residuals), which
-// is tested without evaluating |x|^(p-1); the exact formula is used for the
-// rest (powf).
+// of the stopping rule, |w - w_r|, is summed as |w k - (q - z)| and scaled by
+// 1/k (float64) once per block (the same to ~1 ulp per weight, without a
+// division per weight). A block's sums run in float32 (8 lanes, then across
+// lanes) over at most 256 weights, in float64 across runs of 256 and across
+// blocks (torch sums float32), so z agrees with the package's to ~1e-7
+// relative and the stopping decision differs only if two successive mean
+// errors agree to ~1e-7. shrink_p is 0 whenever |x| < beta^(-1/(2-p)) (about
+// 0.17 at the defaults: most residuals), which is tested without evaluating
+// |x|^(p-1), and not at all in a block where a bound on its residuals
+// (hqq_kernel.cpp, hqq_may_shrink) rules it out; the exact formula is used
+// for the rest (powf).
 //
 // ---------------------------------------------------------------------------
 // HQQ on a format (hqq_prepare)
