@@ -15,6 +15,9 @@
 //                                             every example spec of every row of formats/format_table.h
 //                                             but range searches (issue 14: within 2x a copy; new rows
 //                                             appear here without edits)
+//   BM_Hqq/<spec>/threads:T                   hqq_prepare (HQQ's zero-point search) + fake_quantize_into of
+//                                             every weight from the backup into the live weight, on the
+//                                             zero-point grids of kHqqSpecs (issue 16: within 20x a copy)
 //   BM_Sgemm/threads:T                        512x512 @ 512x2048 float32 matmul; counter flops_per_second
 //   BM_JitLoad                                torch::jit::load alone
 //   BM_LoadContractModel                      load_model_file: jit::load + metadata + tokenizer + layers
@@ -39,6 +42,7 @@
 #include "quantppl/contract_model.h"
 #include "quantppl/formats/format_table.h"
 #include "quantppl/formats/spec_fields.h"
+#include "quantppl/methods/hqq.h"
 #include "quantppl/model_quantizer.h"
 #include "quantppl/packed_model.h"
 #include "quantppl/quantize.h"
@@ -138,6 +142,29 @@ void BM_FormatFakeQuantize(benchmark::State& state, const std::string& spec, int
   state.SetBytesProcessed(state.iterations() * f.bytes);
 }
 
+void BM_Hqq(benchmark::State& state, const std::string& spec, int threads) {
+  Fixture& f = fixture();
+  set_threads(threads);
+  const std::shared_ptr<const quantppl::WeightFormat> format = quantppl::parse_format(spec);
+  torch::NoGradGuard no_grad;
+  int iterations = 0, weights = 0;
+  for (auto _ : state) {
+    for (size_t i = 0; i < f.backup->layers().size(); ++i) {
+      const quantppl::LinearLayer& layer = f.backup->layers()[i];
+      const torch::Tensor& original = f.backup->original(i);
+      int it = 0;
+      const auto prepared = quantppl::hqq_prepare(original, *format, layer.name, {}, &it);
+      torch::Tensor live = layer.weight;
+      prepared->fake_quantize_into(original, live);
+      iterations += it;
+      ++weights;
+    }
+  }
+  f.backup->restore();
+  state.SetBytesProcessed(state.iterations() * f.bytes);
+  state.counters["mean_iterations"] = weights > 0 ? static_cast<double>(iterations) / weights : 0.0;
+}
+
 void BM_Sgemm(benchmark::State& state, int threads) {
   set_threads(threads);
   torch::manual_seed(0);
@@ -174,6 +201,10 @@ const char* const kVariants[] = {
     "absmax:4:channel:mse",
 };
 
+// The zero-point grids HQQ is compared on (issue 16: 3 and 4 bits, group 64, 128, per channel) and q4_1.
+const char* const kHqqSpecs[] = {"zeropoint:4:group64", "zeropoint:4:group128", "zeropoint:4:channel",
+                                 "zeropoint:3:group64", "q4_1"};
+
 void register_all() {
   for (int t : {1, 2}) {
     const std::string suffix = "/threads:" + std::to_string(t);
@@ -201,6 +232,9 @@ void register_all() {
         ms(benchmark::RegisterBenchmark(("BM_FormatFakeQuantize/" + spec + suffix).c_str(), BM_FormatFakeQuantize,
                                         spec, t));
       }
+    }
+    for (const char* spec : kHqqSpecs) {
+      ms(benchmark::RegisterBenchmark(("BM_Hqq/" + std::string(spec) + suffix).c_str(), BM_Hqq, std::string(spec), t));
     }
     ms(benchmark::RegisterBenchmark(("BM_Sgemm" + suffix).c_str(), BM_Sgemm, t));
   }

@@ -24,6 +24,8 @@
 #       start and the end; the report uses the best rate seen.
 #       BM_FormatFakeQuantize/<spec>/threads:T runs every example spec of every row of the format
 #       table (formats/format_table.h): the report's target 6 is each over the copy, <= 2.
+#       BM_Hqq/<spec>/threads:T runs HQQ (hqq_prepare + x_hat) on every Linear weight for the
+#       zero-point grids of issue 16: the report's target 8 is each over the copy, <= 20.
 #   (b) quantppl compare --variants fp32 --format json -q for B in 1,8 and T in 1,2 on the text
 #       (data/default_eval.txt repeated 4 times: 17,349 tokens, 34 windows of <= 512), and
 #       scripts/python_baseline.py on the same (interleaved, --reps times).
@@ -228,7 +230,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 # (a) micro-benchmarks
 # ---------------------------------------------------------------------------------------------
-WANT_BENCH=(BM_CopyLinearWeights BM_FakeQuantize BM_FormatFakeQuantize BM_RestoreWeights BM_Sgemm BM_JitLoad
+WANT_BENCH=(BM_CopyLinearWeights BM_FakeQuantize BM_FormatFakeQuantize BM_Hqq BM_RestoreWeights BM_Sgemm BM_JitLoad
             BM_LoadContractModel)
 if [[ -x $BENCH ]] && LIST=$("$BENCH" --benchmark_list_tests 2>/dev/null); then
   missing=()

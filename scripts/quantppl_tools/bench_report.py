@@ -46,6 +46,9 @@ Targets and how each ratio is formed:
   7 format / copy  (issue 14) BM_FormatFakeQuantize/<spec>/threads:T (every example spec of every row
                    of the format table but percentile/MSE searches: choose parameters + fake-quantize
                    every Linear weight) over BM_CopyLinearWeights/threads:T, <= 2.
+  8 hqq / copy     (issue 16) BM_Hqq/<spec>/threads:T (HQQ's zero-point search with hqq_prepare, then x_hat
+                   written, for every Linear weight) over BM_CopyLinearWeights/threads:T, <= 20; the
+                   detail shows the mean HQQ iterations per weight.
   6 vs tutorial    (issue 13) median wall seconds of the tutorial pipeline's whole process over
                    quantppl compare's, same model, text and threads: >= 1.15 on the ~1,000-token text,
                    >= 1.0 on the ~7,000-token text. The detail shows both medians and how far the
@@ -75,6 +78,7 @@ from .paths import REPO
 
 FAKE_QUANT_LIMIT = 1.5
 FORMAT_LIMIT = 2.0
+HQQ_LIMIT = 20.0
 RESTORE_LIMIT = 1.10
 PYTHON_LIMIT = 1.0
 GEMM_LIMITS = {1: 0.75, 2: 0.60}
@@ -583,6 +587,30 @@ def format_rows(gb):
     return rows
 
 
+def hqq_rows(gb):
+    """Target 8: HQQ on every Linear weight over the copy (see the module doc)."""
+    copies = {t: e["seconds"] for n, e in gb.items() for (base, _, t) in [parse_benchmark_name(n)]
+              if base == "BM_CopyLinearWeights"}
+    timed = {}
+    for n, e in gb.items():
+        base, spec, t = parse_benchmark_name(n)
+        if base == "BM_Hqq" and spec:
+            timed[(spec, t)] = e
+    rows = []
+    for (spec, t) in sorted(timed, key=lambda k: (k[1] or 0, k[0])):
+        seconds = timed[(spec, t)]["seconds"]
+        copy = copies.get(t)
+        note = "%.1f ms vs copy %.1f ms" % (1e3 * seconds, 1e3 * copy) if copy else "no BM_CopyLinearWeights"
+        iters = timed[(spec, t)]["counters"].get("mean_iterations")
+        if iters is not None:
+            note += "; %.1f HQQ iterations per weight" % iters
+        rows.append(Row("10 hqq / copy", "%s, %s thr" % (spec, t), seconds / copy if copy else None, HQQ_LIMIT, "<=",
+                        note))
+    if not timed:
+        rows.append(Row("10 hqq / copy", "-", None, HQQ_LIMIT, "<=", "no BM_Hqq results"))
+    return rows
+
+
 def collect(run_dir):
     gb_path = os.path.join(run_dir, "bench.json")
     gb = load_google_benchmark(gb_path) if os.path.exists(gb_path) else {}
@@ -594,6 +622,7 @@ def collect(run_dir):
     rows += tutorial_rows(run_dir)
     rows += format_rows(gb)
     rows += method_rows(run_dir)
+    rows += hqq_rows(gb)
     return rows
 
 

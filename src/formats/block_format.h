@@ -229,7 +229,11 @@ class BlockPrepared final : public PreparedWeight {
 template <class Codec>
 class BlockFormat final : public WeightFormat {
  public:
-  explicit BlockFormat(Codec codec) : codec_(std::move(codec)) {}
+  explicit BlockFormat(Codec codec, std::shared_ptr<const ZeroPointGrid> grid = nullptr)
+      : codec_(std::move(codec)), grid_(std::move(grid)) {}
+
+  // The family's zero-point grid, when it has one (gguf_blocks.h: q4_1, q5_1).
+  const ZeroPointGrid* zero_point_grid() const override { return grid_.get(); }
 
   std::string spec() const override { return codec_.spec(); }
 
@@ -434,6 +438,7 @@ class BlockFormat final : public WeightFormat {
   }
 
   Codec codec_;
+  std::shared_ptr<const ZeroPointGrid> grid_;
 };
 
 // Little-endian storage of scalars in sections.

@@ -6,6 +6,7 @@
 
 #include "block_format.h"
 #include "quantppl/formats/float_formats.h"
+#include "zero_point_grid.h"
 
 namespace quantppl::formats {
 namespace {
@@ -245,6 +246,122 @@ struct GgufCodec {
   }
 };
 
+// q4_1 / q5_1 with a method's (k, z) per block (ZeroPointGrid; the
+// arithmetic is in gguf_blocks.h): codes from the float32 k and z, values
+// from the stored float16 d and m, which is what the stored file computes.
+class GgufGridPrepared final : public PreparedWeight {
+ public:
+  GgufGridPrepared(int bits, int64_t out, int64_t in, std::vector<float> k, std::vector<float> z,
+                   std::vector<GgufParams> stored, std::string name)
+      : bits_(bits), out_(out), in_(in), k_(std::move(k)), z_(std::move(z)), name_(std::move(name)) {
+    d16_.resize(stored.size());
+    m16_.resize(stored.size());
+    d_.resize(stored.size());
+    m_.resize(stored.size());
+    for (size_t b = 0; b < stored.size(); ++b) {
+      d16_[b] = stored[b].d16;
+      m16_[b] = stored[b].m16;
+      d_[b] = stored[b].d;
+      m_[b] = stored[b].m;
+    }
+  }
+
+  void fake_quantize_into(const torch::Tensor& src, torch::Tensor& dst) const override {
+    check(src);
+    check(dst);
+    const float* x = src.data_ptr<float>();
+    float* y = dst.data_ptr<float>();
+    for_each_grid_run(out_ * in_, kGgufBlock, [&](int64_t b0, int64_t nb, int64_t lo, int64_t len) {
+      grid_fake_mul_add(x + lo, y + lo, nb, len / nb, &k_[b0], &z_[b0], &d_[b0], &m_[b0], qmax());
+    });
+  }
+
+  PackedWeight pack(const torch::Tensor& src) const override {
+    check(src);
+    const int64_t n = out_ * in_;
+    std::vector<int32_t> codes(n);
+    const float* x = src.data_ptr<float>();
+    for_each_grid_run(n, kGgufBlock, [&](int64_t b0, int64_t nb, int64_t lo, int64_t) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t at = lo + b * kGgufBlock;
+        grid_codes(x + at, codes.data() + at, kGgufBlock, k_[b0 + b], z_[b0 + b], qmax());
+      }
+    });
+    PackedWeight p;
+    p.out_features = out_;
+    p.in_features = in_;
+    p.sections.push_back({"codes", "u" + std::to_string(bits_), n, pack_codes(codes, bits_)});
+    p.sections.push_back({"scales", "f16", static_cast<int64_t>(d16_.size()), pack_scalars(d16_)});
+    p.sections.push_back({"mins", "f16", static_cast<int64_t>(m16_.size()), pack_scalars(m16_)});
+    return p;
+  }
+
+  std::optional<int64_t> packed_bytes() const override {
+    return (out_ * in_ * bits_ + 7) / 8 + 4 * static_cast<int64_t>(d16_.size());
+  }
+
+ private:
+  float qmax() const { return static_cast<float>((1 << bits_) - 1); }
+  void check(const torch::Tensor& t) const {
+    check_weight(t, name_, "fake-quantize");
+    if (t.size(0) != out_ || t.size(1) != in_) {
+      throw UsageError("weight '" + name_ + "' has shape [" + std::to_string(t.size(0)) + ", " +
+                       std::to_string(t.size(1)) + "], prepared for [" + std::to_string(out_) + ", " +
+                       std::to_string(in_) + "]");
+    }
+  }
+  int bits_;
+  int64_t out_, in_;
+  std::vector<float> k_, z_;
+  std::vector<uint16_t> d16_, m16_;
+  std::vector<float> d_, m_;
+  std::string name_;
+};
+
+class GgufGrid final : public ZeroPointGrid {
+ public:
+  explicit GgufGrid(GgufBlock type) : codec_{type} {}
+  int bits() const override { return codec_.code_bits(); }
+
+  // d = f16(fl(1 / k)), m = f16(fl(-(z * d))) with d the stored value: x_hat
+  // = fl(q * d) + m = (q - z) * d up to the rounding of m, the grid the
+  // method optimised with its scale rounded to float16.
+  std::unique_ptr<PreparedWeight> prepare_with(const torch::Tensor& weight, std::vector<float> inverse_scale,
+                                               std::vector<float> zero_point, const std::string& name) const override {
+    check_weight(weight, name, "prepare");
+    const int64_t out = weight.size(0), in = weight.size(1);
+    codec_.block_len(in, name);
+    const int64_t blocks = out * in / kGgufBlock;
+    if (static_cast<int64_t>(inverse_scale.size()) != blocks || static_cast<int64_t>(zero_point.size()) != blocks) {
+      throw UsageError("weight '" + name + "' has " + std::to_string(blocks) + " blocks under " + codec_.spec() +
+                       ", got " + std::to_string(inverse_scale.size()) + " inverse scales and " +
+                       std::to_string(zero_point.size()) + " zero points");
+    }
+    std::vector<GgufParams> stored(blocks);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const float k = inverse_scale[b], z = zero_point[b];
+      GgufParams& p = stored[b];
+      if (std::isfinite(k) && k > 0 && std::isfinite(z)) {
+        p.d16 = f16_bits(1.0f / k);
+        p.d = f16_value(p.d16);
+        p.m16 = f16_bits(-(z * p.d));
+        p.m = f16_value(p.m16);
+      }
+      if (!(std::isfinite(k) && k > 0 && std::isfinite(z)) || !std::isfinite(p.d) || !std::isfinite(p.m) ||
+          !(p.d > 0)) {
+        throw DataError(codec_.spec() + " cannot store weight '" + name + "': block " + std::to_string(b) +
+                        " has inverse scale " + std::to_string(k) + " and zero point " + std::to_string(z) +
+                        "; d = 1/k and m = -z * d must be positive resp. finite in float16 (largest 65504)");
+      }
+    }
+    return std::make_unique<GgufGridPrepared>(bits(), out, in, std::move(inverse_scale), std::move(zero_point),
+                                              std::move(stored), name);
+  }
+
+ private:
+  GgufCodec codec_;
+};
+
 constexpr GgufBlock kAll[] = {GgufBlock::kQ8_0, GgufBlock::kQ4_0, GgufBlock::kQ4_1, GgufBlock::kQ5_0, GgufBlock::kQ5_1};
 
 }  // namespace
@@ -260,7 +377,9 @@ std::string gguf_name(GgufBlock type) {
 }
 
 std::unique_ptr<WeightFormat> make_gguf_format(GgufBlock type) {
-  return std::make_unique<BlockFormat<GgufCodec>>(GgufCodec{type});
+  std::shared_ptr<const ZeroPointGrid> grid;
+  if (type == GgufBlock::kQ4_1 || type == GgufBlock::kQ5_1) grid = std::make_shared<GgufGrid>(type);
+  return std::make_unique<BlockFormat<GgufCodec>>(GgufCodec{type}, std::move(grid));
 }
 
 std::unique_ptr<WeightFormat> parse_gguf_format(const std::string& spec) {

@@ -10,6 +10,7 @@
 #include "quantppl/error.h"
 #include "quantppl/formats/packed_sections.h"
 #include "quantppl/formats/spec_fields.h"
+#include "zero_point_grid.h"
 
 namespace quantppl {
 namespace {
@@ -50,7 +51,114 @@ class UniformColumnQuantizer : public ColumnGroupQuantizer {
   std::string name_;
 };
 
+// A weight on the zero-point grid with a method's (k, z) per block; storage
+// and arithmetic in uniform_format.h.
+class UniformGridPrepared : public PreparedWeight {
+ public:
+  UniformGridPrepared(int bits, int64_t out, int64_t in, int64_t block_len, std::vector<float> k, std::vector<float> z,
+                      std::string name)
+      : bits_(bits), out_(out), in_(in), L_(block_len), k_(std::move(k)), z_(std::move(z)), name_(std::move(name)) {
+    s_.resize(k_.size());
+    for (size_t b = 0; b < k_.size(); ++b) s_[b] = 1.0f / k_[b];
+  }
+
+  void fake_quantize_into(const torch::Tensor& src, torch::Tensor& dst) const override {
+    check(src);
+    check(dst);
+    const float* x = src.data_ptr<float>();
+    float* y = dst.data_ptr<float>();
+    formats::for_each_grid_run(out_ * in_, L_, [&](int64_t b0, int64_t nb, int64_t lo, int64_t len) {
+      formats::grid_fake_sub_mul(x + lo, y + lo, nb, len / nb, &k_[b0], &z_[b0], &s_[b0], qmax());
+    });
+  }
+
+  PackedWeight pack(const torch::Tensor& src) const override {
+    check(src);
+    PackedWeight packed;
+    packed.out_features = out_;
+    packed.in_features = in_;
+    const int64_t n = out_ * in_;
+    std::vector<int32_t> codes(n);
+    const float* x = src.data_ptr<float>();
+    formats::for_each_grid_run(n, L_, [&](int64_t b0, int64_t nb, int64_t lo, int64_t len) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t piece = len / nb, at = lo + b * piece;
+        formats::grid_codes(x + at, codes.data() + at, piece, k_[b0 + b], z_[b0 + b], qmax());
+      }
+    });
+    const auto blocks = static_cast<int64_t>(k_.size());
+    packed.sections.push_back(PackedSection{"codes", code_dtype(bits_), n, pack_codes(codes, bits_)});
+    packed.sections.push_back(make_section("scales", "f32", blocks, s_.data(), 4 * s_.size()));
+    packed.sections.push_back(make_section("zero_points", "f32", blocks, z_.data(), 4 * z_.size()));
+    return packed;
+  }
+
+  std::optional<int64_t> packed_bytes() const override {
+    return (out_ * in_ * bits_ + 7) / 8 + 8 * static_cast<int64_t>(k_.size());
+  }
+
+ private:
+  float qmax() const { return static_cast<float>((1 << bits_) - 1); }
+  void check(const torch::Tensor& t) const {
+    if (t.scalar_type() != torch::kFloat32 || !t.is_contiguous() || t.dim() != 2 || t.size(0) != out_ ||
+        t.size(1) != in_) {
+      throw UsageError(fmt::format("weight '{}': expected a contiguous float32 [{}, {}] tensor, got {} of {} dims",
+                                   name_, out_, in_, c10::toString(t.scalar_type()), t.dim()));
+    }
+  }
+  int bits_;
+  int64_t out_, in_, L_;
+  std::vector<float> k_, z_, s_;
+  std::string name_;
+};
+
 }  // namespace
+
+const ZeroPointGrid* UniformFormat::zero_point_grid() const {
+  if (config_.scheme != Scheme::kZeroPoint) return nullptr;
+  const std::string gran = to_string(config_.granularity, config_.group_size);
+  if (config_.range != RangeMethod::kMinMax) {
+    throw UsageError(fmt::format("'{}': zero points set by a method start from each block's min-max scale, so the "
+                                 "range '{}' would never be used; use zeropoint:{}:{}",
+                                 spec(), to_string(config_.range, config_.percentile), config_.bits, gran));
+  }
+  if (config_.scale_form != ScaleForm::kStep || config_.zero_point_codes != ZeroPointCodes::kUnsigned) {
+    throw UsageError(fmt::format("'{}': a method's real zero points are stored on the numpy arithmetic's grid "
+                                 "x_hat = (q - z) * s with codes in [0, 2^b - 1], not the tutorial's (q - z) / k; "
+                                 "use zeropoint:{}:{}",
+                                 spec(), config_.bits, gran));
+  }
+  return this;
+}
+
+std::unique_ptr<PreparedWeight> UniformFormat::prepare_with(const torch::Tensor& weight,
+                                                            std::vector<float> inverse_scale,
+                                                            std::vector<float> zero_point,
+                                                            const std::string& name) const {
+  zero_point_grid();
+  if (config_.scheme != Scheme::kZeroPoint) throw UsageError(fmt::format("'{}' has no zero point", spec()));
+  if (weight.scalar_type() != torch::kFloat32 || !weight.is_contiguous() || weight.dim() != 2) {
+    throw UsageError(fmt::format("weight '{}' must be a contiguous float32 [out, in] tensor", name));
+  }
+  const int64_t out = weight.size(0), in = weight.size(1);
+  const int64_t g = group_columns(in, name);
+  const int64_t blocks = blocks_of(config_, out, in);
+  if (static_cast<int64_t>(inverse_scale.size()) != blocks || static_cast<int64_t>(zero_point.size()) != blocks) {
+    throw UsageError(fmt::format("weight '{}' has {} blocks under {}, got {} inverse scales and {} zero points", name,
+                                 blocks, spec(), inverse_scale.size(), zero_point.size()));
+  }
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float k = inverse_scale[b], z = zero_point[b];
+    if (!(std::isfinite(k) && k > 0 && std::isfinite(1.0f / k) && 1.0f / k > 0) || !std::isfinite(z)) {
+      throw DataError(fmt::format("weight '{}': block {} has inverse scale {} and zero point {}; {} stores a "
+                                  "positive finite scale 1/k and a finite zero point",
+                                  name, b, k, z, spec()));
+    }
+  }
+  const int64_t block_len = g == 0 ? out * in : g;
+  return std::make_unique<UniformGridPrepared>(config_.bits, out, in, block_len, std::move(inverse_scale),
+                                               std::move(zero_point), name);
+}
 
 UniformFormat::UniformFormat(const QuantConfig& config) : config_(config) { validate(config_); }
 
@@ -213,10 +321,11 @@ QuantizedTensor UniformFormat::unpack_codes(const PackedWeight& packed, const st
     std::memcpy(zp.data_ptr(), zp_section.bytes.data(), zp_section.bytes.size());
     params.zero_point = zp.to(torch::kFloat32);
     if (dtype == "f32") {
+      // Real, not only integer: a method's zero points (HQQ, zero_point_grid) are stored as they are.
       const float* z = params.zero_point.data_ptr<float>();
       for (int64_t k = 0; k < blocks; ++k) {
-        if (!std::isfinite(z[k]) || z[k] != std::nearbyint(z[k])) {
-          throw DataError(fmt::format("'{}': zero point {} of block {} is not a finite integer", name, z[k], k));
+        if (!std::isfinite(z[k])) {
+          throw DataError(fmt::format("'{}': zero point {} of block {} is not a finite number", name, z[k], k));
         }
       }
     }

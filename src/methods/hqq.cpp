@@ -97,8 +97,10 @@ torch::Tensor hqq_min_max_fake_quantize(const torch::Tensor& weight, int bits, i
   return hqq_dequantize_blocks(hqq_min_max_blocks(weight, bits, group_columns, name));
 }
 
-HqqResult hqq_quantize(const torch::Tensor& weight, int bits, int64_t group_columns, const std::string& name,
-                       const HqqOptions& options) {
+namespace {
+
+HqqBlocks hqq_optimize_blocks(const torch::Tensor& weight, int bits, int64_t group_columns, const std::string& name,
+                              const HqqOptions& options, int* iterations) {
   if (!(options.lp_norm > 0 && options.lp_norm <= 1)) {
     throw UsageError(fmt::format("HQQ: lp_norm must be in (0, 1], got {}", options.lp_norm));
   }
@@ -122,33 +124,39 @@ HqqResult hqq_quantize(const torch::Tensor& weight, int bits, int64_t group_colu
   // iteration's error per tile of kTile blocks and each block's zero point
   // after it; the global stopping rule then reads them in iteration order.
   // The wasted work is at most kChunk - 1 iterations. Tiles make the float64
-  // error sums independent of the thread count.
-  constexpr int kChunk = 4;
+  // error sums independent of the thread count. kChunk = 2: on the
+  // flan-t5-small-shaped benchmark (1 thread, loaded machine) one iteration
+  // per pass was ~10% faster than 4 (no wasted iterations; the stream from
+  // memory overlaps the arithmetic), 2 halves the memory traffic for a
+  // quieter machine or more threads at half an iteration wasted on average.
+  constexpr int kChunk = 2;
   constexpr int64_t kTile = 64;
-  HqqResult result;
+  struct {
+    int iterations = 0;
+  } result;
   const float* w = b.w.data_ptr<float>();
+  const std::vector<float> z_start = b.z;
+  std::vector<double> inv_k(b.k.size());
+  for (size_t i = 0; i < b.k.size(); ++i) inv_k[i] = 1.0 / static_cast<double>(b.k[i]);
   const int64_t tiles = (b.count + kTile - 1) / kTile;
   std::vector<double> tile_err(static_cast<size_t>(tiles) * kChunk);
+  // z_after[j * count + i]: block i's zero point after iteration j of the chunk.
   std::vector<float> z_after(static_cast<size_t>(b.count) * kChunk);
   float best = std::numeric_limits<float>::infinity();
   bool stopped = false;
   for (int it0 = 0; it0 < options.iters && b.count > 0 && !stopped; it0 += kChunk) {
     const int chunk = std::min(kChunk, options.iters - it0);
     at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-      kernel::HqqStep s = step;
       for (int64_t t = t0; t < t1; ++t) {
         double* err = &tile_err[static_cast<size_t>(t) * kChunk];
-        std::fill(err, err + kChunk, 0.0);
         // Iteration-major within the tile: consecutive blocks are independent,
         // so the CPU overlaps them (one block's iterations form a dependency
         // chain through z); the tile stays in cache across the chunk.
-        const int64_t first = t * kTile, last_block = std::min(b.count, (t + 1) * kTile);
+        const int64_t first = t * kTile, n = std::min(b.count, (t + 1) * kTile) - first;
         for (int j = 0; j < chunk; ++j) {
-          for (int64_t i = first; i < last_block; ++i) {
-            s.k = b.k[i];
-            s.z = j == 0 ? b.z[i] : z_after[static_cast<size_t>(i) * kChunk + j - 1];
-            err[j] += kernel::hqq_step(w + i * b.size, b.size, s, &z_after[static_cast<size_t>(i) * kChunk + j]);
-          }
+          const float* z_in = j == 0 ? &b.z[first] : &z_after[static_cast<size_t>((j - 1) * b.count + first)];
+          err[j] = kernel::hqq_step_blocks(w + first * b.size, n, b.size, &b.k[first], &inv_k[first], z_in, &z_start[first],
+                                           &z_after[static_cast<size_t>(j * b.count + first)], step);
         }
       }
     });
@@ -168,9 +176,28 @@ HqqResult hqq_quantize(const torch::Tensor& weight, int bits, int64_t group_colu
         break;
       }
     }
-    for (int64_t i = 0; i < b.count; ++i) b.z[i] = z_after[static_cast<size_t>(i) * kChunk + last];
+    std::copy_n(&z_after[static_cast<size_t>(last * b.count)], b.count, b.z.begin());
   }
 
+  *iterations = result.iterations;
+  return b;
+}
+
+}  // namespace
+
+HqqParams hqq_optimize(const torch::Tensor& weight, int bits, int64_t group_columns, const std::string& name,
+                       const HqqOptions& options) {
+  HqqParams p;
+  HqqBlocks b = hqq_optimize_blocks(weight, bits, group_columns, name, options, &p.iterations);
+  p.inverse_scale = std::move(b.k);
+  p.zero_point = std::move(b.z);
+  return p;
+}
+
+HqqResult hqq_quantize(const torch::Tensor& weight, int bits, int64_t group_columns, const std::string& name,
+                       const HqqOptions& options) {
+  HqqResult result;
+  HqqBlocks b = hqq_optimize_blocks(weight, bits, group_columns, name, options, &result.iterations);
   result.weight = hqq_dequantize_blocks(b);
   result.inverse_scale = torch::from_blob(b.k.data(), {b.count}, torch::kFloat32).clone();
   result.scale = 1.0f / result.inverse_scale;

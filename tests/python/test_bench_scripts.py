@@ -382,6 +382,20 @@ def test_report_from_hand_made_files(tmp_path):
     assert "PASS" in table and "FAIL" in table
 
 
+def test_hqq_rows_are_each_spec_over_the_copy(tmp_path):
+    benchmarks = [gb_entry("BM_CopyLinearWeights/threads:1", 10.0),
+                  gb_entry("BM_Hqq/zeropoint:4:group64/threads:1/real_time", 150.0, mean_iterations=6.5),
+                  gb_entry("BM_Hqq/q4_1/threads:1/real_time", 250.0, mean_iterations=4.0),
+                  gb_entry("BM_Hqq/q4_1/threads:2/real_time", 100.0)]
+    write_json(tmp_path / "bench.json", {"context": {"num_cpus": 2}, "benchmarks": benchmarks})
+    rows = {(r.target, r.config): r for r in bench_report.collect(str(tmp_path)) if r.target == "10 hqq / copy"}
+    assert rows[("10 hqq / copy", "zeropoint:4:group64, 1 thr")].value == pytest.approx(15.0)
+    assert rows[("10 hqq / copy", "zeropoint:4:group64, 1 thr")].status == "PASS"
+    assert "6.5 HQQ iterations per weight" in rows[("10 hqq / copy", "zeropoint:4:group64, 1 thr")].note
+    assert rows[("10 hqq / copy", "q4_1, 1 thr")].status == "FAIL"  # 25 > 20
+    assert rows[("10 hqq / copy", "q4_1, 2 thr")].status == "n/a"   # no copy measured at 2 threads
+
+
 def test_report_with_nothing_measured(tmp_path):
     rows = bench_report.collect(str(tmp_path))
     assert rows and all(r.status == "n/a" for r in rows)

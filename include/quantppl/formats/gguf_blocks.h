@@ -42,6 +42,18 @@
 // (q4_*), u5 (q5_*) in one LSB-first bit stream; "scales" f16 (d per
 // block); q4_1 / q5_1 also "mins" f16. bits per weight: q8_0 8.5, q4_0 4.5,
 // q4_1 5.0, q5_0 5.5, q5_1 6.0 (ggml's block sizes 34, 18, 20, 22, 24 bytes).
+//
+// A method's zero points (ZeroPointGrid, weight_format.h; HQQ sets them) on
+// q4_1 / q5_1, x_hat = d * q + m with the method's per-block inverse scale k
+// and real zero point z (x_hat = (q - z) / k before storage rounding):
+//   q = clamp(round_half_even(fl32(x * k) + z), 0, 15 or 31)   from the float32 k, z
+//   d = f16(fl32(1 / k)),  m = f16(fl32(-(z * d)))  with d the stored value
+//   x_hat = fl32(q * d) + m                         as every q4_1 / q5_1 file
+// So the codes are the method's (the hqq package also computes its codes
+// before it rounds its scale and zero to float16), the rounding of d and m
+// moves x_hat by at most ~q * d * 2^-11 + |m| * 2^-11, and x_hat is exactly
+// what a reader of the stored d, m and codes (ggml, gguf-py) computes.
+// Stored as the format's own sections: bits per weight unchanged (5.0, 6.0).
 #pragma once
 
 #include <memory>

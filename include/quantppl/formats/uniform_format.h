@@ -16,6 +16,17 @@
 //   bits_per_weight = b + 32 * blocks / numel  (+ 16 * blocks / numel for zeropoint)
 // e.g. absmax:4:group64 = 4 + 32/64 = 4.5, zeropoint:4:group64 = 4.75.
 //
+// A method's zero points (ZeroPointGrid, weight_format.h; HQQ sets them) are
+// stored on the numpy arithmetic's grid, zeropoint:B:GRAN[:minmax] only:
+// "codes" uB from the grid's q, "scales" f32 s = fl(1/k) and "zero_points"
+// f32 holding the real z, so x_hat = fl(q - z) * s, which is (2) as
+// dequantize computes it and the hqq package's (q - z) * (1/k) in float32;
+// bits_per_weight = b + 64 * blocks / numel (zeropoint:4:group64: 5.0). Other
+// ranges are refused (a method that chooses the parameters starts from the
+// min-max range, so the range field would name a choice never made), and so
+// is the tutorial arithmetic (x_hat = (q - z) / k with signed codes: not the
+// grid the package's zero points are for).
+//
 // GPTQ (begin_group): per tensor the one (s, z) of the whole original weight;
 // per channel each row's (s, z) of the current weight; per group each row's
 // (s, z) of the current G columns of the group.
@@ -30,7 +41,7 @@
 
 namespace quantppl {
 
-class UniformFormat : public WeightFormat {
+class UniformFormat : public WeightFormat, public ZeroPointGrid {
  public:
   // UsageError for a config validate() rejects.
   explicit UniformFormat(const QuantConfig& config);
@@ -47,6 +58,13 @@ class UniformFormat : public WeightFormat {
   std::unique_ptr<ColumnGroupQuantizer> begin_group(const torch::Tensor& whole_weight, const torch::Tensor& group_cols,
                                                     const std::string& name) const override;
   torch::Tensor unpack(const PackedWeight& packed, const std::string& name) const override;
+
+  // this for zeropoint:B:GRAN:minmax (numpy arithmetic), nullptr for absmax,
+  // UsageError for other zero-point ranges and the tutorial arithmetic.
+  const ZeroPointGrid* zero_point_grid() const override;
+  int bits() const override { return config_.bits; }
+  std::unique_ptr<PreparedWeight> prepare_with(const torch::Tensor& weight, std::vector<float> inverse_scale,
+                                               std::vector<float> zero_point, const std::string& name) const override;
 
   // The codes and parameters unpack() reads, for callers that want them (inspect, tests).
   QuantizedTensor unpack_codes(const PackedWeight& packed, const std::string& name) const;

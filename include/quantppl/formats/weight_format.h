@@ -78,6 +78,32 @@ class PreparedWeight {
   virtual std::optional<int64_t> packed_bytes() const { return std::nullopt; }
 };
 
+// A zero-point grid whose per-block parameters a method may choose itself
+// (HQQ, methods/hqq.h, optimises the zero point). Per block b (the blocks of
+// WeightFormat::group_columns, row-major), with L = 2^bits - 1 and the
+// method's float32 inverse scale k_b > 0 and real zero point z_b:
+//
+//   q = clamp(round_half_even(fl(w * k_b) + z_b), 0, L)     (float32, the hqq package's order)
+//   x_hat = the format's dequantization of q with (k_b, z_b) as its file stores them
+//
+// Each format states what it stores and what that rounds (uniform_format.h:
+// 1/k and z as float32, x_hat = (q - z) * fl(1/k); gguf_blocks.h q4_1/q5_1:
+// d = f16(1/k), m = f16(-z * d), x_hat = fl(q * d) + m). Either way x_hat is
+// what the stored file computes: unpack(pack(W)) is bit-identical with
+// fake_quantize_into(W) of the PreparedWeight below.
+class ZeroPointGrid {
+ public:
+  virtual ~ZeroPointGrid() = default;
+  virtual int bits() const = 0;
+  // `weight` [out, in] float32 contiguous with the method's k and z, one per
+  // block (k.size() == z.size() == the number of blocks). UsageError for a
+  // shape the format cannot cut or a count mismatch; DataError naming `name`
+  // when a parameter cannot be stored (non-finite; beyond float16 for q*_1).
+  virtual std::unique_ptr<PreparedWeight> prepare_with(const torch::Tensor& weight, std::vector<float> inverse_scale,
+                                                       std::vector<float> zero_point,
+                                                       const std::string& name) const = 0;
+};
+
 class WeightFormat {
  public:
   virtual ~WeightFormat() = default;
@@ -140,6 +166,13 @@ class WeightFormat {
     (void)whole_weight;
     return prepare(group_source, name);
   }
+
+  // The zero-point grid a method may set parameters on (ZeroPointGrid above),
+  // or nullptr when the format has none (absmax, float grids, q4_0, ...).
+  // UsageError, saying why, when the format has such a grid but a method's
+  // parameters cannot replace its own (uniform_format.h: range searches and
+  // the tutorial arithmetic).
+  virtual const ZeroPointGrid* zero_point_grid() const { return nullptr; }
 
   // The inverse of PreparedWeight::pack: x_hat, bit-identical with
   // fake_quantize_into. DataError naming `name` for sections that do not

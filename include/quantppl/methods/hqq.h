@@ -52,21 +52,43 @@
 // Arithmetic: every per-element operation of q and of (4) in float32 in the
 // package's order (w * k, + z, round half to even, clamp; q - w * k), so the
 // codes are bit-identical with the package's for the same k and z. The error
-// of the stopping rule, |w - w_r|, is summed as |w k - (q - z)| and divided by
-// k once per block (the same to ~1 ulp per weight, without a division per
-// weight). Block sums run in float32 lanes over at most 256 weights and in
-// float64 beyond (torch sums float32), so z agrees with the package's to
-// ~1e-7 relative and the stopping decision differs only if two successive
-// mean errors agree to ~1e-7. shrink_p is 0 whenever
-// |x| < beta^(-1/(2-p)) (about 0.17 at the defaults: most residuals), which
-// is tested without evaluating |x|^(p-1); the exact formula is used for the
-// rest (powf).
+// of the stopping rule, |w - w_r|, is summed as |w k - (q - z)| and scaled by
+// 1/k (float64) once per block (the same to ~1 ulp per weight, without a
+// division per weight). A block's sums run in float32 (8 lanes, then across
+// lanes) over at most 256 weights, in float64 across runs of 256 and across
+// blocks (torch sums float32), so z agrees with the package's to ~1e-7
+// relative and the stopping decision differs only if two successive mean
+// errors agree to ~1e-7. shrink_p is 0 whenever |x| < beta^(-1/(2-p)) (about
+// 0.17 at the defaults: most residuals), which is tested without evaluating
+// |x|^(p-1), and not at all in a block where a bound on its residuals
+// (hqq_kernel.cpp, hqq_may_shrink) rules it out; the exact formula is used
+// for the rest (powf).
+//
+// ---------------------------------------------------------------------------
+// HQQ on a format (hqq_prepare)
+// ---------------------------------------------------------------------------
+// The format's zero-point grid (WeightFormat::zero_point_grid, weight_format.h)
+// gives the bits and the blocks; HQQ chooses k and z per block as above; the
+// format stores them and defines x_hat as its file computes it:
+//   zeropoint:B:GRAN[:minmax]  scale fl(1/k) and z as float32: x_hat is
+//                              exactly hqq_quantize's weight
+//   q4_1, q5_1 (blocks of 32)  d = f16(fl(1/k)), m = f16(-(z * d)); codes
+//                              are HQQ's (from the float32 k, z, as the
+//                              package computes them before it rounds its
+//                              scale and zero to float16), x_hat =
+//                              fl(q * d) + m, ggml's dequantization of them
+// Other formats: UsageError. The range of a uniform grid must be minmax and
+// its arithmetic numpy's (uniform_format.h says why).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include <torch/types.h>
+
+#include "quantppl/formats/weight_format.h"
 
 namespace quantppl {
 
@@ -91,6 +113,26 @@ struct HqqResult {
 // options or a G that does not divide in.
 HqqResult hqq_quantize(const torch::Tensor& weight, int bits, int64_t group_columns, const std::string& name,
                        const HqqOptions& options = {});
+
+// hqq_quantize's parameters without x_hat (what a format stores): per block,
+// in row-major block order.
+struct HqqParams {
+  std::vector<float> inverse_scale;  // k
+  std::vector<float> zero_point;     // z
+  int iterations = 0;
+};
+HqqParams hqq_optimize(const torch::Tensor& weight, int bits, int64_t group_columns, const std::string& name,
+                       const HqqOptions& options = {});
+
+// HQQ of `weight` (float32 contiguous [out, in]) on `format`'s zero-point
+// grid (see "HQQ on a format" above); `iterations`, if not null, receives the
+// iterations HQQ evaluated. UsageError "hqq applies to zero-point grids
+// (zeropoint:B:..., q4_1, q5_1), not '<spec>'" for a format without one, and
+// the format's reason for a zero-point grid HQQ cannot use; DataError naming
+// `name` for NaN/Inf or parameters the format cannot store.
+std::unique_ptr<PreparedWeight> hqq_prepare(const torch::Tensor& weight, const WeightFormat& format,
+                                            const std::string& name, const HqqOptions& options = {},
+                                            int* iterations = nullptr);
 
 // The initial min-max zero-point quantization (1)-(2) with z = z_0, in HQQ's
 // arithmetic: the baseline HQQ improves on.
