@@ -23,7 +23,8 @@ parity_tests=(
 )
 
 t0=$SECONDS
-QUANTPPL_TORCH2_BUILD_DIR="$build_dir" "$repo_root/scripts/setup_torch2.sh"
+TIMEFORMAT="test_torch2: setup: %R s wall, %U s user, %S s sys"
+time QUANTPPL_TORCH2_BUILD_DIR="$build_dir" "$repo_root/scripts/setup_torch2.sh"
 echo "test_torch2: setup $((SECONDS - t0)) s"
 vpy="$(sed -n 's/^QUANTPPL_VENV:PATH=//p' "$build_dir/CMakeCache.txt")/bin/python"
 
@@ -32,7 +33,8 @@ step() {
   local name="$1"; shift
   local t=$SECONDS
   echo "test_torch2: == $name =="
-  if "$@"; then
+  local TIMEFORMAT="test_torch2: $name: %R s wall, %U s user, %S s sys"
+  if time "$@"; then
     echo "test_torch2: $name passed ($((SECONDS - t)) s)"
   else
     echo "test_torch2: $name FAILED ($((SECONDS - t)) s)" >&2
