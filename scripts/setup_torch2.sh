@@ -160,6 +160,12 @@ if [ "$venv_only" = 1 ]; then
   exit 0
 fi
 
+# The default calibration text (the CLI's default --calibration, the C++ suite), as scripts/setup.sh
+# makes it, when this script runs alone.
+if [ ! -s "$repo_root/data/calibration.txt" ]; then
+  PYTHONPATH="$repo_root/scripts" "$py" "$repo_root/scripts/make_calibration_text.py" "$repo_root/data/calibration.txt"
+fi
+
 # ---- 2. CMake ----
 t0=$SECONDS
 cmake_args=(-S "$repo_root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release
