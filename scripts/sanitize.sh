@@ -85,11 +85,9 @@ reader_tests=(
   tests/cli/test_causal.py::test_bad_tokens_files_are_data_errors
   tests/cli/test_causal.py::test_bpe_causal_model_tokenizes_like_hugging_face_tokenizers  # tokenizer.json
 )
-not_readers=(
-  --deselect tests/reliability/test_determinism.py::test_same_command_gives_bit_identical_numbers
-  --deselect tests/reliability/test_determinism.py::test_one_and_two_threads_agree
-  --deselect tests/reliability/test_determinism.py::test_batch_size_one_and_eight_agree
-)
+# test_determinism.py's determinism half (the same numbers from repeated runs; ~9 minutes under
+# ASan on a loaded machine). By name: --deselect would depend on pytest's rootdir (tests/).
+not_readers=(-k "not (test_same_command_gives_bit_identical_numbers or test_one_and_two_threads_agree or test_batch_size_one_and_eight_agree)")
 if [ "${QUANTPPL_ASAN_ALL_CLI:-0}" = 1 ]; then
   reader_tests=(tests/cli tests/reliability)
   not_readers=()
