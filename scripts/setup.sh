@@ -72,18 +72,19 @@ if [ "${QUANTPPL_SKIP_APT:-0}" != 1 ]; then
   fi
 fi
 
+# The default calibration text (data/calibration.txt) is prose extracted from the Python
+# documentation where Debian's python3.11-doc installs it: generated here, never committed. Both
+# LibTorch lines need it (the CLI's default --calibration, the C++ suite).
+if [ ! -s "$repo_root/data/calibration.txt" ]; then
+  PYTHONPATH="$repo_root/scripts" /usr/bin/python3 "$repo_root/scripts/make_calibration_text.py" "$repo_root/data/calibration.txt"
+fi
+
 if [ "$torch_line" = pip ]; then
   exec "$repo_root/scripts/setup_torch2.sh" "${torch2_args[@]}"
 fi
 
 # The venv (transformers pinned for torch 1.13) used by the parity tests.
 QUANTPPL_VENV="${QUANTPPL_VENV:-$build_dir/venv}" "$repo_root/scripts/setup_python_env.sh"
-
-# The default calibration text (data/calibration.txt) is prose extracted from the Python
-# documentation where Debian's python3.11-doc installs it: generated here, never committed.
-if [ ! -s "$repo_root/data/calibration.txt" ]; then
-  PYTHONPATH="$repo_root/scripts" /usr/bin/python3 "$repo_root/scripts/make_calibration_text.py" "$repo_root/data/calibration.txt"
-fi
 
 cmake -S "$repo_root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build_dir" -j "$(nproc)"

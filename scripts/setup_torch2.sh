@@ -26,7 +26,8 @@
 #   scripts/setup.sh --torch pip            the same, after the Debian packages (apt)
 # Environment: QUANTPPL_TORCH2_BUILD_DIR (build-torch2), QUANTPPL_TORCH2_VENV (a venv path of
 # your own instead of the cached one), QUANTPPL_WHEEL_CACHE, QUANTPPL_JOBS (build jobs, nproc),
-# QUANTPPL_TORCH2_TARGETS (default "quantppl_cli quantppl_tests"; "all" for everything).
+# QUANTPPL_TORCH2_TARGETS (default "quantppl_cli quantppl_tests"; "all" for everything),
+# QUANTPPL_TORCH2_UNITY (1: a unity build, the default; 0: one translation unit per source).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -159,10 +160,25 @@ if [ "$venv_only" = 1 ]; then
   exit 0
 fi
 
+# The default calibration text (the CLI's default --calibration, the C++ suite), as scripts/setup.sh
+# makes it, when this script runs alone.
+if [ ! -s "$repo_root/data/calibration.txt" ]; then
+  PYTHONPATH="$repo_root/scripts" "$py" "$repo_root/scripts/make_calibration_text.py" "$repo_root/data/calibration.txt"
+fi
+
 # ---- 2. CMake ----
 t0=$SECONDS
 cmake_args=(-S "$repo_root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release
   -DQUANTPPL_TORCH_DIR="$torch_dir" -DQUANTPPL_BUILD_BENCHMARKS=OFF)
+# A unity build (cmake/unity_build.cmake): the same code in fewer translation units, each paying
+# LibTorch 2.x's C++20 templates once. QUANTPPL_TORCH2_UNITY=0 for one translation unit per source
+# (quicker rebuilds after editing one file).
+if [ "${QUANTPPL_TORCH2_UNITY:-1}" = 1 ]; then
+  cmake_args+=(-DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=8
+    -DCMAKE_PROJECT_INCLUDE="$repo_root/cmake/unity_build.cmake")
+else
+  cmake_args+=(-DCMAKE_UNITY_BUILD=OFF -DCMAKE_PROJECT_INCLUDE=)
+fi
 if [ "$cpp_only" = 1 ]; then
   cmake_args+=(-DQUANTPPL_BUILD_TESTS=OFF)  # the tests' fixtures need the Python torch
   targets=(quantppl_cli)

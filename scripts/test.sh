@@ -2,32 +2,37 @@
 # Runs every test of quantppl: installs and builds first (scripts/setup.sh, idempotent), then
 # 1. CTest: the C++ suite (GoogleTest), the end-to-end CLI and reliability tests, the Python tests
 #    (export parity with transformers, perplexity against a Python reference), the regression gate;
-# 2. scripts/test_torch2.sh (opt-in, QUANTPPL_CI_TORCH2=1): the same library on LibTorch 2.x from the pinned PyPI torch wheel
-#    (build-torch2/): the C++ suite, the regression gate and the model-parity tests (README
-#    "Using PyTorch 2.x");
-# 3. scripts/fuzz.sh 60: each libFuzzer target for 60 s from its seed corpus;
-# 4. scripts/sanitize.sh: the C++ suite, the CLI tests and the gate again under ASan + UBSan.
-# On a 2-core machine: ~13 + ~15 (estimated from CPU time: the 2.x build is ~9 of it; ~4 more
-# when the venv is not cached yet) + ~4 + ~12 minutes (docs/reliability.md, README "Using
-# PyTorch 2.x"). All of them run even when one fails; the exit status is non-zero if any failed.
+# 2. scripts/test_torch2.sh: the same library on LibTorch 2.x from the pinned PyPI torch wheel
+#    (build-torch2/, a unity build of the library, the CLI and the C++ suite): the C++ suite with
+#    fixtures exported by torch 2.x, the regression gate and the model-parity tests (README "Using
+#    PyTorch 2.x");
+# 3. scripts/fuzz.sh 60: each libFuzzer target for 60 s from its seed corpus, two at a time;
+# 4. scripts/sanitize.sh: the C++ suite, the CLI tests of the file readers (hostile inputs) and
+#    the gate under ASan + UBSan.
+# Estimated on a quiet 2-core machine (from CPU times measured on a shared one; docs/reliability.md,
+# "In CI"): setup + build ~8, CTest ~6, LibTorch 2.x ~8 (+~4 the first time, to download 2.4 GB of
+# wheels into ~/.cache/quantppl), fuzzing ~4, sanitizers ~10 minutes. All of them run even when
+# one fails; the exit status is non-zero if any failed.
 #
 #   scripts/test.sh                        everything (this is what CI runs: .ci/run)
 #   QUANTPPL_CI_QUICK=1 scripts/test.sh    CTest only, for a quick local check
-#   QUANTPPL_CI_TORCH2=1 scripts/test.sh   also the LibTorch 2.x job (2.4 GB of wheels, ~15 min):
-#                                          not yet in CI's default run, whose 40-minute budget it
-#                                          would exceed until the other jobs are trimmed
+#   QUANTPPL_CI_TORCH2=0 scripts/test.sh   everything but the LibTorch 2.x job (no 2.4 GB download)
 #   scripts/test.sh -R cli_                extra arguments go to ctest
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${QUANTPPL_BUILD_DIR:-$repo_root/build}"
-"$repo_root/scripts/setup.sh"
+TIMEFORMAT="test.sh: setup: %R s wall, %U s user, %S s sys"
+time "$repo_root/scripts/setup.sh"
 
 failed=()
 step() {
   local name="$1"; shift
   local t0=$SECONDS
   echo "test.sh: == $name =="
-  if "$@"; then
+  # CPU time (user + sys, children included) as well as wall time: on a shared machine the wall time
+  # says little, (user + sys) / cores estimates a quiet one.
+  local TIMEFORMAT="test.sh: $name: %R s wall, %U s user, %S s sys"
+  if time "$@"; then
     echo "test.sh: $name passed ($((SECONDS - t0)) s)"
   else
     echo "test.sh: $name FAILED ($((SECONDS - t0)) s)" >&2
@@ -39,8 +44,10 @@ step ctest bash -c 'cd "$1" && shift && ctest --output-on-failure --timeout 1800
 if [ "${QUANTPPL_CI_QUICK:-0}" = 1 ]; then
   echo "test.sh: QUANTPPL_CI_QUICK=1: fuzzing and the sanitizer run skipped (CI runs them)"
 else
-  if [ "${QUANTPPL_CI_TORCH2:-0}" = 1 ]; then
+  if [ "${QUANTPPL_CI_TORCH2:-1}" = 1 ]; then
     step torch2 "$repo_root/scripts/test_torch2.sh"
+  else
+    echo "test.sh: QUANTPPL_CI_TORCH2=${QUANTPPL_CI_TORCH2}: the LibTorch 2.x job skipped (CI runs it)"
   fi
   step fuzz "$repo_root/scripts/fuzz.sh" 60
   step sanitize "$repo_root/scripts/sanitize.sh"

@@ -174,7 +174,11 @@ EvalText read_token_file(const std::string& path, int64_t vocab_size) {
   if (j.empty()) throw DataError(source + ": the array of token ids is empty");
   out.token_ids.reserve(j.size());
   for (size_t i = 0; i < j.size(); ++i) {
-    out.token_ids.push_back(r.integer_value(j[i], "[" + std::to_string(i) + "]", 0, vocab_size - 1));
+    // Built piecewise: `"[" + std::to_string(i)` trips GCC 12's -Wstringop-overflow under C++20 (a false positive).
+    std::string field = "[";
+    field += std::to_string(i);
+    field += ']';
+    out.token_ids.push_back(r.integer_value(j[i], field, 0, vocab_size - 1));
   }
   return out;
 }

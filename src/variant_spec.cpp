@@ -28,7 +28,13 @@ std::string spec_choices(const Table& table, Spell spell) {
 
 std::string method_choices() {
   std::string out;
-  for (const MethodInfo& m : method_table()) out += (out.empty() ? "" : "|") + std::string(m.name) + std::string(m.args);
+  // Appended piece by piece: `"|" + std::string(...)` trips GCC 12's -Wstringop-overflow under C++20
+  // (a false positive).
+  for (const MethodInfo& m : method_table()) {
+    if (!out.empty()) out += '|';
+    out += m.name;
+    out += m.args;
+  }
   return out;
 }
 

@@ -191,7 +191,20 @@ constexpr double kOldFp32Ppl = 1626.3408651603006;
 constexpr double kOldAllQuantizedPpl = 1647.8756937136664;
 constexpr double kOldAllQuantizedKl = 0.011903787408955395;
 
+// The values above belong to tiny.pt as Debian's Python writes it (torch 1.13, sentencepiece 0.1.97).
+// Under LibTorch 2.x the fixtures are written by the 2.x venv, whose sentencepiece 0.2.3 trains
+// another tiny tokenizer from the same text (297 of its 300 pieces differ; the weights are the same
+// bits): other token ids, other perplexities, and this comparison needs 1e-12. The implementation
+// before the engine only ever ran on 1.13, where this test runs; the tests above check the engine
+// against direct runs under either LibTorch.
 TEST_F(SensitivityTest, MatchesTheImplementationBeforeTheEngine) {
+  const std::string exported_by =
+      nlohmann::json::parse(model.metadata().source).value("torch_version", std::string("unknown"));
+  if (exported_by.rfind("1.", 0) != 0) {
+    GTEST_SKIP() << "expected values recorded on the fixture written by torch 1.13 and Debian's sentencepiece; "
+                    "this one was written by torch "
+                 << exported_by << " (another sentencepiece: another tokenizer)";
+  }
   EXPECT_NEAR(report.fp32_ppl, kOldFp32Ppl, 1e-12 * kOldFp32Ppl);
   EXPECT_NEAR(report.all_quantized_ppl, kOldAllQuantizedPpl, 1e-12 * kOldAllQuantizedPpl);
   EXPECT_NEAR(report.all_quantized_kl_mean, kOldAllQuantizedKl, 1e-5 * kOldAllQuantizedKl);

@@ -205,7 +205,7 @@ class BlockPrepared final : public PreparedWeight {
     p.out_features = out_;
     p.in_features = in_;
     const int bits = codec_.code_bits();
-    p.sections.push_back({"codes", "u" + std::to_string(bits), n, pack_codes(codes, bits)});
+    p.sections.push_back({"codes", code_dtype(bits), n, pack_codes(codes, bits)});
     codec_.write_params(params_, ctx_, p.sections);
     return p;
   }
@@ -347,7 +347,7 @@ class BlockFormat final : public WeightFormat {
                       " sections, " + spec() + " stores " + std::to_string(layout.size() + 1));
     }
     const int bits = codec_.code_bits();
-    expect_section(packed.sections[0], {"codes", "u" + std::to_string(bits), n, bits}, name);
+    expect_section(packed.sections[0], {"codes", code_dtype(bits), n, bits}, name);
     std::vector<const PackedSection*> rest;
     for (size_t i = 0; i < layout.size(); ++i) {
       expect_section(packed.sections[i + 1], layout[i], name);

@@ -19,7 +19,7 @@ int dtype_bits(std::string_view dtype) {
 
 std::string code_dtype(int bits) {
   if (bits < 1 || bits > 8) throw UsageError(fmt::format("code width must be in [1, 8] bits, got {}", bits));
-  return "u" + std::to_string(bits);
+  return fmt::format("u{}", bits);  // (not "u" + std::to_string: a GCC 12 -Wrestrict false positive under C++20)
 }
 
 int64_t section_bytes(std::string_view dtype, int64_t count) {

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (there since fmt 11; fmt 9 has it in format.h too)
 #include <torch/torch.h>
 
 #include "quantppl/error.h"

@@ -119,7 +119,8 @@ TEST(CalibrationTest, HessianIsSymmetricPositiveSemidefinite) {
   for (const LayerActivationStats& s : stats.layers) {
     EXPECT_EQ(s.hessian.scalar_type(), torch::kFloat32);
     EXPECT_TRUE(torch::equal(s.hessian, s.hessian.t())) << s.name;
-    const torch::Tensor eig = torch::linalg::eigvalsh(s.hessian.to(torch::kFloat64), "L");
+    // torch::linalg_eigvalsh (ATen), not torch::linalg::eigvalsh: LibTorch 2.x dropped the C++ API's torch/linalg.h.
+    const torch::Tensor eig = torch::linalg_eigvalsh(s.hessian.to(torch::kFloat64), "L");
     // PSD up to the float32 rounding of the entries (bound (4)): relative to the largest eigenvalue.
     EXPECT_GE(eig.min().item<double>(), -1e-5 * eig.max().item<double>()) << s.name;
     EXPECT_TRUE((s.hessian.diagonal() >= 0).all().item<bool>()) << s.name;

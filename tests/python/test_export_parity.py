@@ -52,6 +52,30 @@ class Exported:
         self.module, self.meta, self.tok_bytes, self.export_proc = module, meta, tok_bytes, export_proc
 
 
+def save_checkpoint(hf, ckpt, safe_serialization=True):
+    """save_pretrained, and with safe_serialization=False a pytorch_model.bin in any case: transformers
+    4.x writes one, 5.x always writes model.safetensors (it no longer writes .bin files). Users still
+    have .bin checkpoints, so then the same tensors go into pytorch_model.bin with torch.save, as
+    4.x's save_pretrained stores them."""
+    hf.save_pretrained(ckpt, safe_serialization=safe_serialization)
+    bin_path = os.path.join(ckpt, "pytorch_model.bin")
+    if not safe_serialization and not os.path.exists(bin_path):
+        from safetensors.torch import load_file
+
+        st_path = os.path.join(ckpt, "model.safetensors")
+        torch.save(load_file(st_path), bin_path)
+        os.remove(st_path)
+    assert os.path.exists(bin_path) != safe_serialization
+
+
+def own_lm_head(hf):
+    """Gives the model an lm_head of its own, as flan-t5's (tie_word_embeddings: false). transformers 5
+    ties every T5's lm_head to the embedding at construction, whatever the config says; 4.x leaves an
+    untied config's lm_head independent. With this both build the same kind of model."""
+    with torch.no_grad():
+        hf.lm_head.weight = torch.nn.Parameter(0.05 * torch.randn(hf.lm_head.weight.shape))
+
+
 def build_and_export(cfg, tmp_dir, spiece_path, seed, safe_serialization=True, python=None, max_length=512,
                      modify=None):
     torch.manual_seed(seed)
@@ -59,7 +83,7 @@ def build_and_export(cfg, tmp_dir, spiece_path, seed, safe_serialization=True, p
     if modify is not None:
         modify(hf)
     ckpt = os.path.join(tmp_dir, "ckpt")
-    hf.save_pretrained(ckpt, safe_serialization=safe_serialization)
+    save_checkpoint(hf, ckpt, safe_serialization)
     with open(spiece_path, "rb") as f, open(os.path.join(ckpt, "spiece.model"), "wb") as g:
         g.write(f.read())
     out = os.path.join(tmp_dir, "model.pt")
@@ -205,7 +229,7 @@ def check_linears(ex):
 @pytest.fixture(scope="module")
 def flan(tmp_path_factory, spiece_path):
     d = tmp_path_factory.mktemp("flan")
-    return build_and_export(FLAN_T5_SMALL, str(d), spiece_path, seed=20240611)
+    return build_and_export(FLAN_T5_SMALL, str(d), spiece_path, seed=20240611, modify=own_lm_head)
 
 
 def test_flan_t5_small_logits_match(flan):
@@ -295,10 +319,6 @@ def test_own_lm_head_is_exported(tmp_path, spiece_path):
     ties every T5's lm_head to the embedding at construction and saves such a model's config as
     tie_word_embeddings: true, scale_decoder_outputs: false; 4.x leaves an untied config's lm_head
     independent and saves tie_word_embeddings: false. Both must export the same model."""
-    def own_lm_head(hf):
-        with torch.no_grad():
-            hf.lm_head.weight = torch.nn.Parameter(0.05 * torch.randn(hf.lm_head.weight.shape))
-
     ex = build_and_export(TINY_GATED, str(tmp_path), spiece_path, seed=11, modify=own_lm_head)
     assert not torch.equal(ex.hf.lm_head.weight, ex.hf.shared.weight)
     mods = dict(ex.module.named_modules())
@@ -353,7 +373,7 @@ def tiny_ckpt(tmp_path, spiece_path):
     torch.manual_seed(10)
     hf = T5ForConditionalGeneration(T5Config(**TINY_GATED))
     ckpt = tmp_path / "ckpt"
-    hf.save_pretrained(str(ckpt), safe_serialization=False)
+    save_checkpoint(hf, str(ckpt), safe_serialization=False)
     with open(spiece_path, "rb") as f:
         (ckpt / "spiece.model").write_bytes(f.read())
     return ckpt
