@@ -161,6 +161,19 @@ Variant parse_variant(const std::string& raw_spec) {
     if (!info->no_op) variant.methods.push_back(std::move(method));
   }
   variant.method = resolve_methods(spec, variant.methods);
+  if (variant.method == MethodKind::kHqq) {
+    // HQQ sets a zero point: the format must have one it can set (weight_format.h, zero_point_grid).
+    const ZeroPointGrid* grid = nullptr;
+    try {
+      grid = variant.format->zero_point_grid();
+    } catch (const UsageError& e) {
+      fail(spec, e.what());
+    }
+    if (grid == nullptr) {
+      fail(spec, fmt::format("hqq applies to zero-point grids (zeropoint:B:..., q4_1, q5_1), not '{}'",
+                             variant.format->spec()));
+    }
+  }
   set_uniform_config(variant);
   return variant;
 }

@@ -60,12 +60,11 @@ std::vector<LayerMethodResult> apply_method(const std::vector<LayerToQuantize>& 
       break;
     case MethodKind::kHqq:
       for (size_t i = 0; i < layers.size(); ++i) {
-        const int64_t g = method.hqq_group_columns < 0 ? layers[i].weight.size(1) : method.hqq_group_columns;
-        const HqqResult r = hqq_quantize(layers[i].weight, method.hqq_bits, g, layers[i].name,
-                                         method.hqq);
-        results[i].weight = r.weight;
-        results[i].format_weight = r.weight;
-        results[i].hqq_iterations = r.iterations;
+        const torch::Tensor w = layers[i].weight.to(torch::kFloat32).contiguous();
+        results[i].prepared = hqq_prepare(w, format, layers[i].name, method.hqq, &results[i].hqq_iterations);
+        results[i].weight = torch::empty_like(w);
+        results[i].prepared->fake_quantize_into(w, results[i].weight);
+        results[i].format_weight = results[i].weight;
       }
       break;
     case MethodKind::kGptq:

@@ -9,7 +9,6 @@
 #include <torch/torch.h>
 
 #include "quantppl/error.h"
-#include "quantppl/formats/uniform_format.h"
 #include "quantppl/methods/method_weight.h"
 #include "quantppl/model_quantizer.h"
 
@@ -24,16 +23,17 @@ MethodChoice method_choice(const Variant& variant) {
     }
   }
   if (choice.kind == MethodKind::kHqq) {
-    const auto* uniform = dynamic_cast<const UniformFormat*>(variant.format.get());
-    if (uniform == nullptr || uniform->config().scheme != Scheme::kZeroPoint) {
+    // UsageError from zero_point_grid() when the format has a zero point HQQ cannot set (a range search).
+    const ZeroPointGrid* grid = nullptr;
+    try {
+      grid = variant.format ? variant.format->zero_point_grid() : nullptr;
+    } catch (const UsageError& e) {
+      throw UsageError(fmt::format("variant '{}': {}", variant.name, e.what()));
+    }
+    if (grid == nullptr) {
       throw UsageError(fmt::format("variant '{}': hqq applies to zero-point grids (zeropoint:B:..., q4_1, q5_1), not '{}'",
                                    variant.name, variant.format ? variant.format->spec() : "fp32"));
     }
-    choice.hqq_bits = uniform->config().bits;
-    const QuantConfig& c = uniform->config();
-    // G for hqq_quantize: N per group, -1 = per channel (in_features, per layer), 0 = per tensor.
-    choice.hqq_group_columns = c.granularity == Granularity::kPerGroup ? c.group_size
-                               : c.granularity == Granularity::kPerChannel ? -1 : 0;
   }
   return choice;
 }
@@ -101,6 +101,7 @@ namespace {
 
 std::unique_ptr<PreparedWeight> wrap_result(LayerMethodResult& r, const torch::Tensor& original,
                                             const std::shared_ptr<const WeightFormat>& format, const std::string& name) {
+  if (r.prepared) return std::move(r.prepared);  // HQQ: the format's own weight with HQQ's parameters
   std::unique_ptr<PreparedWeight> packer;
   if (r.parameter_source.defined()) {
     packer = format->prepare_from_groups(r.group_whole.contiguous(), r.parameter_source.contiguous(), name);

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "quantppl/error.h"
+#include "quantppl/formats/uniform_format.h"
 #include "quantppl/methods/apply_method.h"
 #include "quantppl/quantize.h"
 #include "uniform_test_format.h"
@@ -67,10 +68,8 @@ TEST(ApplyMethodTest, EachMethodIsItsOwnFunction) {
   const auto rtn = apply_method(m.layers, format, choice);
   choice.kind = MethodKind::kGptq;
   const auto gptq = apply_method(m.layers, format, choice);
-  choice.kind = MethodKind::kHqq;
-  choice.hqq_bits = 3;
-  choice.hqq_group_columns = 32;
-  const auto hqq = apply_method(m.layers, format, choice);
+  choice.kind = MethodKind::kHqq;  // on the real format: HQQ needs its zero-point grid (hqq_prepare)
+  const auto hqq = apply_method(m.layers, UniformFormat(config), choice);
   for (size_t i = 0; i < m.layers.size(); ++i) {
     const LayerToQuantize& l = m.layers[i];
     EXPECT_TRUE(torch::equal(rtn[i].weight, fake_quantize(l.weight, config)));

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,11 +31,7 @@ struct MethodChoice {
   MethodKind kind = MethodKind::kRtn;
   GptqOptions gptq;  // kGptq, kAwqGptq (act_order: "+gptq:actorder")
   AwqOptions awq;    // kAwq, kAwqGptq
-  HqqOptions hqq;    // kHqq
-  // kHqq: the zero-point grid HQQ optimises (from the variant's format:
-  // zeropoint:B:GRAN, q4_1, q5_1); group_columns as hqq_quantize takes it.
-  int hqq_bits = 4;
-  int64_t hqq_group_columns = 64;
+  HqqOptions hqq;    // kHqq (on the format's zero-point grid: WeightFormat::zero_point_grid)
 };
 
 
@@ -56,6 +53,9 @@ struct LayerMethodResult {
   // W; AWQ: W diag(s)).
   torch::Tensor parameter_source;
   torch::Tensor group_whole;  // gptq.h's group_whole, with parameter_source
+  // HQQ: the format's own PreparedWeight with HQQ's parameters (hqq_prepare),
+  // which stores them (float zero points) and gives `weight`.
+  std::unique_ptr<PreparedWeight> prepared;
   // e of the method and of round to nearest on the same H (NaN without statistics).
   double relative_error = std::numeric_limits<double>::quiet_NaN();
   double rtn_relative_error = std::numeric_limits<double>::quiet_NaN();
