@@ -117,10 +117,12 @@ def plot_all(out, rows, run_info, sensitivity=None):
         return written
     styles = {"absmax": "-", "zeropoint": "--"}
     methods = sorted({_method(r) for r in quant}, key=_method_key)
-    # the line charts (1, 3) follow one format across bit widths: RTN rows only, the methods have
-    # their own charts (2 and the per-bit-width bars)
-    lines = [r for r in quant if _method(r) == "rtn"]
-    rtn_note = " (RTN rows; the methods are in ppl_vs_effective_bits.png and methods_*bit.png)" if len(methods) > 1 else ""
+    # the line charts (1, 3) follow one format across bit widths, so one method: RTN (else the first
+    # method of the sweep); the methods have their own charts (2 and the per-bit-width bars)
+    line_method = "rtn" if "rtn" in methods else methods[0]
+    lines = [r for r in quant if _method(r) == line_method]
+    rtn_note = (f" ({line_method} rows; the methods are in ppl_vs_effective_bits.png and methods_*bit.png)"
+                if len(methods) > 1 else "")
 
     # 1. perplexity vs bits, one line per scheme x granularity, at one range method
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
