@@ -4,9 +4,12 @@
     scripts/sweep.py --out sweeps/quick --schemes absmax --bits 4,8 --granularities tensor,group64 \
         --ranges minmax --report
     scripts/sweep.py --out sweeps/mine --variants absmax:4:channel:mse,zeropoint:3:group32
+    scripts/sweep.py --out sweeps/methods --schemes zeropoint --bits 3,4 --granularities group128 \
+        --ranges minmax --methods rtn,awq,hqq,gptq --calibration data/calibration.txt
 
 The grid is schemes x bits x granularities x ranges, each spec written SCHEME:BITS:GRAN:RANGE,
-or an explicit --variants list; the CLI alone knows the variant grammar: it validates the specs
+or an explicit --variants list, crossed with --methods (rtn = the spec, else SPEC+METHOD; a spec's
+methods in one batch; GPTQ/AWQ statistics from one `quantppl calibrate` per sweep: sweep_methods.py); the CLI alone knows the variant grammar: it validates the specs
 and reports each one's canonical spelling (`spec`) and storage (`packed_bytes`, `fp32_bytes`,
 `compression_ratio`), which the sweep copies. fp32 is always evaluated, first, once; every delta
 is against that row. Variants run in batches of --batch-variants in ONE
