@@ -193,6 +193,12 @@ def test_plots_per_method(methods_sweep):
         data = (out / name).read_bytes()
         assert data[:8] == PNG_SIGNATURE and len(data) > 5000, name
     assert "methods_4bit.png" in stderr
+    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "report.py"), str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    md = (out / "report.md").read_text()
+    assert "](methods_4bit.png)" in md and '| methods | `["rtn", "awq", "hqq", "gptq"]` |' in md
+    assert "| variant | method | ppl |" in md
 
 
 def test_resume_reuses_the_calibration_and_refuses_other_methods(methods_sweep, inputs, tmp_path):
