@@ -9,6 +9,7 @@ The binary is wrapped by a shell script that logs every argv, so the tests see h
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -254,3 +255,26 @@ def test_bad_method_is_a_one_line_usage_error(inputs, tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "--methods: unknown method 'lloyd'" in r.stderr.strip().splitlines()[-1]
+
+
+def test_dask_sweep_ships_the_one_calibration_file(inputs, tmp_path):
+    pytest.importorskip("distributed")
+    calls(inputs)
+    out = tmp_path / "dask"
+    r = run_sweep(inputs, out, "--variants", "zeropoint:4:group64", "--methods", "rtn,hqq,gptq",
+                  "--calibration", str(inputs / "cal.txt"), "--calibration-tokens", "256",
+                  "--scheduler", "local:1", "--ship-inputs")
+    assert r.returncode == 0, r.stderr
+    argvs = calls(inputs)
+    assert [a[0] for a in argvs].count("calibrate") == 1
+    compare = [a for a in argvs if a[0] == "compare"]
+    stats_sha = hashlib.sha256((out / "calibration.qcal").read_bytes()).hexdigest()
+    # the worker got the client's file: its cache path is named by the file's sha256
+    assert all(f"/{stats_sha}/calibration.qcal" in flag_value(a, "--calibration-stats") for a in compare), compare
+    # fp32 and the spec's three methods fit one batch of 4
+    assert [flag_value(a, "--variants") for a in compare] == \
+        ["fp32,zeropoint:4:group64,zeropoint:4:group64+hqq,zeropoint:4:group64+gptq"]
+    rows = {x["variant"]: x for x in read_rows(out)}
+    assert rows["zeropoint:4:group64:minmax+gptq"]["method"] == "gptq"
+    assert rows["zeropoint:4:group64:minmax+gptq"]["rtn_delta_nll_mean"] != ""
+    assert rows["zeropoint:4:group64:minmax+hqq"]["status"] == "ok"
