@@ -37,7 +37,7 @@ SETTINGS = [
     ("started", "started"), ("updated", "last batch"), ("sweep_command", "command"),
 ]
 # Shown in the table, in this order, when present; every other column follows.
-TABLE_FIRST = ["variant", "method", "ppl", "delta_ppl_pct", "effective_bits_per_weight", "kl_mean", "top1_agreement",
+TABLE_FIRST = ["variant", "ppl", "delta_ppl_pct", "method", "effective_bits_per_weight", "kl_mean", "top1_agreement",
                "weight_sqnr_db", "weight_mse", "ppl_stderr", "delta_nll_mean", "delta_nll_ci95", "rtn_delta_nll_mean", "rtn_delta_nll_ci95", "seconds"]
 TABLE_SKIP = {"scheme", "bits", "granularity", "group_size", "range", "tokens", "nll", "calibration",
               "calibration_text", "calibration_sha256", "calibration_stats"}

@@ -199,7 +199,7 @@ def test_plots_per_method(methods_sweep):
     assert r.returncode == 0, r.stderr
     md = (out / "report.md").read_text()
     assert "](methods_4bit.png)" in md and '| methods | `["rtn", "awq", "hqq", "gptq"]` |' in md
-    assert "| variant | method | ppl |" in md
+    assert "| variant | ppl | delta_ppl_pct | method |" in md  # ppl stays the second column
 
 
 def test_resume_reuses_the_calibration_and_refuses_other_methods(methods_sweep, inputs, tmp_path):
