@@ -43,6 +43,7 @@ from . import distributed_task
 from .paths import REPO
 from .sweep_grid import (PINNED_SETTINGS, build_grid, cli_args, fmt_duration,
                          group_size, linear_shapes, progress_line, rows_of_results)
+from .sweep_methods import check_pinned_methods, make_batches, prepare_calibration, sweep_settings
 from .sweep_results import (BASE_COLUMNS, EXIT_IO, SweepError, atomic_write, columns_for, log,
                             read_results, variant_columns, write_csv)
 
@@ -50,7 +51,7 @@ RESOURCE = "quantppl"          # the worker resource a batch needs one unit of
 NOT_RETRIED = (2, 3)           # quantppl UsageError, DataError: deterministic, would fail again
 PROVENANCE_COLUMNS = ["status", "error", "attempts", "host", "threads", "model_sha256", "text_sha256",
                       "quantppl_version"]
-SHIPPED_FLAGS = ("--model", "--text", "--tokenizer")
+SHIPPED_FLAGS = ("--model", "--text", "--tokenizer", "--calibration-stats", "--calibration")
 
 
 def parse_scheduler(text):
@@ -175,6 +176,10 @@ def run_distributed_sweep(args):
     if os.path.exists(run_path):
         with open(run_path, encoding="utf-8") as f:
             run_info = json.load(f)
+    msettings = sweep_settings(args)
+    check_pinned_methods(run_info, msettings, out)
+    if run_info.get("model_sha256"):
+        run_info.update(msettings)  # a run.json from before methods existed: an RTN-only sweep
     canonical = dict(run_info.get("canonical_specs", {}))
     extra_order = [c for c in old_columns if c not in BASE_COLUMNS and c not in PROVENANCE_COLUMNS]
     done = {r["variant"] for r in rows}
@@ -197,7 +202,7 @@ def run_distributed_sweep(args):
             else:
                 keep.append(v)
         todo = keep
-    batches = [todo[i:i + args.batch_variants] for i in range(0, len(todo), args.batch_variants)]
+    batches = make_batches(todo, args.batch_variants)
     total = len(done) + len(todo)
     if rows:
         log(f"sweep: resuming: {len(done)} variants already in {csv_path}, {len(todo)} to run (--fresh starts over)")
@@ -205,9 +210,19 @@ def run_distributed_sweep(args):
         log(f"sweep: nothing to run: all {len(grid)} variants are in {csv_path}")
         return rows, run_info
 
+    # the calibration runs once, here (`quantppl calibrate` on the client); its statistics file (or,
+    # in sequential mode, the calibration text) is an input like the model: a path or shipped
+    from .sweep import run_cli
+    calibration = prepare_calibration(args, run_info, run_cli)
+    calibration_flags = []
+    for flag, value in zip(calibration[::2], calibration[1::2]):
+        if flag in SHIPPED_FLAGS:
+            paths[flag] = os.path.abspath(value)
+        else:
+            calibration_flags += [flag, value]
     # what every task gets besides its variants
     shared_args = argparse.Namespace(**{**vars(args), "model": None, "text": None, "tokenizer": None, "threads": None})
-    job_base = {"bin": args.bin, "flags": cli_args(shared_args), "threads": args.threads,
+    job_base = {"bin": args.bin, "flags": cli_args(shared_args) + calibration_flags, "threads": args.threads,
                 "paths": {} if args.ship_inputs else paths, "shipped": []}
     try:
         import cloudpickle
@@ -267,7 +282,7 @@ def run_distributed_sweep(args):
                                 "host": res.get("host", "")} for v in batch]
             else:
                 report = json.loads(res["stdout"])
-                settings = {k: v for k, v in report.items() if k != "results"}
+                settings = {**{k: v for k, v in report.items() if k != "results"}, **msettings}
                 if run_info.get("model_sha256"):
                     changed = [k for k in PINNED_SETTINGS if run_info.get(k) != settings.get(k)]
                     if changed:

@@ -14,6 +14,7 @@ import html
 import json
 import math
 import os
+import re
 import sys
 
 from .sweep_plots import plot_all
@@ -31,13 +32,15 @@ SETTINGS = [
     ("text_tokens", "text tokens"), ("windows", "windows"), ("mode", "mode"), ("max_length", "max length"),
     ("layers_quantized", "Linear layers quantized"), ("parameters_quantized", "weights quantized"),
     ("include", "include"), ("exclude", "exclude"), ("threads", "threads"),
+    ("methods", "methods"), ("calibration", "calibration"),
     ("libtorch_version", "LibTorch"), ("quantppl_version", "quantppl"),
     ("started", "started"), ("updated", "last batch"), ("sweep_command", "command"),
 ]
 # Shown in the table, in this order, when present; every other column follows.
-TABLE_FIRST = ["variant", "ppl", "delta_ppl_pct", "effective_bits_per_weight", "kl_mean", "top1_agreement",
-               "weight_sqnr_db", "weight_mse", "ppl_stderr", "delta_nll_mean", "delta_nll_ci95", "seconds"]
-TABLE_SKIP = {"scheme", "bits", "granularity", "group_size", "range", "tokens", "nll"}
+TABLE_FIRST = ["variant", "ppl", "delta_ppl_pct", "method", "effective_bits_per_weight", "kl_mean", "top1_agreement",
+               "weight_sqnr_db", "weight_mse", "ppl_stderr", "delta_nll_mean", "delta_nll_ci95", "rtn_delta_nll_mean", "rtn_delta_nll_ci95", "seconds"]
+TABLE_SKIP = {"scheme", "bits", "granularity", "group_size", "range", "tokens", "nll", "calibration",
+              "calibration_text", "calibration_sha256", "calibration_stats"}
 
 
 def fmt(column, value):
@@ -54,6 +57,11 @@ def fmt(column, value):
             return f"{value:.2f}"
         return f"{value:.4g}"
     return str(value)
+
+
+def setting_text(value):
+    """A run.json setting as text: lists and objects (methods, calibration) as JSON."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def table_columns(columns):
@@ -88,7 +96,10 @@ def ensure_plots(out, rows, run_info):
             with open(os.path.join(out, "sensitivity.json"), encoding="utf-8") as f:
                 sensitivity = json.load(f)
         plot_all(out, rows, run_info, sensitivity)
-    return [(name, caption) for name, caption in PLOTS if os.path.exists(os.path.join(out, name))]
+    methods = sorted((n for n in os.listdir(out) if re.fullmatch(r"methods_[0-9]+bit\.png", n)),
+                     key=lambda n: int(re.sub(r"[^0-9]", "", n)))
+    return [(name, caption) for name, caption in PLOTS if os.path.exists(os.path.join(out, name))] + \
+        [(n, f"Methods at {n[8:-7]} bits: mean delta NLL vs fp32 per format and method, 95% interval") for n in methods]
 
 
 def render_html(rows, columns, run_info, plots, out):
@@ -110,7 +121,7 @@ def render_html(rows, columns, run_info, plots, out):
     ]
     for key, label in SETTINGS:
         if run_info.get(key) not in (None, ""):
-            parts.append(f"<tr><th>{e(label)}</th><td>{e(str(run_info[key]))}</td></tr>")
+            parts.append(f"<tr><th>{e(label)}</th><td>{e(setting_text(run_info[key]))}</td></tr>")
     parts.append("</table>")
     if plots:
         parts.append("<h2>Plots</h2>")
@@ -137,7 +148,7 @@ def render_markdown(rows, columns, run_info, plots):
              "| setting | value |", "|---|---|"]
     for key, label in SETTINGS:
         if run_info.get(key) not in (None, ""):
-            value = str(run_info[key]).replace("|", "\\|")
+            value = setting_text(run_info[key]).replace("|", "\\|")
             lines.append(f"| {label} | `{value}` |")
     lines += [""]
     for name, caption in plots:

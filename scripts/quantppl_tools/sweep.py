@@ -4,9 +4,12 @@
     scripts/sweep.py --out sweeps/quick --schemes absmax --bits 4,8 --granularities tensor,group64 \
         --ranges minmax --report
     scripts/sweep.py --out sweeps/mine --variants absmax:4:channel:mse,zeropoint:3:group32
+    scripts/sweep.py --out sweeps/methods --schemes zeropoint --bits 3,4 --granularities group128 \
+        --ranges minmax --methods rtn,awq,hqq,gptq --calibration data/calibration.txt
 
 The grid is schemes x bits x granularities x ranges, each spec written SCHEME:BITS:GRAN:RANGE,
-or an explicit --variants list; the CLI alone knows the variant grammar: it validates the specs
+or an explicit --variants list, crossed with --methods (rtn = the spec, else SPEC+METHOD; a spec's
+methods in one batch; GPTQ/AWQ statistics from one `quantppl calibrate` per sweep: sweep_methods.py); the CLI alone knows the variant grammar: it validates the specs
 and reports each one's canonical spelling (`spec`) and storage (`packed_bytes`, `fp32_bytes`,
 `compression_ratio`), which the sweep copies. fp32 is always evaluated, first, once; every delta
 is against that row. Variants run in batches of --batch-variants in ONE
@@ -53,6 +56,8 @@ from . import distributed, report
 from .paths import REPO
 from .sweep_grid import (PINNED_SETTINGS, build_grid, cli_args, fmt_duration,
                          group_size, linear_shapes, progress_line, rows_of_results)
+from .sweep_methods import (METHODS, check_pinned_methods, make_batches, prepare_calibration,
+                            sweep_settings)
 from .sweep_plots import plot_all
 from .sweep_results import (BASE_COLUMNS, EXIT_INTERRUPTED, EXIT_IO, EXIT_USAGE, SweepError, atomic_write,
                             columns_for, log, read_results, write_csv)
@@ -125,6 +130,10 @@ def run_sweep(args):
     if os.path.exists(run_path):
         with open(run_path, encoding="utf-8") as f:
             run_info = json.load(f)
+    msettings = sweep_settings(args)
+    check_pinned_methods(run_info, msettings, out)
+    if run_info.get("model_sha256"):
+        run_info.update(msettings)  # a run.json from before methods existed: an RTN-only sweep
     # spec as given -> canonical spec, as the CLI reported it (a canonical spec maps to itself)
     canonical = dict(run_info.get("canonical_specs", {}))
     extra_order = [c for c in old_columns if c not in BASE_COLUMNS]
@@ -152,8 +161,8 @@ def run_sweep(args):
     started = time.monotonic()
     computed = 0
     batch_no = len([n for n in os.listdir(os.path.join(out, "raw")) if n.endswith(".json")])
-    while todo:
-        batch, todo = todo[:args.batch_variants], todo[args.batch_variants:]
+    calibration = prepare_calibration(args, run_info, run_cli) if todo else []
+    for batch in make_batches(todo, args.batch_variants):
         if shapes:  # a group size that does not divide a layer's input dimension: skip, say why
             keep = []
             for v in batch:
@@ -167,10 +176,11 @@ def run_sweep(args):
             batch = keep
             if not batch:
                 continue
-        argv = ["compare", *cli_args(args), "--variants", ",".join(batch), "--format", "json", "--quiet"]
+        argv = ["compare", *cli_args(args), *calibration, "--variants", ",".join(batch), "--format", "json",
+                "--quiet"]
         t0 = time.monotonic()
         cli_report = json.loads(run_cli(args.bin, argv))
-        settings = {k: v for k, v in cli_report.items() if k != "results"}
+        settings = {**{k: v for k, v in cli_report.items() if k != "results"}, **msettings}
         if run_info.get("model_sha256"):
             changed = [k for k in PINNED_SETTINGS if run_info.get(k) != settings.get(k)]
             if changed:
@@ -288,6 +298,16 @@ def parse_args(argv):
     c.add_argument("--threads", type=int)
     c.add_argument("--include", metavar="REGEX")
     c.add_argument("--exclude", metavar="REGEX")
+    m = p.add_argument_group("methods (a grid dimension) and their calibration")
+    m.add_argument("--methods", default="rtn", metavar="LIST",
+                   help=f"comma-separated methods crossed with every spec: {', '.join(METHODS)} (rtn: the spec "
+                   "itself; hqq only on zero-point specs, skipped on others); a spec's methods run in one "
+                   "compare call (default: %(default)s)")
+    m.add_argument("--calibration", metavar="FILE", help="calibration text for gptq/awq (default: the CLI's)")
+    m.add_argument("--calibration-tokens", type=int, metavar="N", help="calibration tokens (default: the CLI's)")
+    m.add_argument("--calibration-mode", choices=["fp32", "sequential"],
+                   help="fp32 (default): `quantppl calibrate` runs once into DIR/calibration.qcal, passed as "
+                   "--calibration-stats to every call; sequential: every compare call recalibrates")
     distributed.add_arguments(p)
     args = p.parse_args(argv)
     distributed.check_arguments(p, args)
@@ -295,6 +315,12 @@ def parse_args(argv):
         p.error("--fresh and --resume contradict each other")
     if args.batch_variants < 1:
         p.error(f"--batch-variants must be >= 1, got {args.batch_variants}")
+    try:
+        sweep_settings(args)
+    except SweepError as e:
+        p.error(str(e))
+    if args.calibration_tokens is not None and args.calibration_tokens < 1:
+        p.error(f"--calibration-tokens must be >= 1, got {args.calibration_tokens}")
     if args.text == "-":
         p.error("--text -: a sweep reads the text once per batch; save it to a file first")
     for flag in ("include", "exclude"):

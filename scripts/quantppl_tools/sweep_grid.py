@@ -3,13 +3,17 @@ Dask runner (distributed.py) share: spec strings, layer shapes for the group-siz
 of every compare call, storage per weight, progress lines. Formulas: sweep.py's module doc.
 """
 
+import json
 import math
 import re
 
+from .sweep_methods import parse_methods, with_methods
 from .sweep_results import BASE_COLUMNS, SweepError, log, variant_columns
 
-# Settings recorded in run.json; a resumed sweep must match them.
-PINNED_SETTINGS = ["model_sha256", "text_sha256", "mode", "max_length", "include", "exclude"]
+# Settings recorded in run.json; a resumed sweep must match them. methods and calibration are the
+# sweep's own (sweep_methods.sweep_settings), the others the CLI's.
+PINNED_SETTINGS = ["model_sha256", "text_sha256", "mode", "max_length", "include", "exclude", "methods",
+                   "calibration"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,7 +41,8 @@ def parse_bits(text):
 
 
 def build_grid(args):
-    """The specs of the sweep, fp32 first, without duplicates, as the CLI will be given them."""
+    """The specs of the sweep, fp32 first, without duplicates, as the CLI will be given them: each
+    grid spec crossed with --methods (sweep_methods.with_methods), a spec's methods together."""
     if args.variants:
         specs = parse_list("--variants", args.variants)
     else:
@@ -47,7 +52,7 @@ def build_grid(args):
         ranges = parse_list("--ranges", args.ranges)
         specs = [f"{s}:{b}:{g}:{r}" for s in schemes for g in grans for r in ranges for b in bits]
     grid = ["fp32"]
-    for spec in specs:
+    for spec in with_methods(specs, parse_methods(getattr(args, "methods", None))):
         if spec not in grid:
             grid.append(spec)
     return grid
@@ -140,6 +145,25 @@ def canonical_name(result):
     return result.get("spec") or result.get("variant")
 
 
+CALIBRATION_FIELDS = ("text", "sha256", "tokens", "mode", "stats")
+
+
+def flatten_calibration(result):
+    """A compare result with its `calibration` object (null for fp32, RTN and HQQ rows) as CSV
+    cells: `calibration` the compact JSON, and calibration_text/sha256/tokens/mode/stats."""
+    cal = result.get("calibration")
+    if "calibration" not in result:
+        return result
+    out = {}
+    for k, v in result.items():
+        out[k] = v
+        if k == "calibration":
+            out[k] = json.dumps(v, sort_keys=True, separators=(",", ":")) if isinstance(v, dict) else None
+            for f in CALIBRATION_FIELDS:
+                out[f"calibration_{f}"] = v.get(f) if isinstance(v, dict) else None
+    return out
+
+
 def rows_of_results(batch, results, canonical, fp32_row, extra_order):
     """The results.csv rows of one batch's `compare --format json` results (one per spec of
     `batch`, in the order given), keyed by the CLI's canonical name; records spec -> name in
@@ -149,7 +173,7 @@ def rows_of_results(batch, results, canonical, fp32_row, extra_order):
         name = canonical_name(r)
         canonical[v] = name
         row = {"variant": name, **variant_columns(name)}
-        for k, val in r.items():
+        for k, val in flatten_calibration(r).items():
             if k not in ("variant", "spec"):
                 row[k] = val
                 if k not in BASE_COLUMNS and k not in extra_order:

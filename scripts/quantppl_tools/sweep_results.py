@@ -18,7 +18,8 @@ import tempfile
 # listed here (kl_mean, top1_agreement, packed_bytes, ... as the CLI grows) follow, in its order.
 BASE_COLUMNS = ["variant", "scheme", "bits", "granularity", "group_size", "range", "ppl", "nll", "tokens",
                 "delta_ppl_pct", "weight_mse", "weight_sqnr_db", "seconds", "effective_bits_per_weight"]
-TEXT_COLUMNS = ("variant", "scheme", "granularity", "range")
+TEXT_COLUMNS = ("variant", "scheme", "granularity", "range", "method", "calibration", "calibration_text",
+                "calibration_sha256", "calibration_mode", "calibration_stats")
 
 EXIT_USAGE, EXIT_IO, EXIT_INTERRUPTED = 2, 4, 130
 

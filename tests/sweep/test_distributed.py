@@ -42,7 +42,9 @@ SWEEP = os.path.join(REPO, "scripts", "sweep.py")
 VARIANTS = "absmax:4:tensor:minmax,absmax:8:channel:minmax,zeropoint:4:group64:minmax,zeropoint:3:channel:mse"
 GRID = ["--variants", VARIANTS, "--batch-variants", "1"]
 # columns that may differ between two runs of the same variant: timing, and where/how it ran
-RUN_COLUMNS = {"seconds", "host", "attempts", "status", "error", "threads"}
+# timings and where a row ran (a shipped calibration file's path is the worker's cache) may differ
+RUN_COLUMNS = {"seconds", "method_seconds", "host", "attempts", "status", "error", "threads", "calibration",
+               "calibration_stats"}
 STARTUP_TIMEOUT = 120
 SWEEP_TIMEOUT = 900
 
