@@ -103,9 +103,11 @@ struct ScaledCodec {
   int code_bits() const { return config.grid == ElementGrid::kFp8E4M3 || config.grid == ElementGrid::kFp8E5M2 ? 8 : 4; }
   std::vector<SectionLayout> layout(int64_t blocks) const { return {{"scales", "f32", blocks, 32}}; }
   bool needs_signed_max() const { return false; }
+  bool needs_min_max() const { return false; }
   Context context(const BlockStats&) const { return {}; }
   bool local() const { return config.range == RangeMethod::kMinMax && config.granularity != Granularity::kPerTensor; }
   bool needs_context() const { return false; }
+  bool lazy_safe(const BlockStats&) const { return true; }  // choose_local never throws
 
   Params from_magnitude(float a) const { return {a > 0 ? a / largest_of(config.grid) : 0.0f}; }
   Params choose_local(const BlockStats& st, const Context&, const std::string&) const { return from_magnitude(st.amax); }
