@@ -140,7 +140,7 @@ inline void check_weight(const torch::Tensor& w, const std::string& name, const 
 // fake_blocks reads it again. Parallel over runs of blocks; a task is about
 // kGrain elements, so a layer below that stays on one thread. Returns false
 // if an element is NaN or Inf (callers name the weight).
-constexpr int64_t kRunElems = 8192;  // 32 KiB of float32: L1 is 32-48 KiB
+constexpr int64_t kRunElems = 2048;  // 8 KiB of float32 read, 8 KiB written: both stay in L1 (32-48 KiB)
 constexpr int64_t kRunBlocks = 256;  // stats/params buffers (blocks of >= 32 elements fill a run)
 
 template <class Codec>
