@@ -12,9 +12,12 @@
 //     int code_bits() const;
 //     std::vector<SectionLayout> layout(int64_t blocks) const;          // sections after "codes"
 //     bool needs_signed_max() const;
+//     bool needs_min_max() const;        // choose_local reads BlockStats::min / max
 //     Context context(const BlockStats& whole) const;
 //     bool local() const;                // params depend on the block's stats (and the context) only
 //     bool needs_context() const;        // the context needs a pass over the whole weight
+//     bool lazy_safe(const BlockStats& whole) const;  // choose_local cannot throw for any block of a
+//                                        // weight with these whole-weight stats (see BlockPrepared)
 //     Params choose_local(const BlockStats&, const Context&, const std::string& name) const;  // local() codecs
 //     void choose(const torch::Tensor& blocks2d, const std::vector<BlockStats>&, const Context&,
 //                 std::vector<Params>&, const std::string& name) const;
@@ -76,7 +79,9 @@ inline int64_t layout_bytes(const SectionLayout& s) { return (s.count * s.bits +
 BlockStats scan_block(const float* x, int64_t n, bool signed_max);
 // scan_block of nblocks consecutive blocks of L elements into out[0 ..
 // nblocks); false if any element is NaN or Inf. One call per run of blocks.
-bool scan_blocks(const float* x, int64_t nblocks, int64_t L, bool signed_max, BlockStats* out);
+// min_max = false may leave min and max at 0 (a cheaper scan for codecs
+// that read only amax and signed_max).
+bool scan_blocks(const float* x, int64_t nblocks, int64_t L, bool signed_max, BlockStats* out, bool min_max = true);
 
 // `later` follows `earlier` in index order.
 inline BlockStats merge_stats(const BlockStats& earlier, const BlockStats& later) {
@@ -128,6 +133,56 @@ inline void check_weight(const torch::Tensor& w, const std::string& name, const 
   }
 }
 
+// The fused pass of a local codec (params from the block's own stats and the
+// weight's context): per run of blocks, the stats, the parameters and x_hat
+// while the run is in L1 (one read of src from memory, one write of dst). A
+// run is at most kRunElems elements, so the scan's data is still in L1 when
+// fake_blocks reads it again. Parallel over runs of blocks; a task is about
+// kGrain elements, so a layer below that stays on one thread. Returns false
+// if an element is NaN or Inf (callers name the weight).
+constexpr int64_t kRunElems = 2048;  // 8 KiB of float32 read, 8 KiB written: both stay in L1 (32-48 KiB)
+constexpr int64_t kRunBlocks = 256;  // stats/params buffers (blocks of >= 32 elements fill a run)
+
+template <class Codec>
+bool fused_local_pass(const Codec& codec, const float* s, float* d, int64_t blocks, int64_t L,
+                      const typename Codec::Context& ctx, const std::string& name) {
+  std::atomic<bool> bad{false};
+  const int64_t run = std::max<int64_t>(1, std::min(kRunBlocks, kRunElems / L));
+  at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / L), [&](int64_t b0, int64_t b1) {
+    BlockStats stats[kRunBlocks];
+    typename Codec::Params params[kRunBlocks];
+    for (int64_t r0 = b0; r0 < b1; r0 += run) {
+      const int64_t nb = std::min(run, b1 - r0);
+      if (!scan_blocks(s + r0 * L, nb, L, codec.needs_signed_max(), stats, codec.needs_min_max())) {
+        bad = true;
+        return;
+      }
+      for (int64_t b = 0; b < nb; ++b) params[b] = codec.choose_local(stats[b], ctx, name);
+      codec.fake_blocks(s + r0 * L, d + r0 * L, nb, L, params, ctx);
+    }
+  });
+  return !bad;
+}
+
+// max|x| and finiteness of the whole weight (min and max left 0: the lazy
+// path's context and lazy_safe read amax only): one parallel read with the
+// amax-only scan, in pieces merged in index order. DataError naming `name`
+// on NaN/Inf.
+inline BlockStats whole_stats(const float* x, int64_t numel, const std::string& name) {
+  const int64_t pieces = (numel + kStatsPiece - 1) / kStatsPiece;
+  std::vector<BlockStats> part(pieces);
+  at::parallel_for(0, pieces, std::max<int64_t>(1, kGrain / kStatsPiece), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t lo = p * kStatsPiece, hi = std::min(numel, lo + kStatsPiece);
+      scan_blocks(x + lo, 1, hi - lo, false, &part[p], false);
+    }
+  });
+  BlockStats all = part[0];
+  for (int64_t p = 1; p < pieces; ++p) all = merge_stats(all, part[p]);
+  if (!all.finite) throw DataError("weight '" + name + "' holds NaN or Inf; it cannot be quantized");
+  return all;
+}
+
 template <class Codec>
 class BlockColumnQuantizer final : public ColumnGroupQuantizer {
  public:
@@ -166,13 +221,26 @@ void for_each_block_piece(int64_t numel, int64_t L, const Fn& fn) {
   });
 }
 
+// A weight with its parameters chosen. Two kinds:
+// * eager (params_ holds one Params per block): range searches, per-tensor
+//   scales, long blocks, and weights whose blocks could fail choose_local;
+// * lazy (params_ empty): a local codec (each block's parameters follow
+//   from its own stats and the weight's context) on blocks of at most
+//   kStatsPiece elements. prepare() has read the weight once (NaN/Inf and
+//   the context) and the codec has vouched (lazy_safe) that no block can
+//   fail; fake_quantize_into re-derives each block's parameters from src in
+//   the fused pass, so the work is one read of the statistics plus one read
+//   and one write, with no per-block arrays. The parameters are the same
+//   numbers the eager path would store (same scan, same choose_local), so
+//   the output is bit-identical; src must be the weight prepare() was given,
+//   as PreparedWeight requires.
 template <class Codec>
 class BlockPrepared final : public PreparedWeight {
  public:
   BlockPrepared(Codec codec, int64_t out, int64_t in, int64_t L, typename Codec::Context ctx,
-                std::vector<typename Codec::Params> params, std::string name)
+                std::vector<typename Codec::Params> params, std::string name, bool lazy = false)
       : codec_(std::move(codec)), out_(out), in_(in), L_(L), ctx_(std::move(ctx)), params_(std::move(params)),
-        name_(std::move(name)) {}
+        name_(std::move(name)), lazy_(lazy) {}
 
   void fake_quantize_into(const torch::Tensor& src, torch::Tensor& dst) const override {
     check(src);
@@ -181,6 +249,12 @@ class BlockPrepared final : public PreparedWeight {
     float* d = dst.data_ptr<float>();
     const int64_t n = out_ * in_;
     if (n == 0) return;
+    if (lazy_) {
+      if (!fused_local_pass(codec_, s, d, n / L_, L_, ctx_, name_)) {
+        throw DataError("weight '" + name_ + "' holds NaN or Inf; it cannot be quantized");
+      }
+      return;
+    }
     if (L_ <= kGrain) {
       // Runs of whole blocks per task: no call per block.
       at::parallel_for(0, n / L_, std::max<int64_t>(1, kGrain / L_), [&](int64_t b0, int64_t b1) {
@@ -196,17 +270,23 @@ class BlockPrepared final : public PreparedWeight {
   PackedWeight pack(const torch::Tensor& src) const override {
     check(src);
     const int64_t n = out_ * in_;
+    std::vector<typename Codec::Params> lazy_params;
+    if (lazy_ && n > 0) {
+      const std::vector<BlockStats> stats = block_stats(src.data_ptr<float>(), n, L_, codec_.needs_signed_max(), name_);
+      codec_.choose(src.view({-1, L_}), stats, ctx_, lazy_params, name_);
+    }
+    const std::vector<typename Codec::Params>& params = lazy_ ? lazy_params : params_;
     std::vector<int32_t> codes(n);
     const float* s = src.data_ptr<float>();
     for_each_block_piece(n, L_, [&](int64_t b, int64_t lo, int64_t hi) {
-      codec_.encode(s + lo, codes.data() + lo, hi - lo, params_[b], ctx_);
+      codec_.encode(s + lo, codes.data() + lo, hi - lo, params[b], ctx_);
     });
     PackedWeight p;
     p.out_features = out_;
     p.in_features = in_;
     const int bits = codec_.code_bits();
     p.sections.push_back({"codes", code_dtype(bits), n, pack_codes(codes, bits)});
-    codec_.write_params(params_, ctx_, p.sections);
+    codec_.write_params(params, ctx_, p.sections);
     return p;
   }
 
@@ -224,6 +304,7 @@ class BlockPrepared final : public PreparedWeight {
   typename Codec::Context ctx_;
   std::vector<typename Codec::Params> params_;
   std::string name_;
+  bool lazy_;
 };
 
 template <class Codec>
@@ -259,7 +340,15 @@ class BlockFormat final : public WeightFormat {
     check_weight(weight, name, "prepare");
     const int64_t out = weight.size(0), in = weight.size(1);
     const int64_t L = block_elems(out, in, name);
-    typename Codec::Context ctx;
+    typename Codec::Context ctx{};
+    if (codec_.local() && L <= kStatsPiece && out * in > 0) {
+      const BlockStats whole = whole_stats(weight.data_ptr<float>(), out * in, name);
+      if (codec_.lazy_safe(whole)) {
+        ctx = codec_.context(whole);
+        return std::make_unique<BlockPrepared<Codec>>(codec_, out, in, L, std::move(ctx),
+                                                      std::vector<typename Codec::Params>{}, name, true);
+      }
+    }
     std::vector<typename Codec::Params> params;
     choose_all(weight, L, name, ctx, params);
     return std::make_unique<BlockPrepared<Codec>>(codec_, out, in, L, std::move(ctx), std::move(params), name);
@@ -397,34 +486,15 @@ class BlockFormat final : public WeightFormat {
     codec_.choose(w.view({-1, L}), stats, ctx, params, name);
   }
 
-  // Per run of blocks: stats, parameters and x_hat while the run is in cache
-  // (one read of src from memory, one write of dst).
+  // fused_local_pass with the context from one extra read where the codec
+  // needs one (NVFP4's amax_tensor).
   void fused_local(const torch::Tensor& src, torch::Tensor& dst, int64_t L, const std::string& name) const {
     const float* s = src.data_ptr<float>();
-    float* d = dst.data_ptr<float>();
-    const int64_t blocks = src.numel() / L;
     typename Codec::Context ctx{};
-    if (codec_.needs_context()) {
-      // One extra read for the weight's statistics (NVFP4's amax_tensor).
-      const std::vector<BlockStats> whole = block_stats(s, src.numel(), src.numel(), false, name);
-      ctx = codec_.context(whole[0]);
+    if (codec_.needs_context()) ctx = codec_.context(whole_stats(s, src.numel(), name));
+    if (!fused_local_pass(codec_, s, dst.data_ptr<float>(), src.numel() / L, L, ctx, name)) {
+      throw DataError("weight '" + name + "' holds NaN or Inf; it cannot be quantized");
     }
-    std::atomic<bool> bad{false};
-    at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / L), [&](int64_t b0, int64_t b1) {
-      constexpr int64_t kRun = 256;  // blocks per stats buffer
-      BlockStats stats[kRun];
-      typename Codec::Params params[kRun];
-      for (int64_t r0 = b0; r0 < b1; r0 += kRun) {
-        const int64_t nb = std::min(kRun, b1 - r0);
-        if (!scan_blocks(s + r0 * L, nb, L, codec_.needs_signed_max(), stats)) {
-          bad = true;
-          return;
-        }
-        for (int64_t b = 0; b < nb; ++b) params[b] = codec_.choose_local(stats[b], ctx, name);
-        codec_.fake_blocks(s + r0 * L, d + r0 * L, nb, L, params, ctx);
-      }
-    });
-    if (bad) throw DataError("weight '" + name + "' holds NaN or Inf; it cannot be quantized");
   }
 
   void expect_section(const PackedSection& got, const SectionLayout& want, const std::string& name) const {

@@ -118,6 +118,80 @@ __attribute__((target("avx2"))) bool scan_blocks_avx2(const float* x, int64_t nb
   }
   return finite;
 }
+
+// max|x| and finiteness only (min and max left 0): the formats whose scale
+// is amax-based. max of non-negative floats is exact in any order (|x| is
+// never -0), so the block is read with four independent accumulators (no
+// chain of dependent max/add latencies) and the 8 lanes are reduced with
+// shuffles instead of a scalar loop over stored lanes. A NaN or Inf element
+// turns its lane of v - v into NaN. The signed max (q4_0 / q5_0) of a block
+// of at most 64 elements is found without a data-dependent branch: one bit
+// per element with |x| == amax, the lowest set bit is the first such x.
+__attribute__((target("avx2"))) inline float hmax8(__m256 v) {
+  __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  a = _mm_max_ps(a, _mm_shuffle_ps(a, a, 0x4E));
+  a = _mm_max_ps(a, _mm_shuffle_ps(a, a, 0xB1));
+  return _mm_cvtss_f32(a);
+}
+
+__attribute__((target("avx2"))) bool scan_blocks_amax_avx2(const float* x, int64_t nblocks, int64_t L,
+                                                            bool signed_max, BlockStats* out) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  bool finite = true;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float* xb = x + b * L;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0;
+    int64_t i = 0;
+    for (; i + 32 <= L; i += 32) {
+      const __m256 v0 = _mm256_loadu_ps(xb + i), v1 = _mm256_loadu_ps(xb + i + 8);
+      const __m256 v2 = _mm256_loadu_ps(xb + i + 16), v3 = _mm256_loadu_ps(xb + i + 24);
+      a0 = _mm256_max_ps(a0, _mm256_and_ps(v0, abs_mask));
+      a1 = _mm256_max_ps(a1, _mm256_and_ps(v1, abs_mask));
+      a2 = _mm256_max_ps(a2, _mm256_and_ps(v2, abs_mask));
+      a3 = _mm256_max_ps(a3, _mm256_and_ps(v3, abs_mask));
+      e0 = _mm256_add_ps(e0, _mm256_sub_ps(v0, v0));
+      e1 = _mm256_add_ps(e1, _mm256_sub_ps(v1, v1));
+      e2 = _mm256_add_ps(e2, _mm256_sub_ps(v2, v2));
+      e3 = _mm256_add_ps(e3, _mm256_sub_ps(v3, v3));
+    }
+    for (; i + 8 <= L; i += 8) {
+      const __m256 v = _mm256_loadu_ps(xb + i);
+      a0 = _mm256_max_ps(a0, _mm256_and_ps(v, abs_mask));
+      e0 = _mm256_add_ps(e0, _mm256_sub_ps(v, v));
+    }
+    float amax = hmax8(_mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3)));
+    const __m256 e = _mm256_add_ps(_mm256_add_ps(e0, e1), _mm256_add_ps(e2, e3));
+    bool ok = _mm256_movemask_ps(_mm256_cmp_ps(e, e, _CMP_UNORD_Q)) == 0;
+    for (; i < L; ++i) {
+      const float v = xb[i];
+      const float av = std::fabs(v);
+      amax = av > amax ? av : amax;
+      ok = ok && (v - v) == 0;
+    }
+    BlockStats& s = out[b];
+    s = BlockStats{};
+    s.amax = amax;
+    s.finite = ok;
+    if (signed_max && ok && amax > 0) {
+      if (L <= 64 && L % 8 == 0) {
+        const __m256 target = _mm256_set1_ps(amax);
+        uint64_t bits = 0;
+        for (int64_t k = 0; k < L; k += 8) {
+          const __m256 v = _mm256_and_ps(_mm256_loadu_ps(xb + k), abs_mask);
+          bits |= static_cast<uint64_t>(static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, target, _CMP_EQ_OQ))))
+                  << k;
+        }
+        s.signed_max = xb[__builtin_ctzll(bits)];
+      } else {
+        s.signed_max = first_at_amax_avx2(xb, L, amax);
+      }
+    }
+    finite = finite && ok;
+  }
+  return finite;
+}
+
 const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
 #endif
 
@@ -129,9 +203,12 @@ const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
 // minimum's sign only reaches x_hat through q * d + (+-0), the same number
 // unless q * d is also a zero); only the stored float16 minimum's sign bit
 // can differ from ggml's in a block whose minimum is exactly zero.
-bool scan_blocks(const float* x, int64_t nblocks, int64_t L, bool signed_max, BlockStats* out) {
+bool scan_blocks(const float* x, int64_t nblocks, int64_t L, bool signed_max, BlockStats* out, bool min_max) {
 #if QUANTPPL_BLOCK_SCAN_AVX2
-  if (kHaveAvx2) return scan_blocks_avx2(x, nblocks, L, signed_max, out);
+  if (kHaveAvx2) {
+    return min_max ? scan_blocks_avx2(x, nblocks, L, signed_max, out)
+                   : scan_blocks_amax_avx2(x, nblocks, L, signed_max, out);
+  }
 #endif
   return scan_blocks_scalar(x, nblocks, L, signed_max, out);
 }

@@ -7,6 +7,13 @@
 #include <cmath>
 #include <limits>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define QUANTPPL_FLOAT_FORMATS_AVX2 1
+#else
+#define QUANTPPL_FLOAT_FORMATS_AVX2 0
+#endif
+
 namespace quantppl::formats {
 namespace {
 
@@ -77,10 +84,104 @@ float decode_e8m0(uint8_t code) {
   return pow2(static_cast<int>(code) - 127);
 }
 
+#if QUANTPPL_FLOAT_FORMATS_AVX2
+// round_to_minifloat on 8 lanes, the same operations in the same order (see
+// the header's (2)): a = min(|x|, max), the biased exponent of a clamped
+// below at emin + 127, C = 2^(E' - M) * 2^23 from bits, (a + C) - C, sign.
+struct Round8 {
+  __m256 max_finite;
+  __m256i emin_biased;  // emin + 127
+  __m256i c_offset;     // 23 - M: C's biased exponent is E'_biased + 23 - M
+  __attribute__((target("avx2"))) explicit Round8(const MiniFloat& f)
+      : max_finite(_mm256_set1_ps(f.max_finite)),
+        emin_biased(_mm256_set1_epi32(f.min_exponent() + 127)),
+        c_offset(_mm256_set1_epi32(23 - f.mantissa_bits)) {}
+};
+
+__attribute__((target("avx2"))) inline __m256 round_minifloat8(__m256 x, const Round8& r) {
+  const __m256 sign = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u))));
+  const __m256 a = _mm256_min_ps(_mm256_xor_ps(x, sign), r.max_finite);  // a < max ? a : max
+  const __m256i e = _mm256_max_epi32(_mm256_srli_epi32(_mm256_castps_si256(a), 23), r.emin_biased);
+  const __m256 c = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, r.c_offset), 23));
+  return _mm256_or_ps(_mm256_sub_ps(_mm256_add_ps(a, c), c), sign);
+}
+
+// Blocks of L elements: 8-wide over i < L - L % 8, the scalar formula on the rest.
+__attribute__((target("avx2"))) void minifloat_div_avx2(const float* src, float* dst, int64_t nblocks, int64_t L,
+                                                        const MiniFloat& f, const float* scales, int64_t stride) {
+  const Round8 r(f);
+  const MiniFloat g = f;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float s = scales[b * stride];
+    const float* x = src + b * L;
+    float* y = dst + b * L;
+    int64_t i = 0;
+    if (s == 0) {
+      for (; i + 8 <= L; i += 8) _mm256_storeu_ps(y + i, _mm256_setzero_ps());
+      for (; i < L; ++i) y[i] = 0.0f;
+      continue;
+    }
+    const __m256 vs = _mm256_set1_ps(s);
+    for (; i + 8 <= L; i += 8) {
+      _mm256_storeu_ps(y + i, _mm256_mul_ps(round_minifloat8(_mm256_div_ps(_mm256_loadu_ps(x + i), vs), r), vs));
+    }
+    for (; i < L; ++i) y[i] = round_to_minifloat(x[i] / s, g) * s;
+  }
+}
+
+__attribute__((target("avx2"))) void minifloat_pow2_avx2(const float* src, float* dst, int64_t nblocks, int64_t L,
+                                                         const MiniFloat& f, const int32_t* ks, int64_t stride) {
+  const Round8 r(f);
+  const MiniFloat g = f;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int k = ks[b * stride];
+    const float inverse = pow2(-k), scale = pow2(k);
+    const __m256 vi = _mm256_set1_ps(inverse), vs = _mm256_set1_ps(scale);
+    const float* x = src + b * L;
+    float* y = dst + b * L;
+    int64_t i = 0;
+    for (; i + 8 <= L; i += 8) {
+      _mm256_storeu_ps(y + i, _mm256_mul_ps(round_minifloat8(_mm256_mul_ps(_mm256_loadu_ps(x + i), vi), r), vs));
+    }
+    for (; i < L; ++i) y[i] = round_to_minifloat(x[i] * inverse, g) * scale;
+  }
+}
+
+// mxint8_code on 8 lanes: (x * 2^-k) * 64, min(|.|, 127), (a + 2^23) - 2^23,
+// the sign put back unless the code is 0 (+0, as the scalar form).
+__attribute__((target("avx2"))) void mxint8_avx2(const float* src, float* dst, int64_t nblocks, int64_t L,
+                                                 const int32_t* ks, int64_t stride) {
+  const __m256 sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
+  const __m256 c64 = _mm256_set1_ps(64.0f), c127 = _mm256_set1_ps(127.0f), magic = _mm256_set1_ps(8388608.0f);
+  const __m256 step = _mm256_set1_ps(0.015625f), zero = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int k = ks[b * stride];
+    const float inverse = pow2(-k), scale = pow2(k);
+    const __m256 vi = _mm256_set1_ps(inverse), vs = _mm256_set1_ps(scale);
+    const float* x = src + b * L;
+    float* y = dst + b * L;
+    int64_t i = 0;
+    for (; i + 8 <= L; i += 8) {
+      const __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vi), c64);
+      const __m256 sign = _mm256_and_ps(v, sign_mask);
+      const __m256 a = _mm256_min_ps(_mm256_xor_ps(v, sign), c127);
+      const __m256 q = _mm256_sub_ps(_mm256_add_ps(a, magic), magic);
+      const __m256 code = _mm256_or_ps(q, _mm256_and_ps(sign, _mm256_cmp_ps(q, zero, _CMP_NEQ_OQ)));
+      _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(code, step), vs));
+    }
+    for (; i < L; ++i) y[i] = (mxint8_code(x[i], inverse) * 0.015625f) * scale;
+  }
+}
+
+const bool kFloatFormatsAvx2 = __builtin_cpu_supports("avx2");
+#endif
+
 // The loops copy the format's fields into locals so that the compiler keeps
 // them in registers and vectorizes the inner loop; target_clones adds an
-// AVX2 version chosen at load time (the same arithmetic, 8 lanes).
-__attribute__((target_clones("avx2", "default"))) void fake_quantize_minifloat_div(
+// AVX2 version chosen at load time (the same arithmetic, 8 lanes). On AVX2
+// CPUs the explicit kernels above run instead (no per-block alias checks
+// and loop peeling for 16- and 32-element blocks).
+__attribute__((target_clones("avx2", "default"))) void fake_quantize_minifloat_div_loop(
     const float* src, float* dst, int64_t nblocks, int64_t L, const MiniFloat& f, const float* scales, int64_t stride) {
   const MiniFloat g = f;
   for (int64_t b = 0; b < nblocks; ++b) {
@@ -95,7 +196,7 @@ __attribute__((target_clones("avx2", "default"))) void fake_quantize_minifloat_d
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) void fake_quantize_minifloat_pow2(
+__attribute__((target_clones("avx2", "default"))) void fake_quantize_minifloat_pow2_loop(
     const float* src, float* dst, int64_t nblocks, int64_t L, const MiniFloat& f, const int32_t* ks, int64_t stride) {
   const MiniFloat g = f;
   for (int64_t b = 0; b < nblocks; ++b) {
@@ -107,9 +208,9 @@ __attribute__((target_clones("avx2", "default"))) void fake_quantize_minifloat_p
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) void fake_quantize_mxint8(const float* src, float* dst,
-                                                                             int64_t nblocks, int64_t L,
-                                                                             const int32_t* ks, int64_t stride) {
+__attribute__((target_clones("avx2", "default"))) void fake_quantize_mxint8_loop(const float* src, float* dst,
+                                                                                  int64_t nblocks, int64_t L,
+                                                                                  const int32_t* ks, int64_t stride) {
   for (int64_t b = 0; b < nblocks; ++b) {
     const int k = ks[b * stride];
     const float inverse = pow2(-k), scale = pow2(k);
@@ -117,6 +218,30 @@ __attribute__((target_clones("avx2", "default"))) void fake_quantize_mxint8(cons
     float* y = dst + b * L;
     for (int64_t i = 0; i < L; ++i) y[i] = (mxint8_code(x[i], inverse) * 0.015625f) * scale;
   }
+}
+
+void fake_quantize_minifloat_div(const float* src, float* dst, int64_t nblocks, int64_t L, const MiniFloat& f,
+                                 const float* scales, int64_t stride) {
+#if QUANTPPL_FLOAT_FORMATS_AVX2
+  if (kFloatFormatsAvx2) return minifloat_div_avx2(src, dst, nblocks, L, f, scales, stride);
+#endif
+  fake_quantize_minifloat_div_loop(src, dst, nblocks, L, f, scales, stride);
+}
+
+void fake_quantize_minifloat_pow2(const float* src, float* dst, int64_t nblocks, int64_t L, const MiniFloat& f,
+                                  const int32_t* ks, int64_t stride) {
+#if QUANTPPL_FLOAT_FORMATS_AVX2
+  if (kFloatFormatsAvx2) return minifloat_pow2_avx2(src, dst, nblocks, L, f, ks, stride);
+#endif
+  fake_quantize_minifloat_pow2_loop(src, dst, nblocks, L, f, ks, stride);
+}
+
+void fake_quantize_mxint8(const float* src, float* dst, int64_t nblocks, int64_t L, const int32_t* ks,
+                          int64_t stride) {
+#if QUANTPPL_FLOAT_FORMATS_AVX2
+  if (kFloatFormatsAvx2) return mxint8_avx2(src, dst, nblocks, L, ks, stride);
+#endif
+  fake_quantize_mxint8_loop(src, dst, nblocks, L, ks, stride);
 }
 
 }  // namespace quantppl::formats

@@ -4,6 +4,13 @@
 
 #include <cmath>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define QUANTPPL_GGUF_X86 1
+#else
+#define QUANTPPL_GGUF_X86 0
+#endif
+
 #include "block_format.h"
 #include "quantppl/formats/float_formats.h"
 #include "zero_point_grid.h"
@@ -114,6 +121,117 @@ __attribute__((target_clones("avx2", "default"))) void fake_q_1(const float* x, 
   }
 }
 
+#if QUANTPPL_GGUF_X86
+// The same loops 8 lanes wide, written out because the compiler does not
+// vectorize the scalar forms' float -> double -> int chains well. Each line
+// is the scalar code's operation on 8 lanes, in its order and precision:
+//
+// q8_0: roundf(a) for a = |x * id| >= 0 is trunc(a) + (a - trunc(a) >= 0.5)
+//   (a - trunc(a) is exact), the same integer as trunc(double(a) + 0.5);
+//   min(r, 127) keeps 127 for NaN (x = 0 with id = Inf) as `t < 127 ? . : 127`
+//   does; the sign is applied to the integer (a zero code is +0, then *d).
+__attribute__((target("avx2"))) void fake_q8_0_avx2(const float* x, float* y, int64_t nblocks, int64_t L,
+                                                    const GgufParams* p) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f), c127 = _mm256_set1_ps(127.0f);
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const __m256 id = _mm256_set1_ps(p[b].id), d = _mm256_set1_ps(p[b].d);
+    const float* xb = x + b * L;
+    float* yb = y + b * L;
+    int64_t i = 0;
+    for (; i + 8 <= L; i += 8) {
+      const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xb + i), id);
+      const __m256 a = _mm256_and_ps(v, abs_mask);
+      const __m256 t = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), half, _CMP_GE_OQ), one);
+      const __m256 r = _mm256_min_ps(_mm256_add_ps(t, up), c127);
+      const __m256i q = _mm256_cvttps_epi32(r);
+      const __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+      const __m256i sq = _mm256_sub_epi32(_mm256_xor_si256(q, neg), neg);
+      _mm256_storeu_ps(yb + i, _mm256_mul_ps(_mm256_cvtepi32_ps(sq), d));
+    }
+    for (; i < L; ++i) yb[i] = static_cast<float>(q8_0_code(xb[i], p[b].id)) * p[b].d;
+  }
+}
+
+// q4_0 / q5_0: fl32(double(x) * double(id) + offset) four lanes at a time in
+// double (the product is exact there), then the float clamp and truncation.
+__attribute__((target("avx2"))) void fake_q_0_avx2(const float* x, float* y, int64_t nblocks, int64_t L,
+                                                   const GgufParams* p, double offset, int qmax, int mid) {
+  const __m256d off = _mm256_set1_pd(offset);
+  const __m256 fmax = _mm256_set1_ps(static_cast<float>(qmax)), zero = _mm256_setzero_ps();
+  const __m256i vmid = _mm256_set1_epi32(mid);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const __m256d id = _mm256_set1_pd(static_cast<double>(p[b].id));
+    const __m256 d = _mm256_set1_ps(p[b].d);
+    const float* xb = x + b * L;
+    float* yb = y + b * L;
+    int64_t i = 0;
+    for (; i + 8 <= L; i += 8) {
+      const __m256 v = _mm256_loadu_ps(xb + i);
+      const __m128 lo = _mm256_cvtpd_ps(_mm256_add_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), id), off));
+      const __m128 hi = _mm256_cvtpd_ps(_mm256_add_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), id), off));
+      const __m256 f = _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+      const __m256 c = _mm256_max_ps(_mm256_min_ps(f, fmax), zero);  // min: NaN -> qmax; max: c > 0 ? c : 0
+      const __m256i q = _mm256_sub_epi32(_mm256_cvttps_epi32(c), vmid);
+      _mm256_storeu_ps(yb + i, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+    }
+    for (; i < L; ++i) {
+      yb[i] = static_cast<float>(q_0_code(xb[i], p[b].id, offset, qmax) - mid) * p[b].d;
+    }
+  }
+}
+
+// q4_1 / q5_1: every step a float32 rounding, as q_1_code.
+__attribute__((target("avx2"))) void fake_q_1_avx2(const float* x, float* y, int64_t nblocks, int64_t L,
+                                                   const GgufParams* p, int qmax) {
+  const __m256 half = _mm256_set1_ps(0.5f), fmax = _mm256_set1_ps(static_cast<float>(qmax));
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const __m256 lo = _mm256_set1_ps(p[b].lo), id = _mm256_set1_ps(p[b].id);
+    const __m256 d = _mm256_set1_ps(p[b].d), m = _mm256_set1_ps(p[b].m);
+    const float* xb = x + b * L;
+    float* yb = y + b * L;
+    int64_t i = 0;
+    for (; i + 8 <= L; i += 8) {
+      const __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xb + i), lo), id);
+      const __m256 f = _mm256_add_ps(v, half);
+      const __m256 c = _mm256_max_ps(_mm256_min_ps(f, fmax), zero);
+      const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvttps_epi32(c)), d);
+      _mm256_storeu_ps(yb + i, _mm256_add_ps(t, m));
+    }
+    for (; i < L; ++i) {
+      const float t = static_cast<float>(q_1_code(xb[i], p[b].lo, p[b].id, qmax)) * p[b].d;
+      yb[i] = t + p[b].m;
+    }
+  }
+}
+
+// IEEE binary16 round trip in hardware (F16C: vcvtps2ph with round to
+// nearest even, overflow to Inf; vcvtph2ps exact), the same bits as
+// f16_bits / f16_value for every non-NaN float (d and the minimum are never
+// NaN: the weight is finite). One instruction each instead of the bit
+// manipulation's branches, once per block.
+__attribute__((target("f16c"))) float f16_round_trip_f16c(float f, uint16_t* bits) {
+  const __m128i h = _mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT);
+  *bits = static_cast<uint16_t>(_mm_extract_epi16(h, 0));
+  return _mm_cvtss_f32(_mm_cvtph_ps(h));
+}
+
+const bool kGgufAvx2 = __builtin_cpu_supports("avx2");
+const bool kGgufF16c = __builtin_cpu_supports("f16c");
+#endif
+
+// float16 bits of f and their value.
+inline float f16_round_trip(float f, uint16_t* bits) {
+#if QUANTPPL_GGUF_X86
+  if (kGgufF16c) return f16_round_trip_f16c(f, bits);
+#endif
+  *bits = f16_bits(f);
+  return f16_value(*bits);
+}
+
 struct GgufCodec {
   using Params = GgufParams;
   struct Context {};
@@ -145,9 +263,14 @@ struct GgufCodec {
     return l;
   }
   bool needs_signed_max() const { return type == GgufBlock::kQ4_0 || type == GgufBlock::kQ5_0; }
+  bool needs_min_max() const { return has_min(); }
   Context context(const BlockStats&) const { return {}; }
   bool local() const { return true; }
   bool needs_context() const { return false; }
+  // choose_local throws when a block's d or minimum rounds to float16 Inf
+  // (>= 65520). With |x| <= 60000 everywhere: |d| <= max(60000 / 127,
+  // 60000 / 8, 2 * 60000 / 15) = 8000 and |min| <= 60000, so no block can.
+  bool lazy_safe(const BlockStats& whole) const { return whole.amax <= 60000.0f; }
 
   Params choose_local(const BlockStats& st, const Context&, const std::string& name) const {
     Params p;
@@ -160,12 +283,10 @@ struct GgufCodec {
       default: d = (st.max - st.min) / 31.0f; break;
     }
     p.id = d != 0 ? 1.0f / d : 0.0f;
-    p.d16 = f16_bits(d);
-    p.d = f16_value(p.d16);
+    p.d = f16_round_trip(d, &p.d16);
     if (has_min()) {
       p.lo = st.min;
-      p.m16 = f16_bits(st.min);
-      p.m = f16_value(p.m16);
+      p.m = f16_round_trip(st.min, &p.m16);
     }
     if (std::isinf(p.d) || std::isinf(p.m)) {
       throw DataError(spec() + " cannot store weight '" + name + "': a block scale or minimum (" +
@@ -200,6 +321,17 @@ struct GgufCodec {
   }
 
   void fake_blocks(const float* x, float* y, int64_t nblocks, int64_t L, const Params* p, const Context&) const {
+#if QUANTPPL_GGUF_X86
+    if (kGgufAvx2) {
+      switch (type) {
+        case GgufBlock::kQ8_0: fake_q8_0_avx2(x, y, nblocks, L, p); break;
+        case GgufBlock::kQ4_0: fake_q_0_avx2(x, y, nblocks, L, p, 8.5, 15, 8); break;
+        case GgufBlock::kQ5_0: fake_q_0_avx2(x, y, nblocks, L, p, 16.5, 31, 16); break;
+        default: fake_q_1_avx2(x, y, nblocks, L, p, qmax()); break;
+      }
+      return;
+    }
+#endif
     switch (type) {
       case GgufBlock::kQ8_0: fake_q8_0(x, y, nblocks, L, p); break;
       case GgufBlock::kQ4_0: fake_q_0(x, y, nblocks, L, p, 8.5, 15, 8); break;

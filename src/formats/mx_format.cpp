@@ -40,9 +40,11 @@ struct MxCodec {
   int code_bits() const { return element_bits(element); }
   std::vector<SectionLayout> layout(int64_t blocks) const { return {{"scales", "e8m0", blocks, 8}}; }
   bool needs_signed_max() const { return false; }
+  bool needs_min_max() const { return false; }
   Context context(const BlockStats&) const { return {}; }
   bool local() const { return true; }
   bool needs_context() const { return false; }
+  bool lazy_safe(const BlockStats&) const { return true; }  // choose_local never throws
 
   Params choose_local(const BlockStats& st, const Context&, const std::string&) const {
     if (st.amax == 0) return {-127};

@@ -32,9 +32,11 @@ struct Nvfp4Codec {
     return {{"scales", "e4m3", blocks, 8}, {"global_scale", "f32", blocks > 0 ? 1 : 0, 32}};
   }
   bool needs_signed_max() const { return false; }
+  bool needs_min_max() const { return false; }
   Context context(const BlockStats& whole) const { return {whole.amax / 2688.0f}; }
   bool local() const { return true; }  // given the context g
   bool needs_context() const { return true; }
+  bool lazy_safe(const BlockStats&) const { return true; }  // choose_local never throws
 
   Params choose_local(const BlockStats& st, const Context& ctx, const std::string&) const {
     const float d = ctx.g == 0 ? 0.0f : round_to_minifloat(st.amax / (6.0f * ctx.g), kE4M3);

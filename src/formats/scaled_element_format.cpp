@@ -6,6 +6,13 @@
 #include <cmath>
 #include <cstdlib>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define QUANTPPL_NF4_AVX2 1
+#else
+#define QUANTPPL_NF4_AVX2 0
+#endif
+
 #include "block_format.h"
 #include "quantppl/formats/float_formats.h"
 #include "quantppl/percentile.h"
@@ -44,9 +51,9 @@ inline int nf4_code(float q) {
 // s = 0 writes +0. The value is chosen by 15 selects instead of a table
 // lookup, so the loop vectorizes without gathers; it picks
 // v[#{j : q > t[j]}] as nf4_code does, since the thresholds ascend.
-__attribute__((target_clones("avx2", "default"))) void fake_quantize_nf4(const float* src, float* dst,
-                                                                          int64_t nblocks, int64_t L,
-                                                                          const float* scales) {
+__attribute__((target_clones("avx2", "default"))) void fake_quantize_nf4_loop(const float* src, float* dst,
+                                                                               int64_t nblocks, int64_t L,
+                                                                               const float* scales) {
   std::array<float, 15> t = kNf4Thresholds;
   std::array<float, 16> v = kNf4Values;
   for (int64_t b = 0; b < nblocks; ++b) {
@@ -64,6 +71,54 @@ __attribute__((target_clones("avx2", "default"))) void fake_quantize_nf4(const f
       y[i] = c * s;
     }
   }
+}
+
+#if QUANTPPL_NF4_AVX2
+// The same selection on 8 lanes without a per-block vectorizer prologue:
+// the code #{j : q > t[j]} (0..15) is counted in integer lanes (a true
+// comparison is -1), then the value is looked up with two 8-entry permutes
+// and a blend on the code's bit 3. NaN never reaches here (finite weights).
+__attribute__((target("avx2"))) void fake_quantize_nf4_avx2(const float* src, float* dst, int64_t nblocks,
+                                                             int64_t L, const float* scales) {
+  __m256 t[15];
+  for (int j = 0; j < 15; ++j) t[j] = _mm256_set1_ps(kNf4Thresholds[j]);
+  const __m256 lo_values = _mm256_loadu_ps(kNf4Values.data());
+  const __m256 hi_values = _mm256_loadu_ps(kNf4Values.data() + 8);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const float s = scales[b];
+    const float* x = src + b * L;
+    float* y = dst + b * L;
+    int64_t i = 0;
+    if (s == 0) {
+      for (; i < L; ++i) y[i] = 0.0f;
+      continue;
+    }
+    const __m256 vs = _mm256_set1_ps(s);
+    for (; i + 8 <= L; i += 8) {
+      const __m256 q = _mm256_div_ps(_mm256_loadu_ps(x + i), vs);
+      __m256i code = _mm256_setzero_si256();
+      for (int j = 0; j < 15; ++j) {
+        code = _mm256_sub_epi32(code, _mm256_castps_si256(_mm256_cmp_ps(q, t[j], _CMP_GT_OQ)));
+      }
+      const __m256 lo = _mm256_permutevar8x32_ps(lo_values, code);  // uses the code's low 3 bits
+      const __m256 hi = _mm256_permutevar8x32_ps(hi_values, code);
+      const __m256 use_hi = _mm256_castsi256_ps(_mm256_slli_epi32(code, 28));  // bit 3 -> sign bit
+      _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_blendv_ps(lo, hi, use_hi), vs));
+    }
+    for (; i < L; ++i) {
+      const float q = x[i] / s;
+      y[i] = kNf4Values[nf4_code(q)] * s;
+    }
+  }
+}
+const bool kNf4Avx2 = __builtin_cpu_supports("avx2");
+#endif
+
+void fake_quantize_nf4(const float* src, float* dst, int64_t nblocks, int64_t L, const float* scales) {
+#if QUANTPPL_NF4_AVX2
+  if (kNf4Avx2) return fake_quantize_nf4_avx2(src, dst, nblocks, L, scales);
+#endif
+  fake_quantize_nf4_loop(src, dst, nblocks, L, scales);
 }
 
 const MiniFloat& minifloat_of(ElementGrid g) {
@@ -103,9 +158,11 @@ struct ScaledCodec {
   int code_bits() const { return config.grid == ElementGrid::kFp8E4M3 || config.grid == ElementGrid::kFp8E5M2 ? 8 : 4; }
   std::vector<SectionLayout> layout(int64_t blocks) const { return {{"scales", "f32", blocks, 32}}; }
   bool needs_signed_max() const { return false; }
+  bool needs_min_max() const { return false; }
   Context context(const BlockStats&) const { return {}; }
   bool local() const { return config.range == RangeMethod::kMinMax && config.granularity != Granularity::kPerTensor; }
   bool needs_context() const { return false; }
+  bool lazy_safe(const BlockStats&) const { return true; }  // choose_local never throws
 
   Params from_magnitude(float a) const { return {a > 0 ? a / largest_of(config.grid) : 0.0f}; }
   Params choose_local(const BlockStats& st, const Context&, const std::string&) const { return from_magnitude(st.amax); }

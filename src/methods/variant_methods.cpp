@@ -106,7 +106,10 @@ std::unique_ptr<PreparedWeight> wrap_result(LayerMethodResult& r, const torch::T
   if (r.parameter_source.defined()) {
     packer = format->prepare_from_groups(r.group_whole.contiguous(), r.parameter_source.contiguous(), name);
   } else if (r.input_scales.defined()) {
-    packer = format->prepare((original.to(torch::kFloat32) * r.input_scales.unsqueeze(0)).contiguous(), name);
+    // Parameters fixed from W diag(s) itself (not re-chosen from V when packing, as a lazily
+    // prepared block format would).
+    const torch::Tensor scaled = (original.to(torch::kFloat32) * r.input_scales.unsqueeze(0)).contiguous();
+    packer = format->prepare_from_groups(scaled, scaled, name);
   } else {
     packer = format->prepare(original.contiguous(), name);
   }

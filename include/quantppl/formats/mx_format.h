@@ -22,9 +22,14 @@
 // 7.99 > 6 for E2M1); the spec clamps it, it does not raise the scale.
 // FP elements round with float_formats.h's round_to_minifloat (subnormals
 // included). INT8 elements are two's complement with an implicit scale
-// 2^-6: P = q / 64, q = round_half_even(64 V / X) clamped to [-127, 127]
-// (the spec's largest normal 1 + 63/64; -128 is not used, so the grid is
-// symmetric). An all-zero block has k = -127 and stays zero.
+// 2^-6: P = q / 64, q = round_half_even(64 V / X) clamped to [-127, 127].
+// Why +-127/64 and not [-2, 127/64]: the spec's INT8 element table gives the
+// code 0x80 the value -2 but names 1 63/64 (= 127/64) as the largest normal,
+// and (2) clamps to +-(largest normal), as for the FP elements; the spec
+// authors' reference emulation (microxcaling, ElemFormat.int8: emax 0,
+// max_norm = 2^0 * 127/64) clamps to the same symmetric +-127/64, so -128
+// is never produced (it still decodes, to -2, from a .qpack). An all-zero
+// block has k = -127 and stays zero.
 //
 // Storage: "codes" uN = the element's bit pattern (FP: sign|exponent|
 // mantissa; INT8: the two's complement byte) and "scales" e8m0 (one byte per
