@@ -44,6 +44,7 @@ from .paths import REPO
 from .sweep_grid import (PINNED_SETTINGS, build_grid, cli_args, fmt_duration,
                          group_size, linear_shapes, progress_line, rows_of_results)
 from .sweep_methods import check_pinned_methods, make_batches, prepare_calibration, sweep_settings
+from .sweep_results import run_cli
 from .sweep_results import (BASE_COLUMNS, EXIT_IO, SweepError, atomic_write, columns_for, log,
                             read_results, variant_columns, write_csv)
 
@@ -212,7 +213,6 @@ def run_distributed_sweep(args):
 
     # the calibration runs once, here (`quantppl calibrate` on the client); its statistics file (or,
     # in sequential mode, the calibration text) is an input like the model: a path or shipped
-    from .sweep import run_cli
     calibration = prepare_calibration(args, run_info, run_cli)
     calibration_flags = []
     for flag, value in zip(calibration[::2], calibration[1::2]):

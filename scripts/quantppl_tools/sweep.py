@@ -59,6 +59,7 @@ from .sweep_grid import (PINNED_SETTINGS, build_grid, cli_args, fmt_duration,
 from .sweep_methods import (METHODS, check_pinned_methods, make_batches, prepare_calibration,
                             sweep_settings)
 from .sweep_plots import plot_all
+from .sweep_results import run_cli
 from .sweep_results import (BASE_COLUMNS, EXIT_INTERRUPTED, EXIT_IO, EXIT_USAGE, SweepError, atomic_write,
                             columns_for, log, read_results, write_csv)
 
@@ -77,22 +78,6 @@ def check_binary(binary):
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
         raise SweepError(f"quantppl binary not found or not executable: {binary} "
                          "(build it, or pass --bin / set QUANTPPL_BIN)", EXIT_IO)
-
-
-def run_cli(binary, argv):
-    """Runs quantppl; returns stdout. A failure becomes SweepError carrying the CLI's own message
-    and exit code."""
-    try:
-        r = subprocess.run([binary, *argv], capture_output=True, text=True)
-    except OSError as e:
-        raise SweepError(f"cannot run {binary}: {e.strerror}", EXIT_IO) from None
-    if r.returncode != 0:
-        lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-        message = lines[-1] if lines else f"exited with code {r.returncode}"
-        message = re.sub(r"^quantppl: error: ", "", message)
-        code = r.returncode if r.returncode > 0 else EXIT_INTERRUPTED
-        raise SweepError(f"quantppl {argv[0]} failed (exit {r.returncode}): {message}", code)
-    return r.stdout
 
 
 def has_subcommand(binary, name):

@@ -11,6 +11,7 @@ import io
 import math
 import os
 import re
+import subprocess
 import sys
 import tempfile
 
@@ -132,3 +133,19 @@ def columns_for(rows, extra_order):
         if c not in cols and any(c in r for r in rows):
             cols.append(c)
     return cols
+
+
+def run_cli(binary, argv):
+    """Runs quantppl; returns stdout. A failure becomes SweepError carrying the CLI's own message
+    and exit code."""
+    try:
+        r = subprocess.run([binary, *argv], capture_output=True, text=True)
+    except OSError as e:
+        raise SweepError(f"cannot run {binary}: {e.strerror}", EXIT_IO) from None
+    if r.returncode != 0:
+        lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+        message = lines[-1] if lines else f"exited with code {r.returncode}"
+        message = re.sub(r"^quantppl: error: ", "", message)
+        code = r.returncode if r.returncode > 0 else EXIT_INTERRUPTED
+        raise SweepError(f"quantppl {argv[0]} failed (exit {r.returncode}): {message}", code)
+    return r.stdout
