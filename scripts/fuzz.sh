@@ -27,7 +27,7 @@ targets=(${QUANTPPL_FUZZ_TARGETS:-variant_spec_fuzz metadata_fuzz quantize_fuzz 
 jobs="$(nproc)"
 
 command -v "$cxx" >/dev/null || { echo "fuzz: $cxx not found (apt-get install clang-14 libclang-rt-14-dev)" >&2; exit 2; }
-mkdir -p "$out/obj/formats" "$out/artifacts"
+mkdir -p "$out/obj/formats" "$out/obj/methods" "$out/artifacts"
 
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 cxxflags=(-std=c++17 -O1 -g $sanitize -D_GLIBCXX_USE_CXX11_ABI=1 -DFMT_SHARED
