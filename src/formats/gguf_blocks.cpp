@@ -5,6 +5,7 @@
 #include <cmath>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
 #include <immintrin.h>
 #define QUANTPPL_GGUF_X86 1
 #else
@@ -220,7 +221,12 @@ __attribute__((target("f16c"))) float f16_round_trip_f16c(float f, uint16_t* bit
 }
 
 const bool kGgufAvx2 = __builtin_cpu_supports("avx2");
-const bool kGgufF16c = __builtin_cpu_supports("f16c");
+// F16C from CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports does not know "f16c").
+bool cpu_has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
+}
+const bool kGgufF16c = cpu_has_f16c();
 #endif
 
 // float16 bits of f and their value.
