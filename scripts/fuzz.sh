@@ -36,7 +36,7 @@ libs=(-ltorch -ltorch_cpu -lc10 -lfmt -lcrypto -lz -lre2 -lpcre2-8 -licuuc -lpth
 library_sources=(error percentile quantize variant_spec methods/method_table model_metadata regular_file json_input sha256 archive_integrity
                  formats/format_table formats/spec_fields formats/packed_sections formats/uniform_format
                  formats/float_formats formats/scaled_element_format formats/mx_format formats/nvfp4_format
-                 formats/gguf_blocks formats/block_scan)
+                 formats/gguf_blocks formats/block_scan formats/zero_point_grid)
 # qpack_fuzz reaches the .qpack reader through packed_model.cpp, whose loading half needs most of the
 # library (ContractModel, the quantizer, output files). Those parts are not what it fuzzes, so they
 # come uninstrumented from the regular build's static library, after the instrumented objects
