@@ -61,7 +61,7 @@ for s in "${library_sources[@]}"; do
   # As CMakeLists.txt: no fused multiply-add may change a rounding of the fused loops or the formats.
   case "$s" in
     fake_quantize_kernel) extra=(-ffp-contract=off) ;;
-    formats/float_formats|formats/scaled_element_format|formats/mx_format|formats/nvfp4_format|formats/gguf_blocks|formats/block_scan)
+    formats/float_formats|formats/scaled_element_format|formats/mx_format|formats/nvfp4_format|formats/gguf_blocks|formats/block_scan|formats/zero_point_grid)
       extra=(-ffp-contract=off -fno-trapping-math) ;;
   esac
   compile "$repo_root/src/$s.cpp" "$out/obj/$s.o" -fsanitize=fuzzer-no-link "${extra[@]}" &
