@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <map>
+#include <numeric>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -153,13 +154,13 @@ PreparedVariant prepare_method_variant(WeightBackup& backup, const Variant& vari
   PreparedVariant out;
   out.reports.resize(n);
   for (size_t i = 0; i < n; ++i) out.reports[i].name = backup.layers()[i].name;
+  std::vector<size_t> all(n);  // every layer's index, for the methods that take all layers at once
+  std::iota(all.begin(), all.end(), size_t{0});
 
   if (choice.kind == MethodKind::kRtn) {
     out.layers = prepare_variant(backup, *variant.format);
     if (calibration.stats != nullptr) {
       // e of RTN for reports (inspect): the method's e is RTN's.
-      std::vector<size_t> all(n);
-      for (size_t i = 0; i < n; ++i) all[i] = i;
       const std::vector<LayerMethodResult> r = run_method(backup, all, calibration.stats, variant, choice);
       for (size_t i = 0; i < n; ++i) out.reports[i] = report_of(backup.layers()[i].name, r[i]);
     }
@@ -173,8 +174,6 @@ PreparedVariant prepare_method_variant(WeightBackup& backup, const Variant& vari
     if (calibrated && calibration.stats == nullptr) {
       throw UsageError(fmt::format("variant '{}' needs calibration statistics", variant.name));
     }
-    std::vector<size_t> all(n);
-    for (size_t i = 0; i < n; ++i) all[i] = i;
     std::vector<LayerMethodResult> r = run_method(backup, all, calibration.stats, variant, choice);
     for (size_t i = 0; i < n; ++i) {
       out.reports[i] = report_of(backup.layers()[i].name, r[i]);
