@@ -46,6 +46,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "quantppl/error.h"
@@ -143,22 +144,47 @@ inline void check_weight(const torch::Tensor& w, const std::string& name, const 
 constexpr int64_t kRunElems = 2048;  // 8 KiB of float32 read, 8 KiB written: both stay in L1 (32-48 KiB)
 constexpr int64_t kRunBlocks = 256;  // stats/params buffers (blocks of >= 32 elements fill a run)
 
+
+// One run of nb <= kRunBlocks blocks, the generic way: scan_blocks, then
+// choose_local per block, then fake_blocks. False on NaN/Inf (dst untouched).
+template <class Codec>
+bool local_run(const Codec& codec, const float* s, float* d, int64_t nb, int64_t L, const typename Codec::Context& ctx,
+               const std::string& name) {
+  BlockStats stats[kRunBlocks];
+  typename Codec::Params params[kRunBlocks];
+  if (!scan_blocks(s, nb, L, codec.needs_signed_max(), stats, codec.needs_min_max())) return false;
+  for (int64_t b = 0; b < nb; ++b) params[b] = codec.choose_local(stats[b], ctx, name);
+  codec.fake_blocks(s, d, nb, L, params, ctx);
+  return true;
+}
+
+// A codec may replace local_run with its own `bool fused_run(s, d, nb, L,
+// ctx, name) const`: the same x_hat, bit for bit, from one pass that keeps
+// the run's parameters in vector lanes (gguf_blocks.cpp). It must behave as
+// local_run on bad input (false on NaN/Inf, the same DataError otherwise).
+template <class Codec, class = void>
+struct HasFusedRun : std::false_type {};
+template <class Codec>
+struct HasFusedRun<Codec, std::void_t<decltype(&Codec::fused_run)>> : std::true_type {};
+
 template <class Codec>
 bool fused_local_pass(const Codec& codec, const float* s, float* d, int64_t blocks, int64_t L,
                       const typename Codec::Context& ctx, const std::string& name) {
   std::atomic<bool> bad{false};
   const int64_t run = std::max<int64_t>(1, std::min(kRunBlocks, kRunElems / L));
   at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / L), [&](int64_t b0, int64_t b1) {
-    BlockStats stats[kRunBlocks];
-    typename Codec::Params params[kRunBlocks];
     for (int64_t r0 = b0; r0 < b1; r0 += run) {
       const int64_t nb = std::min(run, b1 - r0);
-      if (!scan_blocks(s + r0 * L, nb, L, codec.needs_signed_max(), stats, codec.needs_min_max())) {
+      bool ok;
+      if constexpr (HasFusedRun<Codec>::value) {
+        ok = codec.fused_run(s + r0 * L, d + r0 * L, nb, L, ctx, name);
+      } else {
+        ok = local_run(codec, s + r0 * L, d + r0 * L, nb, L, ctx, name);
+      }
+      if (!ok) {
         bad = true;
         return;
       }
-      for (int64_t b = 0; b < nb; ++b) params[b] = codec.choose_local(stats[b], ctx, name);
-      codec.fake_blocks(s + r0 * L, d + r0 * L, nb, L, params, ctx);
     }
   });
   return !bad;

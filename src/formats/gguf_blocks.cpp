@@ -123,45 +123,68 @@ __attribute__((target_clones("avx2", "default"))) void fake_q_1(const float* x, 
 }
 
 #if QUANTPPL_GGUF_X86
-// The same loops 8 lanes wide, written out because the compiler does not
+// The same arithmetic 8 lanes wide, written out because the compiler does not
 // vectorize the scalar forms' float -> double -> int chains well. Each line
-// is the scalar code's operation on 8 lanes, in its order and precision:
-//
+// is the scalar code's operation on 8 lanes, in its order and precision.
+
 // q8_0: roundf(a) for a = |x * id| >= 0 is trunc(a) + (a - trunc(a) >= 0.5)
 //   (a - trunc(a) is exact), the same integer as trunc(double(a) + 0.5);
 //   min(r, 127) keeps 127 for NaN (x = 0 with id = Inf) as `t < 127 ? . : 127`
 //   does; the sign is applied to the integer (a zero code is +0, then *d).
+__attribute__((target("avx2"))) inline __m256 q8_0_lanes(__m256 x, __m256 id, __m256 d) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 v = _mm256_mul_ps(x, id);
+  const __m256 a = _mm256_and_ps(v, abs_mask);
+  const __m256 t = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                                  _mm256_set1_ps(1.0f));
+  const __m256 r = _mm256_min_ps(_mm256_add_ps(t, up), _mm256_set1_ps(127.0f));
+  const __m256i q = _mm256_cvttps_epi32(r);
+  const __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
+  const __m256i sq = _mm256_sub_epi32(_mm256_xor_si256(q, neg), neg);
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(sq), d);
+}
+
+// q4_0 / q5_0: fl32(double(x) * double(id) + offset) four lanes at a time in
+// double (the product is exact there, so one fused multiply-add in double is
+// the same number as the product then the sum), then the float clamp and
+// truncation.
+__attribute__((target("avx2,fma"))) inline __m256 q_0_lanes(__m256 x, __m256d id, __m256d off, __m256 fmax,
+                                                            __m256i mid, __m256 d) {
+  const __m128 lo = _mm256_cvtpd_ps(_mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), id, off));
+  const __m128 hi = _mm256_cvtpd_ps(_mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), id, off));
+  const __m256 f = _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+  const __m256 c = _mm256_max_ps(_mm256_min_ps(f, fmax), _mm256_setzero_ps());  // min: NaN -> qmax; max: c > 0 ? c : 0
+  const __m256i q = _mm256_sub_epi32(_mm256_cvttps_epi32(c), mid);
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+}
+
+// q4_1 / q5_1: every step a float32 rounding, as q_1_code.
+__attribute__((target("avx2"))) inline __m256 q_1_lanes(__m256 x, __m256 lo, __m256 id, __m256 fmax, __m256 d,
+                                                        __m256 m) {
+  const __m256 v = _mm256_mul_ps(_mm256_sub_ps(x, lo), id);
+  const __m256 f = _mm256_add_ps(v, _mm256_set1_ps(0.5f));
+  const __m256 c = _mm256_max_ps(_mm256_min_ps(f, fmax), _mm256_setzero_ps());
+  const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvttps_epi32(c)), d);
+  return _mm256_add_ps(t, m);
+}
+
 __attribute__((target("avx2"))) void fake_q8_0_avx2(const float* x, float* y, int64_t nblocks, int64_t L,
                                                     const GgufParams* p) {
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f), c127 = _mm256_set1_ps(127.0f);
-  const __m256 zero = _mm256_setzero_ps();
   for (int64_t b = 0; b < nblocks; ++b) {
     const __m256 id = _mm256_set1_ps(p[b].id), d = _mm256_set1_ps(p[b].d);
     const float* xb = x + b * L;
     float* yb = y + b * L;
     int64_t i = 0;
-    for (; i + 8 <= L; i += 8) {
-      const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xb + i), id);
-      const __m256 a = _mm256_and_ps(v, abs_mask);
-      const __m256 t = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-      const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), half, _CMP_GE_OQ), one);
-      const __m256 r = _mm256_min_ps(_mm256_add_ps(t, up), c127);
-      const __m256i q = _mm256_cvttps_epi32(r);
-      const __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_LT_OQ));
-      const __m256i sq = _mm256_sub_epi32(_mm256_xor_si256(q, neg), neg);
-      _mm256_storeu_ps(yb + i, _mm256_mul_ps(_mm256_cvtepi32_ps(sq), d));
-    }
+    for (; i + 8 <= L; i += 8) _mm256_storeu_ps(yb + i, q8_0_lanes(_mm256_loadu_ps(xb + i), id, d));
     for (; i < L; ++i) yb[i] = static_cast<float>(q8_0_code(xb[i], p[b].id)) * p[b].d;
   }
 }
 
-// q4_0 / q5_0: fl32(double(x) * double(id) + offset) four lanes at a time in
-// double (the product is exact there), then the float clamp and truncation.
-__attribute__((target("avx2"))) void fake_q_0_avx2(const float* x, float* y, int64_t nblocks, int64_t L,
-                                                   const GgufParams* p, double offset, int qmax, int mid) {
+__attribute__((target("avx2,fma"))) void fake_q_0_avx2(const float* x, float* y, int64_t nblocks, int64_t L,
+                                                       const GgufParams* p, double offset, int qmax, int mid) {
   const __m256d off = _mm256_set1_pd(offset);
-  const __m256 fmax = _mm256_set1_ps(static_cast<float>(qmax)), zero = _mm256_setzero_ps();
+  const __m256 fmax = _mm256_set1_ps(static_cast<float>(qmax));
   const __m256i vmid = _mm256_set1_epi32(mid);
   for (int64_t b = 0; b < nblocks; ++b) {
     const __m256d id = _mm256_set1_pd(static_cast<double>(p[b].id));
@@ -169,43 +192,157 @@ __attribute__((target("avx2"))) void fake_q_0_avx2(const float* x, float* y, int
     const float* xb = x + b * L;
     float* yb = y + b * L;
     int64_t i = 0;
-    for (; i + 8 <= L; i += 8) {
-      const __m256 v = _mm256_loadu_ps(xb + i);
-      const __m128 lo = _mm256_cvtpd_ps(_mm256_add_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), id), off));
-      const __m128 hi = _mm256_cvtpd_ps(_mm256_add_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), id), off));
-      const __m256 f = _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
-      const __m256 c = _mm256_max_ps(_mm256_min_ps(f, fmax), zero);  // min: NaN -> qmax; max: c > 0 ? c : 0
-      const __m256i q = _mm256_sub_epi32(_mm256_cvttps_epi32(c), vmid);
-      _mm256_storeu_ps(yb + i, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
-    }
-    for (; i < L; ++i) {
-      yb[i] = static_cast<float>(q_0_code(xb[i], p[b].id, offset, qmax) - mid) * p[b].d;
-    }
+    for (; i + 8 <= L; i += 8) _mm256_storeu_ps(yb + i, q_0_lanes(_mm256_loadu_ps(xb + i), id, off, fmax, vmid, d));
+    for (; i < L; ++i) yb[i] = static_cast<float>(q_0_code(xb[i], p[b].id, offset, qmax) - mid) * p[b].d;
   }
 }
 
-// q4_1 / q5_1: every step a float32 rounding, as q_1_code.
 __attribute__((target("avx2"))) void fake_q_1_avx2(const float* x, float* y, int64_t nblocks, int64_t L,
                                                    const GgufParams* p, int qmax) {
-  const __m256 half = _mm256_set1_ps(0.5f), fmax = _mm256_set1_ps(static_cast<float>(qmax));
-  const __m256 zero = _mm256_setzero_ps();
+  const __m256 fmax = _mm256_set1_ps(static_cast<float>(qmax));
   for (int64_t b = 0; b < nblocks; ++b) {
     const __m256 lo = _mm256_set1_ps(p[b].lo), id = _mm256_set1_ps(p[b].id);
     const __m256 d = _mm256_set1_ps(p[b].d), m = _mm256_set1_ps(p[b].m);
     const float* xb = x + b * L;
     float* yb = y + b * L;
     int64_t i = 0;
-    for (; i + 8 <= L; i += 8) {
-      const __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xb + i), lo), id);
-      const __m256 f = _mm256_add_ps(v, half);
-      const __m256 c = _mm256_max_ps(_mm256_min_ps(f, fmax), zero);
-      const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvttps_epi32(c)), d);
-      _mm256_storeu_ps(yb + i, _mm256_add_ps(t, m));
-    }
+    for (; i + 8 <= L; i += 8) _mm256_storeu_ps(yb + i, q_1_lanes(_mm256_loadu_ps(xb + i), lo, id, fmax, d, m));
     for (; i < L; ++i) {
       const float t = static_cast<float>(q_1_code(xb[i], p[b].lo, p[b].id, qmax)) * p[b].d;
       yb[i] = t + p[b].m;
     }
+  }
+}
+
+// ---- Eight blocks at once: statistics, parameters and x_hat in one pass ----
+//
+// The generic pass (block_format.h, local_run) reduces each block's lanes to
+// a scalar, stores its statistics, then divides and rounds to float16 one
+// block at a time. Here eight blocks' reductions are transposed into the
+// eight lanes of one vector, so d = stat / c, id = 1 / d and the float16
+// round trip run once per eight blocks with the same IEEE operations
+// (vdivps is correctly rounded as divss is; vcvtps2ph with round-to-nearest
+// is the instruction f16_round_trip_f16c uses), and the block is re-read from
+// L1 for x_hat. Bit-identical with local_run; anything unusual in a group (a
+// NaN/Inf element, a float16 scale or minimum that overflows) sends the
+// group to local_run, which reports it exactly as before.
+
+// Lane k of the result = op over the 8 lanes of a[k]: pairs of vectors are
+// interleaved and combined (3 levels of unpack/shuffle/permute instead of a
+// horizontal reduction per block).
+template <bool kMax>
+__attribute__((target("avx2"))) inline __m256 lane_op(__m256 a, __m256 b) {
+  return kMax ? _mm256_max_ps(a, b) : _mm256_min_ps(a, b);
+}
+template <bool kMax>
+__attribute__((target("avx2"))) inline __m256 reduce_8x8(const __m256* a) {
+  __m256 u[4];
+  for (int k = 0; k < 4; ++k) {
+    // per 128-bit half: [op(p0, p2), op(q0, q2), op(p1, p3), op(q1, q3)]
+    u[k] = lane_op<kMax>(_mm256_unpacklo_ps(a[2 * k], a[2 * k + 1]), _mm256_unpackhi_ps(a[2 * k], a[2 * k + 1]));
+  }
+  // per half: [a0, a1, a2, a3] over the half's four lanes (and a4..a7)
+  const __m256 w0 = lane_op<kMax>(_mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m256 w1 = lane_op<kMax>(_mm256_shuffle_ps(u[2], u[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm256_shuffle_ps(u[2], u[3], _MM_SHUFFLE(3, 2, 3, 2)));
+  return lane_op<kMax>(_mm256_permute2f128_ps(w0, w1, 0x20), _mm256_permute2f128_ps(w0, w1, 0x31));
+}
+
+template <GgufBlock T>
+__attribute__((target("avx2,fma,f16c"))) bool fused_group8_avx2(const float* x, float* y) {
+  constexpr bool kMin = T == GgufBlock::kQ4_1 || T == GgufBlock::kQ5_1;
+  constexpr bool kSigned = T == GgufBlock::kQ4_0 || T == GgufBlock::kQ5_0;
+  constexpr int kQmax = T == GgufBlock::kQ4_0 || T == GgufBlock::kQ4_1 ? 15 : 31;
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 amax_parts[8], min_parts[8], max_parts[8];
+  __m256 err = _mm256_setzero_ps();  // v - v: 0 for finite v, NaN from a NaN or Inf
+  for (int k = 0; k < 8; ++k) {
+    const float* xb = x + 32 * k;
+    const __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+    const __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+    err = _mm256_add_ps(err, _mm256_add_ps(_mm256_add_ps(_mm256_sub_ps(v0, v0), _mm256_sub_ps(v1, v1)),
+                                           _mm256_add_ps(_mm256_sub_ps(v2, v2), _mm256_sub_ps(v3, v3))));
+    if constexpr (kMin) {
+      min_parts[k] = _mm256_min_ps(_mm256_min_ps(v0, v1), _mm256_min_ps(v2, v3));
+      max_parts[k] = _mm256_max_ps(_mm256_max_ps(v0, v1), _mm256_max_ps(v2, v3));
+    } else {
+      amax_parts[k] = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, abs_mask), _mm256_and_ps(v1, abs_mask)),
+                                    _mm256_max_ps(_mm256_and_ps(v2, abs_mask), _mm256_and_ps(v3, abs_mask)));
+    }
+  }
+  if (_mm256_movemask_ps(_mm256_cmp_ps(err, err, _CMP_UNORD_Q)) != 0) return false;
+
+  __m256 d, lo = _mm256_setzero_ps();
+  if constexpr (kMin) {
+    lo = reduce_8x8<false>(min_parts);
+    d = _mm256_div_ps(_mm256_sub_ps(reduce_8x8<true>(max_parts), lo), _mm256_set1_ps(static_cast<float>(kQmax)));
+  } else if constexpr (kSigned) {
+    // ggml's signed extreme: the first x (in index order) with |x| = amax,
+    // +0 for an all-zero block; d = it / -8 (q4_0) or / -16 (q5_0).
+    alignas(32) float amax[8], extreme[8];
+    _mm256_store_ps(amax, reduce_8x8<true>(amax_parts));
+    for (int k = 0; k < 8; ++k) {
+      const float* xb = x + 32 * k;
+      const __m256 target = _mm256_set1_ps(amax[k]);
+      uint32_t bits = 0;
+      for (int j = 0; j < 4; ++j) {
+        const __m256 a = _mm256_and_ps(_mm256_loadu_ps(xb + 8 * j), abs_mask);
+        bits |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, target, _CMP_EQ_OQ))) << (8 * j);
+      }
+      extreme[k] = amax[k] > 0 ? xb[__builtin_ctz(bits)] : 0.0f;
+    }
+    d = _mm256_div_ps(_mm256_load_ps(extreme), _mm256_set1_ps(kQmax == 15 ? -8.0f : -16.0f));
+  } else {
+    d = _mm256_div_ps(reduce_8x8<true>(amax_parts), _mm256_set1_ps(127.0f));
+  }
+  // id = d != 0 ? 1 / d : 0
+  const __m256 id = _mm256_andnot_ps(_mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_EQ_OQ),
+                                     _mm256_div_ps(_mm256_set1_ps(1.0f), d));
+  const __m256 d_stored = _mm256_cvtph_ps(_mm256_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT));
+  const __m256 m_stored = kMin ? _mm256_cvtph_ps(_mm256_cvtps_ph(lo, _MM_FROUND_TO_NEAREST_INT)) : _mm256_setzero_ps();
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  if (_mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(d_stored, abs_mask), inf, _CMP_EQ_OQ),
+                                      _mm256_cmp_ps(_mm256_and_ps(m_stored, abs_mask), inf, _CMP_EQ_OQ))) != 0) {
+    return false;
+  }
+
+  alignas(32) float id_k[8], d_k[8], lo_k[8], m_k[8];
+  _mm256_store_ps(id_k, id);
+  _mm256_store_ps(d_k, d_stored);
+  _mm256_store_ps(lo_k, lo);
+  _mm256_store_ps(m_k, m_stored);
+  for (int k = 0; k < 8; ++k) {
+    const float* xb = x + 32 * k;
+    float* yb = y + 32 * k;
+    const __m256 dk = _mm256_broadcast_ss(&d_k[k]);
+    if constexpr (kMin) {
+      const __m256 lok = _mm256_broadcast_ss(&lo_k[k]), idk = _mm256_broadcast_ss(&id_k[k]);
+      const __m256 mk = _mm256_broadcast_ss(&m_k[k]), fmax = _mm256_set1_ps(static_cast<float>(kQmax));
+      for (int j = 0; j < 32; j += 8) _mm256_storeu_ps(yb + j, q_1_lanes(_mm256_loadu_ps(xb + j), lok, idk, fmax, dk, mk));
+    } else if constexpr (kSigned) {
+      const __m256d idk = _mm256_set1_pd(static_cast<double>(id_k[k]));
+      const __m256d off = _mm256_set1_pd(kQmax == 15 ? 8.5 : 16.5);
+      const __m256i mid = _mm256_set1_epi32(kQmax == 15 ? 8 : 16);
+      const __m256 fmax = _mm256_set1_ps(static_cast<float>(kQmax));
+      for (int j = 0; j < 32; j += 8) {
+        _mm256_storeu_ps(yb + j, q_0_lanes(_mm256_loadu_ps(xb + j), idk, off, fmax, mid, dk));
+      }
+    } else {
+      const __m256 idk = _mm256_broadcast_ss(&id_k[k]);
+      for (int j = 0; j < 32; j += 8) _mm256_storeu_ps(yb + j, q8_0_lanes(_mm256_loadu_ps(xb + j), idk, dk));
+    }
+  }
+  return true;
+}
+
+bool fused_group8(GgufBlock type, const float* x, float* y) {
+  switch (type) {
+    case GgufBlock::kQ8_0: return fused_group8_avx2<GgufBlock::kQ8_0>(x, y);
+    case GgufBlock::kQ4_0: return fused_group8_avx2<GgufBlock::kQ4_0>(x, y);
+    case GgufBlock::kQ5_0: return fused_group8_avx2<GgufBlock::kQ5_0>(x, y);
+    case GgufBlock::kQ4_1: return fused_group8_avx2<GgufBlock::kQ4_1>(x, y);
+    default: return fused_group8_avx2<GgufBlock::kQ5_1>(x, y);
   }
 }
 
@@ -220,13 +357,15 @@ __attribute__((target("f16c"))) float f16_round_trip_f16c(float f, uint16_t* bit
   return _mm_cvtss_f32(_mm_cvtph_ps(h));
 }
 
-const bool kGgufAvx2 = __builtin_cpu_supports("avx2");
+// AVX2 and FMA (q_0_lanes' double multiply-add): every x86 CPU with AVX2 so far has both.
+const bool kGgufAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 // F16C from CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports does not know "f16c").
 bool cpu_has_f16c() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
 }
 const bool kGgufF16c = cpu_has_f16c();
+const bool kGgufFused = kGgufAvx2 && kGgufF16c;
 #endif
 
 // float16 bits of f and their value.
@@ -344,6 +483,21 @@ struct GgufCodec {
       case GgufBlock::kQ5_0: fake_q_0(x, y, nblocks, L, p, 16.5, 31, 16); break;
       default: fake_q_1(x, y, nblocks, L, p, qmax()); break;
     }
+  }
+  // block_format.h's hook: groups of 8 blocks through fused_group8 where the
+  // CPU has AVX2, FMA and F16C, the rest (and any group it declines) through
+  // the generic local_run.
+  bool fused_run(const float* x, float* y, int64_t nb, int64_t L, const Context& ctx, const std::string& name) const {
+    int64_t b = 0;
+#if QUANTPPL_GGUF_X86
+    if (kGgufFused && L == kGgufBlock) {
+      for (; b + 8 <= nb; b += 8) {
+        const int64_t at = b * kGgufBlock;
+        if (!fused_group8(type, x + at, y + at) && !local_run(*this, x + at, y + at, 8, L, ctx, name)) return false;
+      }
+    }
+#endif
+    return b == nb || local_run(*this, x + b * L, y + b * L, nb - b, L, ctx, name);
   }
   void encode(const float* x, int32_t* codes, int64_t n, const Params& p, const Context&) const {
     for (int64_t i = 0; i < n; ++i) {

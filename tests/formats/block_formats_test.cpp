@@ -296,6 +296,48 @@ TEST(GgufBlocksTest, ScaleBeyondFloat16IsADataError) {
   }
 }
 
+// The fused pass takes eight blocks at a time with their parameters in vector
+// lanes; pack()/unpack() take the block-by-block scan, choose_local and the
+// scalar code/value formulas. Both must give the same bits on blocks that
+// stress the lane arithmetic: ties of +-amax (ggml takes the first), zeros of
+// either sign, a subnormal block (d underflows, 1/d is Inf), a constant block
+// (q*_1's d = 0), values at the codes' rounding boundaries, and 33 blocks per
+// row so that groups of eight end mid-row and a remainder is left over.
+TEST(GgufBlocksTest, FusedGroupsOfEightEqualTheBlockByBlockPath) {
+  torch::manual_seed(33);
+  torch::Tensor w = torch::randn({3, 33 * 32}) * 0.05;
+  auto block = [&](int64_t r, int64_t b) { return w[r].slice(0, b * 32, (b + 1) * 32); };
+  block(0, 0).zero_();
+  block(0, 0)[5] = -3.0f;
+  block(0, 0)[9] = 3.0f;
+  block(0, 1)[2] = 3.0f;
+  block(0, 1)[30] = -3.0f;
+  block(0, 2).fill_(-0.0f);
+  block(0, 2)[4] = 0.0f;
+  block(0, 3).fill_(-0.0f);
+  block(0, 4).zero_();
+  block(0, 4)[7] = 1e-40f;
+  block(0, 5).fill_(0.25f);
+  block(0, 6) = torch::arange(32, torch::kFloat32) * 0.5f - 8.0f;  // exact halves: q8_0's roundf ties
+  block(1, 8) = torch::arange(32, torch::kFloat32) * 1875.0f;      // up to 58125: large, float16-safe scales
+  block(2, 32).fill_(-1.0f);
+  for (const char* spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1"}) {
+    const auto f = parse(spec);
+    const torch::Tensor fused = fq(*f, w);
+    const auto prepared = f->prepare(w, "w");
+    const torch::Tensor unpacked = f->unpack(prepared->pack(w), "w");
+    EXPECT_TRUE(bit_equal(fused, unpacked)) << spec;
+  }
+  // A group whose lanes cannot hold a block (a float16 scale overflow at block
+  // 13, a NaN at block 20) reports it as the block-by-block path does.
+  torch::Tensor big = w.clone();
+  big[1][13 * 32 + 3] = 1e8f;
+  EXPECT_THROW(fq(*parse("q8_0"), big), DataError);
+  torch::Tensor nan = w.clone();
+  nan[2][20 * 32 + 31] = NAN;
+  for (const char* spec : {"q8_0", "q4_0", "q4_1"}) EXPECT_THROW(fq(*parse(spec), nan), DataError) << spec;
+}
+
 // ---- every format ----------------------------------------------------------------
 
 TEST(BlockFormatsTest, PackUnpackPreparedAndFusedAreBitIdentical) {
