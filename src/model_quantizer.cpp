@@ -81,15 +81,21 @@ std::vector<std::unique_ptr<PreparedWeight>> prepare_variant(const WeightBackup&
   torch::NoGradGuard no_grad;
   std::vector<std::string> names;
   for (const LinearLayer& layer : backup.layers()) names.push_back(layer.name);
+  // The backup's summaries (one read of each original for the whole run) spare
+  // each variant's prepare() its own read where the format needs no more.
   if (!backup.pages_dropped()) {
     std::vector<torch::Tensor> originals;
-    for (size_t i = 0; i < backup.layers().size(); ++i) originals.push_back(backup.original(i));
-    return format.prepare_many(originals, names);
+    std::vector<WeightSummary> known;
+    for (size_t i = 0; i < backup.layers().size(); ++i) {
+      originals.push_back(backup.original(i));
+      known.push_back(backup.summary(i));
+    }
+    return format.prepare_many(originals, names, &known);
   }
   // Pages dropped after use: one layer resident at a time.
   std::vector<std::unique_ptr<PreparedWeight>> prepared;
   for (size_t i = 0; i < backup.layers().size(); ++i) {
-    prepared.push_back(format.prepare(backup.original(i), names[i]));
+    prepared.push_back(format.prepare_known(backup.original(i), names[i], backup.summary(i)));
     backup.release(i);
   }
   return prepared;

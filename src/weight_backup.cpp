@@ -246,6 +246,13 @@ void WeightBackup::restore() {
   }
 }
 
+const WeightSummary& WeightBackup::summary(size_t i) const {
+  if (summaries_.size() != originals_.size()) summaries_.resize(originals_.size());
+  std::optional<WeightSummary>& s = summaries_.at(i);
+  if (!s) s = summarize_weight(originals_[i]);
+  return *s;
+}
+
 int64_t WeightBackup::parameter_count() const {
   int64_t n = 0;
   for (const torch::Tensor& t : originals_) n += t.numel();

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@
 
 #include "quantppl/contract_model.h"
 #include "quantppl/enum_table.h"
+#include "quantppl/formats/weight_format.h"
 
 namespace quantppl {
 
@@ -73,6 +75,9 @@ class WeightBackup {
   void release(size_t i) const;
   // kFile, and kModel for a backup that would not fit in memory.
   bool pages_dropped() const { return drop_pages_; }
+  // summarize_weight(original(i)), read once on first use and kept (the
+  // originals never change): every later variant's prepare_known skips that read.
+  const WeightSummary& summary(size_t i) const;
   int64_t parameter_count() const;
   BackupStorage storage() const { return storage_; }  // never kAuto
 
@@ -83,6 +88,7 @@ class WeightBackup {
 
   std::vector<LinearLayer> layers_;
   std::vector<torch::Tensor> originals_;
+  mutable std::vector<std::optional<WeightSummary>> summaries_;  // summary(i), filled on first use
   BackupStorage storage_ = BackupStorage::kMemory;
   bool drop_pages_ = false;
   void* mapping_ = nullptr;  // kFile, kModel: the whole file, PROT_READ

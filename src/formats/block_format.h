@@ -101,8 +101,7 @@ constexpr int64_t kGrain = 32768;       // elements per parallel task of the ele
 // Stats of every block of x (numel / L blocks of L elements, L >= 1), in
 // pieces of at most kStatsPiece merged in index order (thread-count
 // independent). DataError naming `name` on NaN/Inf.
-inline std::vector<BlockStats> block_stats(const float* x, int64_t numel, int64_t L, bool signed_max,
-                                           const std::string& name) {
+inline std::vector<BlockStats> block_stats_unchecked(const float* x, int64_t numel, int64_t L, bool signed_max) {
   const int64_t blocks = numel / L;
   const int64_t piece = std::min(L, kStatsPiece);
   const int64_t pieces_per_block = (L + piece - 1) / piece;
@@ -116,14 +115,20 @@ inline std::vector<BlockStats> block_stats(const float* x, int64_t numel, int64_
     }
   });
   std::vector<BlockStats> stats(blocks);
-  bool finite = true;
   for (int64_t b = 0; b < blocks; ++b) {
     BlockStats s = pieces[b * pieces_per_block];
     for (int64_t j = 1; j < pieces_per_block; ++j) s = merge_stats(s, pieces[b * pieces_per_block + j]);
     stats[b] = s;
-    finite = finite && s.finite;
   }
-  if (!finite) throw DataError("weight '" + name + "' holds NaN or Inf; it cannot be quantized");
+  return stats;
+}
+
+inline std::vector<BlockStats> block_stats(const float* x, int64_t numel, int64_t L, bool signed_max,
+                                           const std::string& name) {
+  std::vector<BlockStats> stats = block_stats_unchecked(x, numel, L, signed_max);
+  for (const BlockStats& s : stats) {
+    if (!s.finite) throw DataError("weight '" + name + "' holds NaN or Inf; it cannot be quantized");
+  }
   return stats;
 }
 
@@ -145,23 +150,31 @@ constexpr int64_t kRunElems = 2048;  // 8 KiB of float32 read, 8 KiB written: bo
 constexpr int64_t kRunBlocks = 256;  // stats/params buffers (blocks of >= 32 elements fill a run)
 
 
+// A parallel task's scratch for local_run: one run's statistics and
+// parameters (made once per task, not per run: their default member
+// initializers would otherwise write ~5 KiB per 8 KiB run).
+template <class Codec>
+struct RunScratch {
+  BlockStats stats[kRunBlocks];
+  typename Codec::Params params[kRunBlocks];
+};
+
 // One run of nb <= kRunBlocks blocks, the generic way: scan_blocks, then
 // choose_local per block, then fake_blocks. False on NaN/Inf (dst untouched).
 template <class Codec>
-bool local_run(const Codec& codec, const float* s, float* d, int64_t nb, int64_t L, const typename Codec::Context& ctx,
-               const std::string& name) {
-  BlockStats stats[kRunBlocks];
-  typename Codec::Params params[kRunBlocks];
-  if (!scan_blocks(s, nb, L, codec.needs_signed_max(), stats, codec.needs_min_max())) return false;
-  for (int64_t b = 0; b < nb; ++b) params[b] = codec.choose_local(stats[b], ctx, name);
-  codec.fake_blocks(s, d, nb, L, params, ctx);
+bool local_run(const Codec& codec, RunScratch<Codec>& scratch, const float* s, float* d, int64_t nb, int64_t L,
+               const typename Codec::Context& ctx, const std::string& name) {
+  if (!scan_blocks(s, nb, L, codec.needs_signed_max(), scratch.stats, codec.needs_min_max())) return false;
+  for (int64_t b = 0; b < nb; ++b) scratch.params[b] = codec.choose_local(scratch.stats[b], ctx, name);
+  codec.fake_blocks(s, d, nb, L, scratch.params, ctx);
   return true;
 }
 
-// A codec may replace local_run with its own `bool fused_run(s, d, nb, L,
-// ctx, name) const`: the same x_hat, bit for bit, from one pass that keeps
-// the run's parameters in vector lanes (gguf_blocks.cpp). It must behave as
-// local_run on bad input (false on NaN/Inf, the same DataError otherwise).
+// A codec may replace local_run with its own `bool fused_run(scratch, s, d,
+// nb, L, ctx, name) const`: the same x_hat, bit for bit, from one pass that
+// keeps the run's parameters in vector lanes (gguf_blocks.cpp). It must
+// behave as local_run on bad input (false on NaN/Inf, the same DataError
+// otherwise), and may call local_run for blocks it does not take.
 template <class Codec, class = void>
 struct HasFusedRun : std::false_type {};
 template <class Codec>
@@ -173,13 +186,14 @@ bool fused_local_pass(const Codec& codec, const float* s, float* d, int64_t bloc
   std::atomic<bool> bad{false};
   const int64_t run = std::max<int64_t>(1, std::min(kRunBlocks, kRunElems / L));
   at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / L), [&](int64_t b0, int64_t b1) {
+    RunScratch<Codec> scratch;
     for (int64_t r0 = b0; r0 < b1; r0 += run) {
       const int64_t nb = std::min(run, b1 - r0);
       bool ok;
       if constexpr (HasFusedRun<Codec>::value) {
-        ok = codec.fused_run(s + r0 * L, d + r0 * L, nb, L, ctx, name);
+        ok = codec.fused_run(scratch, s + r0 * L, d + r0 * L, nb, L, ctx, name);
       } else {
-        ok = local_run(codec, s + r0 * L, d + r0 * L, nb, L, ctx, name);
+        ok = local_run(codec, scratch, s + r0 * L, d + r0 * L, nb, L, ctx, name);
       }
       if (!ok) {
         bad = true;
@@ -360,6 +374,36 @@ class BlockFormat final : public WeightFormat {
     int64_t bytes = (out * in * codec_.code_bits() + 7) / 8;
     for (const SectionLayout& s : codec_.layout(blocks_of(out, in))) bytes += layout_bytes(s);
     return bytes;
+  }
+
+  // Without a read when `known` says all this needs: the lazy path (a local
+  // codec on short blocks: NaN/Inf, lazy_safe and the context come from the
+  // whole weight's stats) and a per-tensor block whose parameters are
+  // choose_local of the whole weight's stats. The stats are the ones prepare()
+  // would compute (summarize_weight merges pieces as block_stats does), so
+  // the result is the same, bit for bit.
+  std::unique_ptr<PreparedWeight> prepare_known(const torch::Tensor& weight, const std::string& name,
+                                                const WeightSummary& known) const override {
+    check_weight(weight, name, "prepare");
+    const int64_t out = weight.size(0), in = weight.size(1);
+    const int64_t L = block_elems(out, in, name);
+    if (!codec_.local() || out * in == 0) return prepare(weight, name);
+    if (!known.finite) throw DataError("weight '" + name + "' holds NaN or Inf; it cannot be quantized");
+    BlockStats whole;
+    whole.amax = known.amax;
+    whole.min = known.min;
+    whole.max = known.max;
+    whole.signed_max = known.signed_max;
+    if (L <= kStatsPiece && codec_.lazy_safe(whole)) {
+      return std::make_unique<BlockPrepared<Codec>>(codec_, out, in, L, codec_.context(whole),
+                                                    std::vector<typename Codec::Params>{}, name, true);
+    }
+    if (L == out * in) {
+      const typename Codec::Context ctx = codec_.context(whole);
+      std::vector<typename Codec::Params> params{codec_.choose_local(whole, ctx, name)};
+      return std::make_unique<BlockPrepared<Codec>>(codec_, out, in, L, ctx, std::move(params), name);
+    }
+    return prepare(weight, name);
   }
 
   std::unique_ptr<PreparedWeight> prepare(const torch::Tensor& weight, const std::string& name) const override {

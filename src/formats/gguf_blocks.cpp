@@ -487,17 +487,20 @@ struct GgufCodec {
   // block_format.h's hook: groups of 8 blocks through fused_group8 where the
   // CPU has AVX2, FMA and F16C, the rest (and any group it declines) through
   // the generic local_run.
-  bool fused_run(const float* x, float* y, int64_t nb, int64_t L, const Context& ctx, const std::string& name) const {
+  bool fused_run(RunScratch<GgufCodec>& scratch, const float* x, float* y, int64_t nb, int64_t L, const Context& ctx,
+                 const std::string& name) const {
     int64_t b = 0;
 #if QUANTPPL_GGUF_X86
     if (kGgufFused && L == kGgufBlock) {
       for (; b + 8 <= nb; b += 8) {
         const int64_t at = b * kGgufBlock;
-        if (!fused_group8(type, x + at, y + at) && !local_run(*this, x + at, y + at, 8, L, ctx, name)) return false;
+        if (!fused_group8(type, x + at, y + at) && !local_run(*this, scratch, x + at, y + at, 8, L, ctx, name)) {
+          return false;
+        }
       }
     }
 #endif
-    return b == nb || local_run(*this, x + b * L, y + b * L, nb - b, L, ctx, name);
+    return b == nb || local_run(*this, scratch, x + b * L, y + b * L, nb - b, L, ctx, name);
   }
   void encode(const float* x, int32_t* codes, int64_t n, const Params& p, const Context&) const {
     for (int64_t i = 0; i < n; ++i) {

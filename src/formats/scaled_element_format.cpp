@@ -74,16 +74,24 @@ __attribute__((target_clones("avx2", "default"))) void fake_quantize_nf4_loop(co
 }
 
 #if QUANTPPL_NF4_AVX2
-// The same selection on 8 lanes without a per-block vectorizer prologue:
-// the code #{j : q > t[j]} (0..15) is counted in integer lanes (a true
-// comparison is -1), then the value is looked up with two 8-entry permutes
-// and a blend on the code's bit 3. NaN never reaches here (finite weights).
+// The same choice on 8 lanes, by a branch-free binary search over the
+// ascending thresholds instead of 15 comparisons: with c = #{j : q > t[j]},
+// q > t[7] decides c >= 8; then q > t[c + 3] decides c >= c + 4 (t[3] or
+// t[11]); then q > t[c + 1] (one of t[1], t[5], t[9], t[13]) decides c + 2;
+// c is now even and v[c] or v[c + 1] is the answer: q > t[c] picks between
+// them. Each level is one comparison against a threshold picked by the code
+// so far (a blend, then 8-entry permutes indexed by c / 4 and c / 2), and the
+// last picks the value itself. NaN never reaches here (finite weights).
 __attribute__((target("avx2"))) void fake_quantize_nf4_avx2(const float* src, float* dst, int64_t nblocks,
                                                              int64_t L, const float* scales) {
-  __m256 t[15];
-  for (int j = 0; j < 15; ++j) t[j] = _mm256_set1_ps(kNf4Thresholds[j]);
-  const __m256 lo_values = _mm256_loadu_ps(kNf4Values.data());
-  const __m256 hi_values = _mm256_loadu_ps(kNf4Values.data() + 8);
+  const float* t = kNf4Thresholds.data();
+  const float* v = kNf4Values.data();
+  const __m256 t7 = _mm256_set1_ps(t[7]), t3 = _mm256_set1_ps(t[3]), t11 = _mm256_set1_ps(t[11]);
+  const __m256 t_4k1 = _mm256_setr_ps(t[1], t[5], t[9], t[13], t[1], t[5], t[9], t[13]);
+  const __m256 t_2k = _mm256_setr_ps(t[0], t[2], t[4], t[6], t[8], t[10], t[12], t[14]);
+  const __m256 v_2k = _mm256_setr_ps(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14]);
+  const __m256 v_2k1 = _mm256_setr_ps(v[1], v[3], v[5], v[7], v[9], v[11], v[13], v[15]);
+  const __m256i two = _mm256_set1_epi32(2);
   for (int64_t b = 0; b < nblocks; ++b) {
     const float s = scales[b];
     const float* x = src + b * L;
@@ -96,14 +104,15 @@ __attribute__((target("avx2"))) void fake_quantize_nf4_avx2(const float* src, fl
     const __m256 vs = _mm256_set1_ps(s);
     for (; i + 8 <= L; i += 8) {
       const __m256 q = _mm256_div_ps(_mm256_loadu_ps(x + i), vs);
-      __m256i code = _mm256_setzero_si256();
-      for (int j = 0; j < 15; ++j) {
-        code = _mm256_sub_epi32(code, _mm256_castps_si256(_mm256_cmp_ps(q, t[j], _CMP_GT_OQ)));
-      }
-      const __m256 lo = _mm256_permutevar8x32_ps(lo_values, code);  // uses the code's low 3 bits
-      const __m256 hi = _mm256_permutevar8x32_ps(hi_values, code);
-      const __m256 use_hi = _mm256_castsi256_ps(_mm256_slli_epi32(code, 28));  // bit 3 -> sign bit
-      _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_blendv_ps(lo, hi, use_hi), vs));
+      const __m256 ge8 = _mm256_cmp_ps(q, t7, _CMP_GT_OQ);
+      // c / 4 (0..3), then c / 2 (0..7), as integer lanes
+      __m256i c4 = _mm256_and_si256(_mm256_castps_si256(ge8), two);
+      c4 = _mm256_sub_epi32(c4, _mm256_castps_si256(_mm256_cmp_ps(q, _mm256_blendv_ps(t3, t11, ge8), _CMP_GT_OQ)));
+      const __m256 ge2 = _mm256_cmp_ps(q, _mm256_permutevar8x32_ps(t_4k1, c4), _CMP_GT_OQ);
+      const __m256i c2 = _mm256_sub_epi32(_mm256_add_epi32(c4, c4), _mm256_castps_si256(ge2));
+      const __m256 ge1 = _mm256_cmp_ps(q, _mm256_permutevar8x32_ps(t_2k, c2), _CMP_GT_OQ);
+      const __m256 value = _mm256_blendv_ps(_mm256_permutevar8x32_ps(v_2k, c2), _mm256_permutevar8x32_ps(v_2k1, c2), ge1);
+      _mm256_storeu_ps(y + i, _mm256_mul_ps(value, vs));
     }
     for (; i < L; ++i) {
       const float q = x[i] / s;
@@ -160,7 +169,8 @@ struct ScaledCodec {
   bool needs_signed_max() const { return false; }
   bool needs_min_max() const { return false; }
   Context context(const BlockStats&) const { return {}; }
-  bool local() const { return config.range == RangeMethod::kMinMax && config.granularity != Granularity::kPerTensor; }
+  // minmax: s from the block's own amax (per tensor the block is the weight).
+  bool local() const { return config.range == RangeMethod::kMinMax; }
   bool needs_context() const { return false; }
   bool lazy_safe(const BlockStats&) const { return true; }  // choose_local never throws
 

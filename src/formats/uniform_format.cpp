@@ -209,7 +209,8 @@ std::unique_ptr<PreparedWeight> UniformFormat::prepare(const torch::Tensor& weig
 }
 
 std::vector<std::unique_ptr<PreparedWeight>> UniformFormat::prepare_many(const std::vector<torch::Tensor>& weights,
-                                                                         const std::vector<std::string>& names) const {
+                                                                         const std::vector<std::string>& names,
+                                                                         const std::vector<WeightSummary>*) const {
   std::vector<QParams> params = choose_qparams_many(weights, config_, names);
   std::vector<std::unique_ptr<PreparedWeight>> out;
   out.reserve(params.size());

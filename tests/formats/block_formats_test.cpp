@@ -80,9 +80,15 @@ TEST(Nf4FormatTest, MidpointThresholdsTieToTheLowerValue) {
       xs.push_back(m);
       want.push_back(static_cast<float>(lo));
     }
-    while (xs.size() < 4) {
+    // The first 16 go through the 8-lane loop, the rest through the scalar tail.
+    const size_t n = xs.size();
+    while (xs.size() < 16) {
       xs.push_back(0.0f);
       want.push_back(0.0f);
+    }
+    for (size_t j = 0; j < n; ++j) {
+      xs.push_back(xs[j]);
+      want.push_back(want[j]);
     }
     const torch::Tensor got = fq(*f, row(xs));
     for (size_t j = 0; j < xs.size(); ++j) {

@@ -6,6 +6,8 @@
 // by these tests without edits.
 #include "quantppl/formats/format_table.h"
 
+#include <cmath>
+#include <cstring>
 #include <set>
 
 #include <gmock/gmock.h>
@@ -125,6 +127,54 @@ TEST_P(FormatExampleTest, PackUnpackIsBitExactOnEveryFixtureWeight) {
     // Idempotent: the reconstruction is on the grid (the fixed-grid and per-block-scale formats
     // keep it; this checks the weaker property that unpack(pack) of it is itself).
     EXPECT_EQ(unpacked.scalar_type(), torch::kFloat32);
+  }
+}
+
+// prepare_known (what compare's variants use, with the backup's summaries)
+// skips a read of the weight; it must give prepare()'s bits and errors: on a
+// plain weight, one too large for the q*_* lazy path (amax > 60000), a tiny
+// per-tensor weight (lazy with one block), and NaN / Inf (DataError naming it).
+TEST_P(FormatExampleTest, PrepareKnownEqualsPrepare) {
+  torch::NoGradGuard no_grad;
+  const auto format = parse_format(GetParam());
+  torch::manual_seed(3);
+  std::vector<torch::Tensor> weights{torch::randn({16, 128}) * 0.05, torch::randn({4, 128}) * 0.02,
+                                     torch::randn({8, 256}) * 1000.0};
+  weights[2][5][77] = 70000.0f;
+  weights[1][3].zero_();
+  for (size_t k = 0; k < weights.size(); ++k) {
+    const torch::Tensor& w = weights[k];
+    const WeightSummary known = summarize_weight(w);
+    EXPECT_EQ(known.amax, w.abs().max().item<float>());
+    EXPECT_EQ(known.min, w.min().item<float>());
+    EXPECT_EQ(known.max, w.max().item<float>());
+    EXPECT_TRUE(known.finite);
+    torch::Tensor a = torch::full_like(w, 7.0f), b = torch::full_like(w, 7.0f);
+    bool threw_a = false, threw_b = false;
+    try {
+      format->prepare(w, "w")->fake_quantize_into(w, a);
+    } catch (const DataError&) {
+      threw_a = true;
+    }
+    try {
+      format->prepare_known(w, "w", known)->fake_quantize_into(w, b);
+    } catch (const DataError&) {
+      threw_b = true;
+    }
+    EXPECT_EQ(threw_a, threw_b) << GetParam() << " weight " << k;
+    EXPECT_EQ(std::memcmp(a.data_ptr<float>(), b.data_ptr<float>(), w.numel() * 4), 0) << GetParam() << " weight " << k;
+  }
+  for (const float bad : {NAN, INFINITY}) {
+    torch::Tensor w = weights[0].clone();
+    w[2][9] = bad;
+    const WeightSummary known = summarize_weight(w);
+    EXPECT_FALSE(known.finite);
+    try {
+      format->prepare_known(w, "layer.bad", known)->fake_quantize_into(w, w);
+      ADD_FAILURE() << GetParam() << ": expected a DataError";
+    } catch (const DataError& e) {
+      EXPECT_THAT(e.what(), HasSubstr("layer.bad")) << GetParam();
+    }
   }
 }
 

@@ -52,8 +52,10 @@ class UniformFormat : public WeightFormat, public ZeroPointGrid {
   double bits_per_weight(int64_t out_features, int64_t in_features) const override;
   int64_t packed_bytes(int64_t out_features, int64_t in_features) const override;
   std::unique_ptr<PreparedWeight> prepare(const torch::Tensor& weight, const std::string& name) const override;
+  // Batched parameter arithmetic; `known` is not used (choose_qparams reads the weight's rows).
   std::vector<std::unique_ptr<PreparedWeight>> prepare_many(const std::vector<torch::Tensor>& weights,
-                                                            const std::vector<std::string>& names) const override;
+                                                            const std::vector<std::string>& names,
+                                                            const std::vector<WeightSummary>* known = nullptr) const override;
   void fake_quantize_into(const torch::Tensor& src, torch::Tensor& dst, const std::string& name) const override;
   std::unique_ptr<ColumnGroupQuantizer> begin_group(const torch::Tensor& whole_weight, const torch::Tensor& group_cols,
                                                     const std::string& name) const override;

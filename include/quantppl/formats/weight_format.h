@@ -48,6 +48,24 @@ struct PackedWeight {
   std::vector<PackedSection> sections;
 };
 
+// What one read of a whole weight tells: max|x|, min x, max x, the first x in
+// row-major order with |x| = max|x| (ggml's signed extreme; +0 when the
+// weight is all zeros) and whether every element is finite. A caller that
+// reads a weight once and keeps it unchanged (WeightBackup's originals) can
+// hand it to WeightFormat::prepare_known for every variant, instead of each
+// variant's prepare() reading the weight again for the same facts.
+struct WeightSummary {
+  float amax = 0;
+  float min = 0;
+  float max = 0;
+  float signed_max = 0;
+  bool finite = true;
+};
+
+// The summary of a contiguous float32 tensor (one parallel read, in pieces
+// merged in index order: the same numbers for any thread count).
+WeightSummary summarize_weight(const torch::Tensor& weight);
+
 // The quantizer of one column group, with its parameters already fixed: what
 // GPTQ (methods/gptq.h) needs, since it quantizes one column at a time, each
 // after the error of the previous columns has been spread onto it.
@@ -128,15 +146,30 @@ class WeightFormat {
   // Chooses the weight's parameters (NaN/Inf: DataError naming `name`).
   virtual std::unique_ptr<PreparedWeight> prepare(const torch::Tensor& weight, const std::string& name) const = 0;
 
+  // prepare() given known == summarize_weight(weight): bit-identical with
+  // prepare(weight, name), errors included. A format whose prepare() reads
+  // the weight only for these facts (the NaN/Inf check, lazy_safe, NVFP4's
+  // global scale, a per-tensor scale from max|x|) skips that read, so a
+  // variant costs one read and one write of each weight instead of two reads
+  // and a write. The default ignores `known`.
+  virtual std::unique_ptr<PreparedWeight> prepare_known(const torch::Tensor& weight, const std::string& name,
+                                                        const WeightSummary& /*known*/) const {
+    return prepare(weight, name);
+  }
+
   // prepare() of many weights (every selected layer of a model), identical
-  // with calling it on each; names[i] names weights[i]. A format whose
+  // with calling it on each; names[i] names weights[i]; known, when given,
+  // holds summarize_weight(weights[i]) (prepare_known). A format whose
   // per-block parameter arithmetic is cheaper batched (the uniform format's
   // ~30 small tensor ops per call) overrides it; the default loops.
-  virtual std::vector<std::unique_ptr<PreparedWeight>> prepare_many(const std::vector<torch::Tensor>& weights,
-                                                                     const std::vector<std::string>& names) const {
+  virtual std::vector<std::unique_ptr<PreparedWeight>> prepare_many(
+      const std::vector<torch::Tensor>& weights, const std::vector<std::string>& names,
+      const std::vector<WeightSummary>* known = nullptr) const {
     std::vector<std::unique_ptr<PreparedWeight>> out;
     out.reserve(weights.size());
-    for (size_t i = 0; i < weights.size(); ++i) out.push_back(prepare(weights[i], names.at(i)));
+    for (size_t i = 0; i < weights.size(); ++i) {
+      out.push_back(known ? prepare_known(weights[i], names.at(i), known->at(i)) : prepare(weights[i], names.at(i)));
+    }
     return out;
   }
 
