@@ -135,8 +135,9 @@ void BM_FormatFakeQuantize(benchmark::State& state, const std::string& spec, int
   Fixture& f = fixture();
   set_threads(threads);
   const std::shared_ptr<const quantppl::WeightFormat> format = quantppl::parse_format(spec);
-  // What a variant costs in compare: parameters for every layer (batched where the format can),
-  // then x_hat written from the backup into the live weights.
+  // What a variant costs in compare: parameters for every layer (batched where the format can,
+  // from the backup's weight summaries, which the first iteration reads once as compare's first
+  // variant does), then x_hat written from the backup into the live weights.
   for (auto _ : state) quantppl::apply_prepared(*f.backup, quantppl::prepare_variant(*f.backup, *format));
   f.backup->restore();
   state.SetBytesProcessed(state.iterations() * f.bytes);
