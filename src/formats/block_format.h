@@ -55,14 +55,10 @@
 
 namespace quantppl::formats {
 
-// What a block's parameters are chosen from (one read of the block).
-struct BlockStats {
-  float amax = 0;        // max |x|
-  float min = 0;         // min x
-  float max = 0;         // max x
-  float signed_max = 0;  // the first x (in index order) with |x| = amax, or +0 (ggml's q4_0/q5_0)
-  bool finite = true;
-};
+// What a block's parameters are chosen from (one read of the block): the
+// same facts as a whole weight's summary (weight_format.h), so a summary is
+// the stats of the weight taken as one block.
+using BlockStats = WeightSummary;
 
 // A stored section's shape: name, dtype tag, element count, bits per element.
 struct SectionLayout {
@@ -389,11 +385,7 @@ class BlockFormat final : public WeightFormat {
     const int64_t L = block_elems(out, in, name);
     if (!codec_.local() || out * in == 0) return prepare(weight, name);
     if (!known.finite) throw DataError("weight '" + name + "' holds NaN or Inf; it cannot be quantized");
-    BlockStats whole;
-    whole.amax = known.amax;
-    whole.min = known.min;
-    whole.max = known.max;
-    whole.signed_max = known.signed_max;
+    const BlockStats& whole = known;
     if (L <= kStatsPiece && codec_.lazy_safe(whole)) {
       return std::make_unique<BlockPrepared<Codec>>(codec_, out, in, L, codec_.context(whole),
                                                     std::vector<typename Codec::Params>{}, name, true);

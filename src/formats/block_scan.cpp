@@ -226,16 +226,9 @@ namespace quantppl {
 // The whole weight as one block of block_stats (the same pieces, merged in
 // the same order), so that prepare_known sees the numbers prepare() would.
 WeightSummary summarize_weight(const torch::Tensor& weight) {
-  formats::check_weight(weight, "summarize_weight", "summarize_weight");
-  WeightSummary w;
-  if (weight.numel() == 0) return w;
-  const formats::BlockStats s = formats::block_stats_unchecked(weight.data_ptr<float>(), weight.numel(), weight.numel(), true)[0];
-  w.amax = s.amax;
-  w.min = s.min;
-  w.max = s.max;
-  w.signed_max = s.signed_max;
-  w.finite = s.finite;
-  return w;
+  formats::check_weight(weight, "(summary)", "summarize_weight");
+  if (weight.numel() == 0) return {};
+  return formats::block_stats_unchecked(weight.data_ptr<float>(), weight.numel(), weight.numel(), true)[0];
 }
 
 }  // namespace quantppl
