@@ -146,6 +146,15 @@ void check_packing_inputs(const std::string& model_path, const Variant& variant,
   }
 }
 
+// Appends one section to the payload at the next 64-byte boundary (zero
+// padding before it); returns its offset from the payload's start.
+int64_t append_section(std::string& payload, const char* data, size_t size) {
+  payload.resize(static_cast<size_t>(align_up(static_cast<int64_t>(payload.size()))), '\0');
+  const int64_t offset = static_cast<int64_t>(payload.size());
+  payload.append(data, size);
+  return offset;
+}
+
 // The file: preamble, header, zero padding to 64, payload.
 std::string assemble_file(uint32_t version, const std::string& header_text, const std::string& payload) {
   std::string file;
@@ -180,12 +189,7 @@ PackedModelSummary write_packed_model_v1(const std::string& model_path, const Va
 
   // Sections, in file order, with offsets relative to the payload start.
   std::string payload;
-  const auto add_section = [&payload](const char* data, size_t size) {
-    payload.resize(static_cast<size_t>(align_up(static_cast<int64_t>(payload.size()))), '\0');
-    const int64_t offset = static_cast<int64_t>(payload.size());
-    payload.append(data, size);
-    return offset;
-  };
+  const auto add_section = [&payload](const char* data, size_t size) { return append_section(payload, data, size); };
 
   PackedModelSummary summary;
   ordered_json layer_entries = ordered_json::array();
@@ -318,12 +322,7 @@ PackedModelSummary write_packed_model(const std::string& model_path, const Varia
   }
 
   std::string payload;
-  const auto add_section = [&payload](const char* data, size_t size) {
-    payload.resize(static_cast<size_t>(align_up(static_cast<int64_t>(payload.size()))), '\0');
-    const int64_t offset = static_cast<int64_t>(payload.size());
-    payload.append(data, size);
-    return offset;
-  };
+  const auto add_section = [&payload](const char* data, size_t size) { return append_section(payload, data, size); };
 
   PackedModelSummary summary;
   ordered_json layer_entries = ordered_json::array();
