@@ -6,6 +6,7 @@
 #include <iostream>
 #include <thread>
 
+#include "quantppl/default_paths.h"
 #include "quantppl/error.h"
 #include "quantppl/output_file.h"
 
@@ -115,6 +116,11 @@ void add_calibration_flags(CLI::App* cmd, CalibrationFlags& flags) {
   add_calibration_stats_flag(cmd, flags);
   add_enum_option(cmd, "--calibration-mode", flags.mode, kCalibrationModeNames,
                   "How GPTQ/AWQ variants get each layer's activation statistics");
+}
+
+std::string evaluated_text_path(const std::string& text_flag, const std::string& tokens_flag) {
+  if (!tokens_flag.empty()) return "";
+  return text_flag.empty() ? default_text_path() : text_flag;
 }
 
 MethodRunOptions method_run_options(const CalibrationFlags& flags, const std::string& eval_text) {

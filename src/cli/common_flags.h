@@ -102,6 +102,9 @@ CalibrationRequest calibration_request(const CalibrationFlags& flags, const std:
 // The library's options for the methods of a run: the request, the mode, and
 // warnings printed with print_warning.
 MethodRunOptions method_run_options(const CalibrationFlags& flags, const std::string& eval_text = "");
+// The text file a run evaluates: --text, or the default text when neither
+// --text nor --tokens is given; "" when --tokens replaces the text.
+std::string evaluated_text_path(const std::string& text_flag, const std::string& tokens_flag);
 // Prints a calibration warning on stderr ("quantppl: warning: ...").
 void print_warning(const std::string& message);
 

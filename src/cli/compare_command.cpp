@@ -95,7 +95,7 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   }
   // What the run reads, which --output must not replace.
   const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer,
-                                           !c.tokens.empty() ? c.tokens : c.text.empty() ? default_text_path() : c.text, c.check,
+                                           !c.tokens.empty() ? c.tokens : evaluated_text_path(c.text, c.tokens), c.check,
                                            c.calibration.text, c.calibration.stats};
   if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
   ExpectedRun expected;
@@ -125,7 +125,7 @@ int run_compare_command(const CompareCommand& c, bool variants_given) {
   }
   options.seed = static_cast<uint64_t>(c.seed);
   options.threads = setup_runtime(c.threads, c.verbose);
-  options.methods = method_run_options(c.calibration, c.tokens.empty() ? (c.text.empty() ? default_text_path() : c.text) : "");
+  options.methods = method_run_options(c.calibration, evaluated_text_path(c.text, c.tokens));
 
   ProgressBar bar(!c.quiet);
   options.methods.progress = [&](size_t done, size_t total) { bar.update("calibrating", done, total); };

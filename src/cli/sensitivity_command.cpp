@@ -53,10 +53,10 @@ int run_sensitivity_command(const SensitivityCommand& c) {
   options.keep = parse_keep_list(c.keep);
   options.variant = parse_variant(c.variant);
   const std::vector<std::string> inputs = {c.model.empty() ? default_model_path() : c.model, c.tokenizer,
-                                           !c.tokens.empty() ? c.tokens : c.text.empty() ? default_text_path() : c.text,
+                                           !c.tokens.empty() ? c.tokens : evaluated_text_path(c.text, c.tokens),
                                            c.calibration.text, c.calibration.stats};
   if (!c.output.empty()) check_output_path(c.output, c.force, inputs);
-  options.methods = method_run_options(c.calibration, c.tokens.empty() ? (c.text.empty() ? default_text_path() : c.text) : "");
+  options.methods = method_run_options(c.calibration, evaluated_text_path(c.text, c.tokens));
   options.model_path = c.model;
   options.tokenizer_path = c.tokenizer;
   options.text_path = c.text;
