@@ -8,7 +8,8 @@ to the CLI, where one invalid spec would fail its whole batch.
 
 A spec's methods run in ONE compare call (batches never split a spec's group), so every method
 row is paired token by token with its format's RTN row (the CLI's rtn_delta_nll_mean/ci95, which
-it fills only when the same call lists the RTN row).
+it fills only when the same call lists the RTN row). A resume whose pending method rows belong to
+a format whose RTN row is already done sends that RTN spec again with them (pending_variants).
 
 Calibration: GPTQ and AWQ read activation statistics. With --calibration-mode fp32 (the default)
 the sweep runs `quantppl calibrate --output DIR/calibration.qcal` once and passes
@@ -77,14 +78,86 @@ def with_methods(specs, methods):
     return out
 
 
-def make_batches(todo, size):
-    """Batches of up to `size` variants that never split one spec's methods (a group larger than
-    `size` is a batch of its own), in the order of todo."""
-    groups = []
-    for v in todo:
-        if groups and base_spec(groups[-1][0]) == base_spec(v) and v != "fp32":
-            groups[-1].append(v)
+def rtn_partners(grid, canonical):
+    """method spec -> the RTN spec of its format in `grid` (for the pairing), for every method
+    spec of the grid whose format has one: the spec as written before +METHOD, else (a format
+    written two ways, as in --variants absmax:8:tensor:minmax,absmax:8+gptq) the RTN spec that
+    the CLI reported under the same canonical name (`canonical`, run.json's canonical_specs)."""
+    rtn_specs = [g for g in grid if g != "fp32" and "+" not in g]
+    by_name = {canonical[g]: g for g in rtn_specs if g in canonical}
+    out = {}
+    for v in grid:
+        if v == "fp32" or "+" not in v:
+            continue
+        base = base_spec(v)
+        if base in rtn_specs:
+            out[v] = base
         else:
+            name = canonical.get(base) or (base_spec(canonical[v]) if v in canonical else None)
+            if name in by_name:
+                out[v] = by_name[name]
+            elif name in rtn_specs:
+                out[v] = name
+    return out
+
+
+def pending_variants(grid, done, canonical):
+    """(todo, reruns, partners): the variants of `grid` not in `done` (results.csv's canonical
+    names; a spec is found through `canonical` too), in grid order, plus, in front of the first
+    pending method spec of a format whose RTN row IS done, that RTN spec again (`reruns`).
+
+    The CLI pairs a method row with its format's RTN row (rtn_delta_nll_mean/ci95) only when the
+    same compare call lists both, so a resume that sent the pending methods alone (a sweep killed
+    or a results.csv cut short after the RTN row was written) got empty pairing columns. The
+    re-evaluated RTN row replaces the stored one (sweep.py, distributed.py): evaluation is
+    deterministic, so both are the same numbers at the same --threads, and at another thread
+    count (last digits differ) only the new one is the row the method rows were paired with."""
+    def is_done(v):
+        return v in done or canonical.get(v) in done
+
+    partners = rtn_partners(grid, canonical)
+    todo, reruns = [], []
+    for v in grid:
+        if is_done(v):
+            continue
+        rtn = partners.get(v)
+        if rtn and is_done(rtn) and rtn not in todo:
+            todo.append(rtn)
+            reruns.append(rtn)
+        todo.append(v)
+    return todo, reruns, partners
+
+
+def note_rerun_changes(batch, new_rows, rows, reruns):
+    """Says when a re-evaluated RTN row (pending_variants) differs from the stored one: the same
+    settings give the same numbers, except in the last digits at another --threads."""
+    old = {r["variant"]: r for r in rows}
+    for v, row in zip(batch, new_rows):
+        before = old.get(row["variant"]) if v in reruns else None
+        if before is not None and before.get("nll") != row.get("nll"):
+            log(f"sweep: note: {row['variant']} evaluated again gives nll {row.get('nll')!r}, results.csv had "
+                f"{before.get('nll')!r} (another --threads?): the new row, the one its methods are paired "
+                "with, replaces it")
+
+
+def make_batches(todo, size, partners=None):
+    """Batches of up to `size` variants that never split one spec's group (its RTN spec and its
+    methods: `partners` as pending_variants returns them, else the spec before +METHOD), in the
+    order of todo; a group larger than `size` is a batch of its own. A group's members need not be
+    adjacent in todo (an explicit --variants list may scatter them): each joins its group at the
+    group's first position."""
+    partners = partners or {}
+
+    def key(v):
+        return "fp32" if v == "fp32" else partners.get(v) or base_spec(v)
+
+    groups, index = [], {}
+    for v in todo:
+        k = key(v)
+        if k in index:
+            groups[index[k]].append(v)
+        else:
+            index[k] = len(groups)
             groups.append([v])
     batches = []
     for g in groups:

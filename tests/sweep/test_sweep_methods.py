@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -217,7 +218,9 @@ def test_resume_reuses_the_calibration_and_refuses_other_methods(methods_sweep, 
     assert r.returncode == 0, r.stderr
     argvs = calls(inputs)
     assert [a[0] for a in argvs] == ["compare"], argvs  # the statistics file was reused
-    assert flag_value(argvs[0], "--variants") == "zeropoint:4:group64+gptq"
+    # the method again with its (done) RTN row, for the pairing; the RTN row not duplicated
+    assert flag_value(argvs[0], "--variants") == "zeropoint:4:group64,zeropoint:4:group64+gptq"
+    assert sorted(r["variant"] for r in read_rows(copy)) == sorted(r["variant"] for r in read_rows(out))
     assert (copy / "calibration.qcal").stat().st_mtime_ns == before
 
     for extra in (["--methods", "rtn,gptq"], ["--methods", METHODS, "--calibration-tokens", "128"]):
@@ -278,3 +281,130 @@ def test_dask_sweep_ships_the_one_calibration_file(inputs, tmp_path):
     assert rows["zeropoint:4:group64:minmax+gptq"]["method"] == "gptq"
     assert rows["zeropoint:4:group64:minmax+gptq"]["rtn_delta_nll_mean"] != ""
     assert rows["zeropoint:4:group64:minmax+hqq"]["status"] == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume: the method rows keep their pairing with RTN
+
+
+def test_pending_methods_of_a_done_rtn_row_are_sent_with_it():
+    grid = ["fp32", "a", "a+awq", "a+gptq", "b", "b+awq", "c", "c+gptq"]
+    # a and its awq done, b done, c not started
+    todo, reruns, partners = sweep_methods.pending_variants(grid, {"fp32", "a", "a+awq", "b"}, {})
+    assert todo == ["a", "a+gptq", "b", "b+awq", "c", "c+gptq"]
+    assert reruns == ["a", "b"]
+    assert partners == {"a+awq": "a", "a+gptq": "a", "b+awq": "b", "c+gptq": "c"}
+    # methods listed before rtn (--methods gptq,rtn): the RTN spec still goes with them
+    todo, reruns, _ = sweep_methods.pending_variants(["fp32", "a+gptq", "a+awq", "a"], {"fp32", "a"}, {})
+    assert (todo, reruns) == (["a", "a+gptq", "a+awq"], ["a"])
+    # done rows are found by their canonical names; a format written two ways pairs through them
+    canonical = {"absmax:8:tensor:minmax": "absmax:8:tensor:minmax", "absmax:8+gptq": "absmax:8:tensor:minmax+gptq"}
+    grid = ["fp32", "absmax:8:tensor:minmax", "q4_0", "absmax:8+gptq"]
+    todo, reruns, partners = sweep_methods.pending_variants(grid, {"fp32", "absmax:8:tensor:minmax"}, canonical)
+    assert (todo, reruns) == (["q4_0", "absmax:8:tensor:minmax", "absmax:8+gptq"], ["absmax:8:tensor:minmax"])
+    assert sweep_methods.make_batches(todo, 1, partners) == [["q4_0"], ["absmax:8:tensor:minmax", "absmax:8+gptq"]]
+    # no RTN row in the sweep (--methods gptq): nothing to pair, nothing sent again
+    todo, reruns, _ = sweep_methods.pending_variants(["fp32", "a+gptq", "b+gptq"], {"fp32", "a+gptq"}, {})
+    assert (todo, reruns) == (["b+gptq"], [])
+    # nothing done: the grid itself
+    grid = ["fp32", "a", "a+gptq"]
+    assert sweep_methods.pending_variants(grid, set(), {})[:2] == (grid, [])
+
+
+def test_no_batch_size_splits_a_group_even_when_its_members_are_scattered():
+    import random
+    rng = random.Random(7)
+    for _ in range(300):
+        specs = [f"s{i}" for i in range(rng.randint(1, 6))]
+        todo = ["fp32"] + [f"{s}{m}" for s in specs for m in ("", "+awq", "+gptq", "+hqq")
+                           if rng.random() < 0.7]
+        if rng.random() < 0.5:  # an explicit --variants list in any order
+            rest = todo[1:]
+            rng.shuffle(rest)
+            todo = ["fp32"] + rest
+        size = rng.randint(1, 6)
+        batches = sweep_methods.make_batches(todo, size)
+        assert sorted(v for b in batches for v in b) == sorted(todo)  # every variant once
+        assert batches[0][0] == "fp32"
+        holder = {}
+        for i, b in enumerate(batches):
+            for v in b:
+                assert holder.setdefault(sweep_methods.base_spec(v), i) == i, (todo, size, batches)
+            # a batch exceeds the size only as one whole group
+            assert len(b) <= size or len({sweep_methods.base_spec(v) for v in b}) == 1, (todo, size, batches)
+    assert sweep_methods.make_batches(["fp32", "a+gptq", "b", "a"], 3) == [["fp32", "a+gptq", "a"], ["b"]]
+
+
+PENDING = ["absmax:4:group64:minmax+gptq", "zeropoint:4:group64:minmax+awq", "zeropoint:4:group64:minmax+hqq",
+           "zeropoint:4:group64:minmax+gptq"]
+
+
+def interrupted_copy(out, dest):
+    """A copy of a finished methods sweep as a kill leaves it after the zeropoint spec's RTN row
+    was written but before its methods were (results.csv cut there), with absmax's gptq row gone too."""
+    shutil.copytree(out, dest)
+    lines = (dest / "results.csv").read_text().splitlines(keepends=True)
+    cut = next(i for i, l in enumerate(lines) if l.startswith("zeropoint:4:group64:minmax,"))
+    kept = [l for l in lines[:cut + 1] if not l.startswith("absmax:4:group64:minmax+gptq,")]
+    assert len(lines) - len(kept) == len(PENDING)
+    (dest / "results.csv").write_text("".join(kept))
+    return dest
+
+
+def progress_variants(stderr):
+    return re.findall(r"^\[\d+/\d+\] (\S+)  ppl", stderr, re.M)
+
+
+def check_resumed_like_uninterrupted(reference, resumed, stderr, argvs):
+    ref = {r["variant"]: r for r in read_rows(reference)}
+    rows = read_rows(resumed)
+    assert sorted(r["variant"] for r in rows) == sorted(ref)  # one row per variant: no RTN row twice
+    got = {r["variant"]: r for r in rows}
+    for v in PENDING:
+        r, rtn = got[v], got[v.split("+")[0]]
+        assert r["rtn_delta_nll_mean"] != "" and r["rtn_delta_nll_ci95"] != "", v
+        # as the uninterrupted sweep printed them (same --threads: the same numbers)
+        assert r["rtn_delta_nll_mean"] == ref[v]["rtn_delta_nll_mean"], v
+        assert r["rtn_delta_nll_ci95"] == ref[v]["rtn_delta_nll_ci95"], v
+        # and paired with the RTN row results.csv holds: method minus RTN over the same tokens
+        want = float(r["delta_nll_mean"]) - float(rtn["delta_nll_mean"])
+        assert float(r["rtn_delta_nll_mean"]) == pytest.approx(want, rel=1e-6, abs=1e-9), v
+    for v, r in got.items():
+        assert r["ppl"] == ref[v]["ppl"] and r["delta_nll_mean"] == ref[v]["delta_nll_mean"], v
+    compare = [flag_value(a, "--variants").split(",") for a in argvs if a[0] == "compare"]
+    sent = [v for b in compare for v in b]
+    assert sorted(sent) == sorted(["absmax:4:group64", "absmax:4:group64+gptq", "zeropoint:4:group64",
+                                   "zeropoint:4:group64+awq", "zeropoint:4:group64+hqq",
+                                   "zeropoint:4:group64+gptq"]), compare
+    for b in compare:
+        for v in b:
+            assert "+" not in v or v.split("+")[0] in b, compare  # every method with its RTN spec
+    assert sorted(progress_variants(stderr)) == sorted(PENDING)  # the RTN rows were done already
+    assert "zeropoint:4:group64 is done but evaluated again with its pending methods" in stderr
+    assert "evaluated again gives nll" not in stderr
+
+
+def test_resume_sends_pending_methods_with_their_done_rtn_row(methods_sweep, inputs, tmp_path):
+    out, _, _ = methods_sweep
+    copy = interrupted_copy(out, tmp_path / "resume")
+    calls(inputs)
+    r = run_sweep(inputs, copy, "--variants", ",".join(SPECS), "--methods", METHODS,
+                  "--calibration", str(inputs / "cal.txt"), "--calibration-tokens", "256")
+    assert r.returncode == 0, r.stderr
+    assert "resuming: 4 of 8 variants already in" in r.stderr
+    argvs = calls(inputs)
+    assert [a[0] for a in argvs] == ["compare", "compare"], argvs  # batches of 4: absmax's pair, zeropoint's 4
+    check_resumed_like_uninterrupted(out, copy, r.stderr, argvs)
+
+
+def test_dask_resume_sends_pending_methods_with_their_done_rtn_row(methods_sweep, inputs, tmp_path):
+    pytest.importorskip("distributed")
+    out, _, _ = methods_sweep
+    copy = interrupted_copy(out, tmp_path / "dask-resume")
+    calls(inputs)
+    r = run_sweep(inputs, copy, "--variants", ",".join(SPECS), "--methods", METHODS,
+                  "--calibration", str(inputs / "cal.txt"), "--calibration-tokens", "256", "--scheduler", "local:1")
+    assert r.returncode == 0, r.stderr
+    assert "4 to run" in r.stderr
+    check_resumed_like_uninterrupted(out, copy, r.stderr, calls(inputs))
+    assert all(x["status"] == "ok" for x in read_rows(copy) if x["variant"] in PENDING)
