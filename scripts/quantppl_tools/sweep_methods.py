@@ -19,6 +19,7 @@ quantized blocks of each variant, so no file can be shared: every compare call r
 the --calibration text.
 """
 
+import hashlib
 import json
 import os
 import struct
@@ -192,20 +193,48 @@ def check_pinned_methods(run_info, settings, out):
                          "use another --out or --fresh")
 
 
-def calibration_model_sha256(path):
-    """The model_sha256 recorded in a calibration file's header (docs/calibration.md), or None
-    when the file is not one."""
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def calibration_header(path):
+    """The header of a well-formed calibration file (docs/calibration.md: magic, header length,
+    JSON header, data, then the SHA-256 of every byte before it), or None. The trailing checksum
+    is verified so that a damaged file is made again instead of failing every compare call."""
     try:
+        size = os.path.getsize(path)
+        h = hashlib.sha256()
         with open(path, "rb") as f:
             head = f.read(16)
-            if len(head) != 16 or head[:8] != CALIBRATION_MAGIC:
+            if len(head) != 16 or head[:8] != CALIBRATION_MAGIC or size < 16 + 32:
                 return None
             (n,) = struct.unpack("<Q", head[8:])
-            if n > 16 << 20:
+            if n > min(16 << 20, size - 16 - 32):
                 return None
-            return json.loads(f.read(n).decode("utf-8")).get("model_sha256")
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            header = f.read(n)
+            h.update(head + header)
+            left = size - 32 - 16 - n
+            while left:
+                chunk = f.read(min(1 << 20, left))
+                if not chunk:
+                    return None
+                h.update(chunk)
+                left -= len(chunk)
+            if f.read(32) != h.digest():
+                return None
+        header = json.loads(header.decode("utf-8"))
+        return header if isinstance(header, dict) else None
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
+
+
+def calibration_model_sha256(path):
+    """The model_sha256 recorded in a well-formed calibration file's header, or None."""
+    return (calibration_header(path) or {}).get("model_sha256")
 
 
 def calibration_flags(args, stats_path):
@@ -244,12 +273,29 @@ def prepare_calibration(args, run_info, run_cli):
             log("sweep: note: no method in --methods reads calibration data: the calibration flags are unused")
         return []
     path = os.path.abspath(os.path.join(args.out, CALIBRATION_FILE))
+    # The model is pinned by run.json, but the CLI reports its sha256 only after a compare call:
+    # checked here first, so that statistics of the pinned model are not passed with another one
+    # (and no calibration runs for a sweep that will be refused).
+    pinned = run_info.get("model_sha256")
+    if pinned and args.model and os.path.isfile(args.model):
+        got = file_sha256(args.model)
+        if got != pinned:
+            raise SweepError(f"{args.out} holds a sweep with different settings (model_sha256 differ: run.json has "
+                             f"{pinned[:12]}..., --model {args.model} has {got[:12]}...); use another --out or --fresh")
     if settings["calibration"]["mode"] == "sequential":
         log("sweep: --calibration-mode sequential: every compare call recalibrates (block by block, per "
             "variant); no shared statistics file")
         return calibration_flags(args, path)
-    sha = calibration_model_sha256(path) if os.path.isfile(path) else None
+    header = calibration_header(path) if os.path.isfile(path) else None
+    sha = (header or {}).get("model_sha256")
     if sha and sha == run_info.get("model_sha256"):
+        # run.json pins the calibration text by path; the statistics hold its sha256: an edited
+        # text is refused like an edited evaluation text (new statistics would mix the table)
+        text_sha = file_sha256(args.calibration) if args.calibration and os.path.isfile(args.calibration) else None
+        if text_sha and header.get("text_sha256") and text_sha != header["text_sha256"]:
+            raise SweepError(f"--calibration {args.calibration} changed since {path} was made from it (sha256 "
+                             f"{header['text_sha256'][:12]}..., now {text_sha[:12]}...): the rows done would not "
+                             f"be comparable; use another --out or --fresh")
         log(f"sweep: reusing {path} (calibration statistics of the same model)")
     else:
         log(f"sweep: calibrating once into {path} (GPTQ/AWQ statistics for every compare call)")

@@ -408,3 +408,119 @@ def test_dask_resume_sends_pending_methods_with_their_done_rtn_row(methods_sweep
     assert "4 to run" in r.stderr
     check_resumed_like_uninterrupted(out, copy, r.stderr, calls(inputs))
     assert all(x["status"] == "ok" for x in read_rows(copy) if x["variant"] in PENDING)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume: the calibration statistics file
+
+
+def rewrite_calibration_header(path, **fields):
+    """The file with header fields replaced (same lengths), its trailing SHA-256 made again: a
+    well-formed statistics file saying something else (docs/calibration.md)."""
+    data = bytearray(path.read_bytes())
+    n = int.from_bytes(data[8:16], "little")
+    header = data[16:16 + n].decode()
+    for key, value in fields.items():
+        old = json.loads(header)[key]
+        assert len(old) == len(value)
+        header = header.replace(old, value)
+    data[16:16 + n] = header.encode()
+    data[-32:] = hashlib.sha256(bytes(data[:-32])).digest()
+    path.write_bytes(bytes(data))
+
+
+def sha256_file(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["another model", "truncated", "checksum"])
+def test_resume_calibrates_again_when_the_stats_file_is_not_the_models(methods_sweep, inputs, tmp_path, damage):
+    out, _, _ = methods_sweep
+    copy = tmp_path / "recal"
+    shutil.copytree(out, copy)
+    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
+    (copy / "results.csv").write_text("".join(l for l in lines if not l.startswith("zeropoint:4:group64:minmax+gptq,")))
+    stats = copy / "calibration.qcal"
+    if damage == "another model":  # well-formed, but made from uniform.pt
+        rewrite_calibration_header(stats, model_sha256=sha256_file(os.path.join(FIXTURES, "uniform.pt")))
+    elif damage == "truncated":
+        stats.write_bytes(stats.read_bytes()[:4096])
+    else:  # one flipped data byte: the C++ reader would refuse it in every compare call
+        data = bytearray(stats.read_bytes())
+        data[len(data) // 2] ^= 1
+        stats.write_bytes(bytes(data))
+    calls(inputs)
+    r = run_sweep(inputs, copy, "--variants", ",".join(SPECS), "--methods", METHODS,
+                  "--calibration", str(inputs / "cal.txt"), "--calibration-tokens", "256")
+    assert r.returncode == 0, r.stderr
+    argvs = calls(inputs)
+    assert [a[0] for a in argvs] == ["calibrate", "compare"], argvs
+    assert "reusing" not in r.stderr and "calibrating once into" in r.stderr
+    # the file made again is the original (same model, text, tokens), read by the numpy reader
+    assert read_calibration_file(str(stats))["model_sha256"] == sha256_file(TINY)
+    assert stats.read_bytes() == (out / "calibration.qcal").read_bytes()
+    ref = {x["variant"]: x for x in read_rows(out)}
+    got = {x["variant"]: x for x in read_rows(copy)}
+    v = "zeropoint:4:group64:minmax+gptq"
+    assert got[v]["ppl"] == ref[v]["ppl"] and got[v]["rtn_delta_nll_mean"] == ref[v]["rtn_delta_nll_mean"]
+
+
+def test_resume_with_another_model_is_refused_before_any_call(methods_sweep, inputs, tmp_path):
+    out, _, _ = methods_sweep
+    copy = tmp_path / "othermodel"
+    shutil.copytree(out, copy)
+    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
+    (copy / "results.csv").write_text("".join(l for l in lines if not l.startswith("zeropoint:4:group64:minmax+gptq,")))
+    before = (copy / "calibration.qcal").read_bytes()
+    calls(inputs)
+    cmd = [sys.executable, SWEEP, "--bin", str(inputs / "quantppl"), "--model", os.path.join(FIXTURES, "uniform.pt"),
+           "--text", str(inputs / "eval.txt"), "--out", str(copy), "--max-length", "32", "--threads", "1",
+           "--variants", ",".join(SPECS), "--methods", METHODS, "--calibration", str(inputs / "cal.txt"),
+           "--calibration-tokens", "256"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "different settings (model_sha256 differ" in last and "Traceback" not in r.stderr
+    assert sha256_file(TINY)[:12] in last and sha256_file(os.path.join(FIXTURES, "uniform.pt"))[:12] in last
+    assert calls(inputs) == []  # neither the stale statistics passed on nor a calibration run
+    assert (copy / "calibration.qcal").read_bytes() == before
+    assert "reusing" not in r.stderr
+
+
+def test_resume_with_an_edited_calibration_text_is_refused(methods_sweep, inputs, tmp_path):
+    out, _, _ = methods_sweep
+    copy = tmp_path / "edited"
+    shutil.copytree(out, copy)
+    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
+    (copy / "results.csv").write_text("".join(l for l in lines if not l.startswith("zeropoint:4:group64:minmax+gptq,")))
+    text = inputs / "cal.txt"
+    original = text.read_bytes()
+    calls(inputs)
+    try:
+        text.write_bytes(original.replace(b"mutable", b"mutable!", 1))
+        r = run_sweep(inputs, copy, "--variants", ",".join(SPECS), "--methods", METHODS,
+                      "--calibration", str(text), "--calibration-tokens", "256")
+    finally:
+        text.write_bytes(original)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert f"--calibration {text} changed since" in last and hashlib.sha256(original).hexdigest()[:12] in last
+    assert "Traceback" not in r.stderr
+    assert calls(inputs) == []
+
+
+def test_group_size_check_covers_method_specs(inputs, tmp_path):
+    assert sweep_grid.group_size("zeropoint:4:group64+gptq") == 64
+    assert sweep_grid.group_size("absmax:4:group32:mse+awq+gptq") == 32
+    assert sweep_grid.group_size("q4_0+gptq") is None
+    # tiny.pt's Linear layers have 128 or 256 inputs: 48 does not divide them, so the spec and its
+    # method are skipped (one invalid spec would fail the whole batch in the CLI)
+    calls(inputs)
+    out = tmp_path / "g48"
+    r = run_sweep(inputs, out, "--variants", "zeropoint:4:group48,zeropoint:4:group64", "--methods", "rtn,hqq")
+    assert r.returncode == 0, r.stderr
+    assert "skipping zeropoint:4:group48+hqq: group size 48 does not divide" in r.stderr
+    sent = [v for a in calls(inputs) if a[0] == "compare" for v in flag_value(a, "--variants").split(",")]
+    assert sent == ["fp32", "zeropoint:4:group64", "zeropoint:4:group64+hqq"]
+    assert sorted(x["variant"] for x in read_rows(out)) == \
+        ["fp32", "zeropoint:4:group64:minmax", "zeropoint:4:group64:minmax+hqq"]
