@@ -16,7 +16,9 @@ is against that row. Variants run in batches of --batch-variants in ONE
 `quantppl compare --format json --quiet` call each, so the model is loaded and the text tokenized
 once per batch. After every batch DIR/results.csv is rewritten (temporary file + rename: a kill
 never leaves half a row), so an interrupted sweep resumes where it stopped: rerunning the same
-command skips every variant already in results.csv (--fresh starts over). run.json remembers the
+command skips every variant already in results.csv (--fresh starts over), except that a done RTN
+row is evaluated again with its format's pending methods, which the CLI pairs with it only in the
+same call (sweep_methods.pending_variants). run.json remembers the
 canonical spelling of every spec the CLI has seen, so a short spec (absmax:4) is found again.
 
 Outputs in DIR: results.csv (one row per variant, sweep_results.py), run.json (settings of the
