@@ -43,7 +43,8 @@ from . import distributed_task
 from .paths import REPO
 from .sweep_grid import (PINNED_SETTINGS, build_grid, cli_args, fmt_duration,
                          group_size, linear_shapes, progress_line, rows_of_results)
-from .sweep_methods import check_pinned_methods, make_batches, prepare_calibration, sweep_settings
+from .sweep_methods import (check_pinned_methods, make_batches, note_rerun_changes, pending_variants,
+                            prepare_calibration, sweep_settings)
 from .sweep_results import run_cli
 from .sweep_results import (BASE_COLUMNS, EXIT_IO, SweepError, atomic_write, columns_for, log,
                             read_results, variant_columns, write_csv)
@@ -190,7 +191,8 @@ def run_distributed_sweep(args):
     home = os.environ.get("QUANTPPL_HOME") or REPO
     shapes_model = paths.get("--model") or run_info.get("model") or os.path.join(home, "models", "default.pt")
     shapes = linear_shapes(shapes_model, args.include, args.exclude) if os.path.isfile(shapes_model) else None
-    todo = [v for v in grid if v not in done and canonical.get(v) not in done]
+    # reruns: RTN specs already done, sent again with their format's pending methods (pairing)
+    todo, reruns, partners = pending_variants(grid, done, canonical)
     if fp32_row is None:
         todo = ["fp32"] + [v for v in todo if v != "fp32"]
     if shapes:
@@ -203,10 +205,14 @@ def run_distributed_sweep(args):
             else:
                 keep.append(v)
         todo = keep
-    batches = make_batches(todo, args.batch_variants)
-    total = len(done) + len(todo)
+    batches = make_batches(todo, args.batch_variants, partners)
+    pending = len([v for v in todo if v not in reruns])
+    total = len(done) + pending
     if rows:
-        log(f"sweep: resuming: {len(done)} variants already in {csv_path}, {len(todo)} to run (--fresh starts over)")
+        log(f"sweep: resuming: {len(done)} variants already in {csv_path}, {pending} to run (--fresh starts over)")
+        for v in reruns:
+            log(f"sweep: {v} is done but evaluated again with its pending methods (their rtn_delta_nll_* "
+                "pair them with their format's RTN row in the same call)")
     if not batches:
         log(f"sweep: nothing to run: all {len(grid)} variants are in {csv_path}")
         return rows, run_info
@@ -277,9 +283,10 @@ def run_distributed_sweep(args):
                     continue
                 log(f"sweep: batch {b + 1} ({', '.join(batch)}) failed after {attempts[b]} attempt(s): {res['error']}")
                 first_failure = first_failure or res
+                # a re-evaluated RTN row keeps its good stored row: only the pending ones failed
                 new_rows[b] = [{"variant": canonical.get(v, v), **variant_columns(canonical.get(v, v)),
                                 "status": "failed", "error": res["error"], "attempts": attempts[b],
-                                "host": res.get("host", "")} for v in batch]
+                                "host": res.get("host", "")} for v in batch if v not in reruns]
             else:
                 report = json.loads(res["stdout"])
                 settings = {**{k: v for k, v in report.items() if k != "results"}, **msettings}
@@ -303,13 +310,15 @@ def run_distributed_sweep(args):
                                 quantppl_version=settings.get("quantppl_version"),
                                 libtorch_version=settings.get("libtorch_version"))
                 new_rows[b] = rows_of_report(batch, report, canonical, fp32_row, extra_order, res["host"])
+                note_rerun_changes(batch, new_rows[b], rows, reruns)
                 for r in new_rows[b]:
                     r["attempts"] = attempts[b]
                     if r["variant"] == "fp32":
                         fp32_row = r
                 log(f"sweep: batch {b + 1} ({len(batch)} variants) took {fmt_duration(res['seconds'])} "
                     f"on {res['host']} with {res['threads']} threads")
-            # results.csv: earlier rows, then this run's in grid order; rewritten whole, atomically
+            # results.csv: earlier rows, then this run's in grid order; rewritten whole, atomically (a
+            # re-evaluated RTN row replaces the stored one, as in sweep.py: pending_variants says why)
             fresh = [r for k in sorted(new_rows) for r in new_rows[k]]
             renamed = {r["variant"] for r in fresh}
             all_rows = [r for r in rows if r["variant"] not in renamed] + fresh
@@ -317,7 +326,10 @@ def run_distributed_sweep(args):
             if run_info:
                 run_info["canonical_specs"] = canonical
                 atomic_write(run_path, json.dumps(run_info, indent=1) + "\n")
+            rerun_names = {canonical.get(v, v) for v in batch if v in reruns}
             for r in new_rows[b]:
+                if r["variant"] in rerun_names:  # done before: not progress
+                    continue
                 finished += 1
                 remaining = total - finished
                 per_variant = (time.monotonic() - started) / max(1, finished - len(done))

@@ -16,7 +16,9 @@ is against that row. Variants run in batches of --batch-variants in ONE
 `quantppl compare --format json --quiet` call each, so the model is loaded and the text tokenized
 once per batch. After every batch DIR/results.csv is rewritten (temporary file + rename: a kill
 never leaves half a row), so an interrupted sweep resumes where it stopped: rerunning the same
-command skips every variant already in results.csv (--fresh starts over). run.json remembers the
+command skips every variant already in results.csv (--fresh starts over), except that a done RTN
+row is evaluated again with its format's pending methods, which the CLI pairs with it only in the
+same call (sweep_methods.pending_variants). run.json remembers the
 canonical spelling of every spec the CLI has seen, so a short spec (absmax:4) is found again.
 
 Outputs in DIR: results.csv (one row per variant, sweep_results.py), run.json (settings of the
@@ -56,8 +58,8 @@ from . import distributed, report
 from .paths import REPO
 from .sweep_grid import (PINNED_SETTINGS, build_grid, cli_args, fmt_duration,
                          group_size, linear_shapes, progress_line, rows_of_results)
-from .sweep_methods import (METHODS, check_pinned_methods, make_batches, prepare_calibration,
-                            sweep_settings)
+from .sweep_methods import (METHODS, check_pinned_methods, make_batches, note_rerun_changes,
+                            pending_variants, prepare_calibration, sweep_settings)
 from .sweep_plots import plot_all
 from .sweep_results import run_cli
 from .sweep_results import (BASE_COLUMNS, EXIT_INTERRUPTED, EXIT_IO, EXIT_USAGE, SweepError, atomic_write,
@@ -132,22 +134,27 @@ def run_sweep(args):
     shapes = linear_shapes(shapes_model, args.include, args.exclude) if os.path.isfile(shapes_model) else None
     shapes_checked = False
 
-    todo = [v for v in grid if v not in done and canonical.get(v) not in done]
+    # reruns: RTN specs already done, sent again with their format's pending methods (pairing)
+    todo, reruns, partners = pending_variants(grid, done, canonical)
     if fp32_row is None:
         todo = ["fp32"] + [v for v in todo if v != "fp32"]
     if rows:
-        log(f"sweep: resuming: {len(grid) - len(todo)} of {len(grid)} variants already in {csv_path}, "
-            f"{len(todo)} to run (--fresh starts over)")
+        pending = len(todo) - len(reruns)
+        log(f"sweep: resuming: {len(grid) - pending} of {len(grid)} variants already in {csv_path}, "
+            f"{pending} to run (--fresh starts over)")
+        for v in reruns:
+            log(f"sweep: {v} is done but evaluated again with its pending methods (their rtn_delta_nll_* "
+                "pair them with their format's RTN row in the same call)")
     else:
         log(f"sweep: {len(grid)} variants (fp32 first), batches of {args.batch_variants}, into {out}")
 
     total = len(grid)
-    finished = len(grid) - len(todo)
+    finished = len(grid) - (len(todo) - len(reruns))
     started = time.monotonic()
     computed = 0
     batch_no = len([n for n in os.listdir(os.path.join(out, "raw")) if n.endswith(".json")])
     calibration = prepare_calibration(args, run_info, run_cli) if todo else []
-    for batch in make_batches(todo, args.batch_variants):
+    for batch in make_batches(todo, args.batch_variants, partners):
         if shapes:  # a group size that does not divide a layer's input dimension: skip, say why
             keep = []
             for v in batch:
@@ -155,7 +162,7 @@ def run_sweep(args):
                 bad = next((n for n, _, i in shapes if g and i % g), None)
                 if bad:
                     log(f"sweep: skipping {v}: group size {g} does not divide the input dimension of {bad}")
-                    total -= 1
+                    total -= v not in reruns
                 else:
                     keep.append(v)
             batch = keep
@@ -190,7 +197,9 @@ def run_sweep(args):
         if len(results) != len(batch):
             raise SweepError(f"quantppl returned {len(results)} results for {len(batch)} variants", 5)
         new_rows, fp32_row = rows_of_results(batch, results, canonical, fp32_row, extra_order)
-        # a spec written two ways (absmax:4, absmax:4:tensor:minmax) is one row: the newer one
+        note_rerun_changes(batch, new_rows, rows, reruns)
+        # a spec written two ways (absmax:4, absmax:4:tensor:minmax) is one row: the newer one; a
+        # re-evaluated RTN row (reruns) too: the one its methods were paired with (pending_variants)
         renamed = {row["variant"] for row in new_rows}
         rows = [row for row in rows if row["variant"] not in renamed] + new_rows
         run_info["canonical_specs"] = canonical
@@ -200,7 +209,9 @@ def run_sweep(args):
         elapsed_batch = time.monotonic() - t0
         computed += len(batch)
         per_variant = (time.monotonic() - started) / computed
-        for row in new_rows:
+        for v, row in zip(batch, new_rows):
+            if v in reruns:  # done before: not progress
+                continue
             finished += 1
             remaining = total - finished
             log(progress_line(finished, total, row, per_variant * remaining if remaining else None))

@@ -7,7 +7,7 @@ import json
 import math
 import re
 
-from .sweep_methods import parse_methods, with_methods
+from .sweep_methods import base_spec, parse_methods, with_methods
 from .sweep_results import BASE_COLUMNS, SweepError, log, variant_columns
 
 # Settings recorded in run.json; a resumed sweep must match them. methods and calibration are the
@@ -59,8 +59,9 @@ def build_grid(args):
 
 
 def group_size(spec):
-    """N of a groupN field of a spec, or None: only to skip a size that cannot apply."""
-    m = re.search(r":group([0-9]+)(?::|$)", spec)
+    """N of a groupN field of a spec (of its format: SPEC+METHOD too), or None: only to skip a
+    size that cannot apply."""
+    m = re.search(r":group([0-9]+)(?::|$)", base_spec(spec))
     return int(m.group(1)) if m else None
 
 

@@ -8,7 +8,8 @@ to the CLI, where one invalid spec would fail its whole batch.
 
 A spec's methods run in ONE compare call (batches never split a spec's group), so every method
 row is paired token by token with its format's RTN row (the CLI's rtn_delta_nll_mean/ci95, which
-it fills only when the same call lists the RTN row).
+it fills only when the same call lists the RTN row). A resume whose pending method rows belong to
+a format whose RTN row is already done sends that RTN spec again with them (pending_variants).
 
 Calibration: GPTQ and AWQ read activation statistics. With --calibration-mode fp32 (the default)
 the sweep runs `quantppl calibrate --output DIR/calibration.qcal` once and passes
@@ -18,6 +19,7 @@ quantized blocks of each variant, so no file can be shared: every compare call r
 the --calibration text.
 """
 
+import hashlib
 import json
 import os
 import struct
@@ -77,14 +79,86 @@ def with_methods(specs, methods):
     return out
 
 
-def make_batches(todo, size):
-    """Batches of up to `size` variants that never split one spec's methods (a group larger than
-    `size` is a batch of its own), in the order of todo."""
-    groups = []
-    for v in todo:
-        if groups and base_spec(groups[-1][0]) == base_spec(v) and v != "fp32":
-            groups[-1].append(v)
+def rtn_partners(grid, canonical):
+    """method spec -> the RTN spec of its format in `grid` (for the pairing), for every method
+    spec of the grid whose format has one: the spec as written before +METHOD, else (a format
+    written two ways, as in --variants absmax:8:tensor:minmax,absmax:8+gptq) the RTN spec that
+    the CLI reported under the same canonical name (`canonical`, run.json's canonical_specs)."""
+    rtn_specs = [g for g in grid if g != "fp32" and "+" not in g]
+    by_name = {canonical[g]: g for g in rtn_specs if g in canonical}
+    out = {}
+    for v in grid:
+        if v == "fp32" or "+" not in v:
+            continue
+        base = base_spec(v)
+        if base in rtn_specs:
+            out[v] = base
         else:
+            name = canonical.get(base) or (base_spec(canonical[v]) if v in canonical else None)
+            if name in by_name:
+                out[v] = by_name[name]
+            elif name in rtn_specs:
+                out[v] = name
+    return out
+
+
+def pending_variants(grid, done, canonical):
+    """(todo, reruns, partners): the variants of `grid` not in `done` (results.csv's canonical
+    names; a spec is found through `canonical` too), in grid order, plus, in front of the first
+    pending method spec of a format whose RTN row IS done, that RTN spec again (`reruns`).
+
+    The CLI pairs a method row with its format's RTN row (rtn_delta_nll_mean/ci95) only when the
+    same compare call lists both, so a resume that sent the pending methods alone (a sweep killed
+    or a results.csv cut short after the RTN row was written) got empty pairing columns. The
+    re-evaluated RTN row replaces the stored one (sweep.py, distributed.py): evaluation is
+    deterministic, so both are the same numbers at the same --threads, and at another thread
+    count (last digits differ) only the new one is the row the method rows were paired with."""
+    def is_done(v):
+        return v in done or canonical.get(v) in done
+
+    partners = rtn_partners(grid, canonical)
+    todo, reruns = [], []
+    for v in grid:
+        if is_done(v):
+            continue
+        rtn = partners.get(v)
+        if rtn and is_done(rtn) and rtn not in todo:
+            todo.append(rtn)
+            reruns.append(rtn)
+        todo.append(v)
+    return todo, reruns, partners
+
+
+def note_rerun_changes(batch, new_rows, rows, reruns):
+    """Says when a re-evaluated RTN row (pending_variants) differs from the stored one: the same
+    settings give the same numbers, except in the last digits at another --threads."""
+    old = {r["variant"]: r for r in rows}
+    for v, row in zip(batch, new_rows):
+        before = old.get(row["variant"]) if v in reruns else None
+        if before is not None and before.get("nll") != row.get("nll"):
+            log(f"sweep: note: {row['variant']} evaluated again gives nll {row.get('nll')!r}, results.csv had "
+                f"{before.get('nll')!r} (another --threads?): the new row, the one its methods are paired "
+                "with, replaces it")
+
+
+def make_batches(todo, size, partners=None):
+    """Batches of up to `size` variants that never split one spec's group (its RTN spec and its
+    methods: `partners` as pending_variants returns them, else the spec before +METHOD), in the
+    order of todo; a group larger than `size` is a batch of its own. A group's members need not be
+    adjacent in todo (an explicit --variants list may scatter them): each joins its group at the
+    group's first position."""
+    partners = partners or {}
+
+    def key(v):
+        return "fp32" if v == "fp32" else partners.get(v) or base_spec(v)
+
+    groups, index = [], {}
+    for v in todo:
+        k = key(v)
+        if k in index:
+            groups[index[k]].append(v)
+        else:
+            index[k] = len(groups)
             groups.append([v])
     batches = []
     for g in groups:
@@ -119,20 +193,48 @@ def check_pinned_methods(run_info, settings, out):
                          "use another --out or --fresh")
 
 
-def calibration_model_sha256(path):
-    """The model_sha256 recorded in a calibration file's header (docs/calibration.md), or None
-    when the file is not one."""
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def calibration_header(path):
+    """The header of a well-formed calibration file (docs/calibration.md: magic, header length,
+    JSON header, data, then the SHA-256 of every byte before it), or None. The trailing checksum
+    is verified so that a damaged file is made again instead of failing every compare call."""
     try:
+        size = os.path.getsize(path)
+        h = hashlib.sha256()
         with open(path, "rb") as f:
             head = f.read(16)
-            if len(head) != 16 or head[:8] != CALIBRATION_MAGIC:
+            if len(head) != 16 or head[:8] != CALIBRATION_MAGIC or size < 16 + 32:
                 return None
             (n,) = struct.unpack("<Q", head[8:])
-            if n > 16 << 20:
+            if n > min(16 << 20, size - 16 - 32):
                 return None
-            return json.loads(f.read(n).decode("utf-8")).get("model_sha256")
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            header = f.read(n)
+            h.update(head + header)
+            left = size - 32 - 16 - n
+            while left:
+                chunk = f.read(min(1 << 20, left))
+                if not chunk:
+                    return None
+                h.update(chunk)
+                left -= len(chunk)
+            if f.read(32) != h.digest():
+                return None
+        header = json.loads(header.decode("utf-8"))
+        return header if isinstance(header, dict) else None
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
+
+
+def calibration_model_sha256(path):
+    """The model_sha256 recorded in a well-formed calibration file's header, or None."""
+    return (calibration_header(path) or {}).get("model_sha256")
 
 
 def calibration_flags(args, stats_path):
@@ -171,12 +273,29 @@ def prepare_calibration(args, run_info, run_cli):
             log("sweep: note: no method in --methods reads calibration data: the calibration flags are unused")
         return []
     path = os.path.abspath(os.path.join(args.out, CALIBRATION_FILE))
+    # The model is pinned by run.json, but the CLI reports its sha256 only after a compare call:
+    # checked here first, so that statistics of the pinned model are not passed with another one
+    # (and no calibration runs for a sweep that will be refused).
+    pinned = run_info.get("model_sha256")
+    if pinned and args.model and os.path.isfile(args.model):
+        got = file_sha256(args.model)
+        if got != pinned:
+            raise SweepError(f"{args.out} holds a sweep with different settings (model_sha256 differ: run.json has "
+                             f"{pinned[:12]}..., --model {args.model} has {got[:12]}...); use another --out or --fresh")
     if settings["calibration"]["mode"] == "sequential":
         log("sweep: --calibration-mode sequential: every compare call recalibrates (block by block, per "
             "variant); no shared statistics file")
         return calibration_flags(args, path)
-    sha = calibration_model_sha256(path) if os.path.isfile(path) else None
+    header = calibration_header(path) if os.path.isfile(path) else None
+    sha = (header or {}).get("model_sha256")
     if sha and sha == run_info.get("model_sha256"):
+        # run.json pins the calibration text by path; the statistics hold its sha256: an edited
+        # text is refused like an edited evaluation text (new statistics would mix the table)
+        text_sha = file_sha256(args.calibration) if args.calibration and os.path.isfile(args.calibration) else None
+        if text_sha and header.get("text_sha256") and text_sha != header["text_sha256"]:
+            raise SweepError(f"--calibration {args.calibration} changed since {path} was made from it (sha256 "
+                             f"{header['text_sha256'][:12]}..., now {text_sha[:12]}...): the rows done would not "
+                             f"be comparable; use another --out or --fresh")
         log(f"sweep: reusing {path} (calibration statistics of the same model)")
     else:
         log(f"sweep: calibrating once into {path} (GPTQ/AWQ statistics for every compare call)")

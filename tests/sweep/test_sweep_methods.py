@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -217,7 +218,9 @@ def test_resume_reuses_the_calibration_and_refuses_other_methods(methods_sweep, 
     assert r.returncode == 0, r.stderr
     argvs = calls(inputs)
     assert [a[0] for a in argvs] == ["compare"], argvs  # the statistics file was reused
-    assert flag_value(argvs[0], "--variants") == "zeropoint:4:group64+gptq"
+    # the method again with its (done) RTN row, for the pairing; the RTN row not duplicated
+    assert flag_value(argvs[0], "--variants") == "zeropoint:4:group64,zeropoint:4:group64+gptq"
+    assert sorted(r["variant"] for r in read_rows(copy)) == sorted(r["variant"] for r in read_rows(out))
     assert (copy / "calibration.qcal").stat().st_mtime_ns == before
 
     for extra in (["--methods", "rtn,gptq"], ["--methods", METHODS, "--calibration-tokens", "128"]):
@@ -278,3 +281,246 @@ def test_dask_sweep_ships_the_one_calibration_file(inputs, tmp_path):
     assert rows["zeropoint:4:group64:minmax+gptq"]["method"] == "gptq"
     assert rows["zeropoint:4:group64:minmax+gptq"]["rtn_delta_nll_mean"] != ""
     assert rows["zeropoint:4:group64:minmax+hqq"]["status"] == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume: the method rows keep their pairing with RTN
+
+
+def test_pending_methods_of_a_done_rtn_row_are_sent_with_it():
+    grid = ["fp32", "a", "a+awq", "a+gptq", "b", "b+awq", "c", "c+gptq"]
+    # a and its awq done, b done, c not started
+    todo, reruns, partners = sweep_methods.pending_variants(grid, {"fp32", "a", "a+awq", "b"}, {})
+    assert todo == ["a", "a+gptq", "b", "b+awq", "c", "c+gptq"]
+    assert reruns == ["a", "b"]
+    assert partners == {"a+awq": "a", "a+gptq": "a", "b+awq": "b", "c+gptq": "c"}
+    # methods listed before rtn (--methods gptq,rtn): the RTN spec still goes with them
+    todo, reruns, _ = sweep_methods.pending_variants(["fp32", "a+gptq", "a+awq", "a"], {"fp32", "a"}, {})
+    assert (todo, reruns) == (["a", "a+gptq", "a+awq"], ["a"])
+    # done rows are found by their canonical names; a format written two ways pairs through them
+    canonical = {"absmax:8:tensor:minmax": "absmax:8:tensor:minmax", "absmax:8+gptq": "absmax:8:tensor:minmax+gptq"}
+    grid = ["fp32", "absmax:8:tensor:minmax", "q4_0", "absmax:8+gptq"]
+    todo, reruns, partners = sweep_methods.pending_variants(grid, {"fp32", "absmax:8:tensor:minmax"}, canonical)
+    assert (todo, reruns) == (["q4_0", "absmax:8:tensor:minmax", "absmax:8+gptq"], ["absmax:8:tensor:minmax"])
+    assert sweep_methods.make_batches(todo, 1, partners) == [["q4_0"], ["absmax:8:tensor:minmax", "absmax:8+gptq"]]
+    # no RTN row in the sweep (--methods gptq): nothing to pair, nothing sent again
+    todo, reruns, _ = sweep_methods.pending_variants(["fp32", "a+gptq", "b+gptq"], {"fp32", "a+gptq"}, {})
+    assert (todo, reruns) == (["b+gptq"], [])
+    # nothing done: the grid itself
+    grid = ["fp32", "a", "a+gptq"]
+    assert sweep_methods.pending_variants(grid, set(), {})[:2] == (grid, [])
+
+
+def test_no_batch_size_splits_a_group_even_when_its_members_are_scattered():
+    import random
+    rng = random.Random(7)
+    for _ in range(300):
+        specs = [f"s{i}" for i in range(rng.randint(1, 6))]
+        todo = ["fp32"] + [f"{s}{m}" for s in specs for m in ("", "+awq", "+gptq", "+hqq")
+                           if rng.random() < 0.7]
+        if rng.random() < 0.5:  # an explicit --variants list in any order
+            rest = todo[1:]
+            rng.shuffle(rest)
+            todo = ["fp32"] + rest
+        size = rng.randint(1, 6)
+        batches = sweep_methods.make_batches(todo, size)
+        assert sorted(v for b in batches for v in b) == sorted(todo)  # every variant once
+        assert batches[0][0] == "fp32"
+        holder = {}
+        for i, b in enumerate(batches):
+            for v in b:
+                assert holder.setdefault(sweep_methods.base_spec(v), i) == i, (todo, size, batches)
+            # a batch exceeds the size only as one whole group
+            assert len(b) <= size or len({sweep_methods.base_spec(v) for v in b}) == 1, (todo, size, batches)
+    assert sweep_methods.make_batches(["fp32", "a+gptq", "b", "a"], 3) == [["fp32", "a+gptq", "a"], ["b"]]
+
+
+PENDING = ["absmax:4:group64:minmax+gptq", "zeropoint:4:group64:minmax+awq", "zeropoint:4:group64:minmax+hqq",
+           "zeropoint:4:group64:minmax+gptq"]
+
+
+def interrupted_copy(out, dest):
+    """A copy of a finished methods sweep as a kill leaves it after the zeropoint spec's RTN row
+    was written but before its methods were (results.csv cut there), with absmax's gptq row gone too."""
+    shutil.copytree(out, dest)
+    lines = (dest / "results.csv").read_text().splitlines(keepends=True)
+    cut = next(i for i, l in enumerate(lines) if l.startswith("zeropoint:4:group64:minmax,"))
+    kept = [l for l in lines[:cut + 1] if not l.startswith("absmax:4:group64:minmax+gptq,")]
+    assert len(lines) - len(kept) == len(PENDING)
+    (dest / "results.csv").write_text("".join(kept))
+    return dest
+
+
+def progress_variants(stderr):
+    return re.findall(r"^\[\d+/\d+\] (\S+)  ppl", stderr, re.M)
+
+
+def check_resumed_like_uninterrupted(reference, resumed, stderr, argvs):
+    ref = {r["variant"]: r for r in read_rows(reference)}
+    rows = read_rows(resumed)
+    assert sorted(r["variant"] for r in rows) == sorted(ref)  # one row per variant: no RTN row twice
+    got = {r["variant"]: r for r in rows}
+    for v in PENDING:
+        r, rtn = got[v], got[v.split("+")[0]]
+        assert r["rtn_delta_nll_mean"] != "" and r["rtn_delta_nll_ci95"] != "", v
+        # as the uninterrupted sweep printed them (same --threads: the same numbers)
+        assert r["rtn_delta_nll_mean"] == ref[v]["rtn_delta_nll_mean"], v
+        assert r["rtn_delta_nll_ci95"] == ref[v]["rtn_delta_nll_ci95"], v
+        # and paired with the RTN row results.csv holds: method minus RTN over the same tokens
+        want = float(r["delta_nll_mean"]) - float(rtn["delta_nll_mean"])
+        assert float(r["rtn_delta_nll_mean"]) == pytest.approx(want, rel=1e-6, abs=1e-9), v
+    for v, r in got.items():
+        assert r["ppl"] == ref[v]["ppl"] and r["delta_nll_mean"] == ref[v]["delta_nll_mean"], v
+    compare = [flag_value(a, "--variants").split(",") for a in argvs if a[0] == "compare"]
+    sent = [v for b in compare for v in b]
+    assert sorted(sent) == sorted(["absmax:4:group64", "absmax:4:group64+gptq", "zeropoint:4:group64",
+                                   "zeropoint:4:group64+awq", "zeropoint:4:group64+hqq",
+                                   "zeropoint:4:group64+gptq"]), compare
+    for b in compare:
+        for v in b:
+            assert "+" not in v or v.split("+")[0] in b, compare  # every method with its RTN spec
+    assert sorted(progress_variants(stderr)) == sorted(PENDING)  # the RTN rows were done already
+    assert "zeropoint:4:group64 is done but evaluated again with its pending methods" in stderr
+    assert "evaluated again gives nll" not in stderr
+
+
+def test_resume_sends_pending_methods_with_their_done_rtn_row(methods_sweep, inputs, tmp_path):
+    out, _, _ = methods_sweep
+    copy = interrupted_copy(out, tmp_path / "resume")
+    calls(inputs)
+    r = run_sweep(inputs, copy, "--variants", ",".join(SPECS), "--methods", METHODS,
+                  "--calibration", str(inputs / "cal.txt"), "--calibration-tokens", "256")
+    assert r.returncode == 0, r.stderr
+    assert "resuming: 4 of 8 variants already in" in r.stderr
+    argvs = calls(inputs)
+    assert [a[0] for a in argvs] == ["compare", "compare"], argvs  # batches of 4: absmax's pair, zeropoint's 4
+    check_resumed_like_uninterrupted(out, copy, r.stderr, argvs)
+
+
+def test_dask_resume_sends_pending_methods_with_their_done_rtn_row(methods_sweep, inputs, tmp_path):
+    pytest.importorskip("distributed")
+    out, _, _ = methods_sweep
+    copy = interrupted_copy(out, tmp_path / "dask-resume")
+    calls(inputs)
+    r = run_sweep(inputs, copy, "--variants", ",".join(SPECS), "--methods", METHODS,
+                  "--calibration", str(inputs / "cal.txt"), "--calibration-tokens", "256", "--scheduler", "local:1")
+    assert r.returncode == 0, r.stderr
+    assert "4 to run" in r.stderr
+    check_resumed_like_uninterrupted(out, copy, r.stderr, calls(inputs))
+    assert all(x["status"] == "ok" for x in read_rows(copy) if x["variant"] in PENDING)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume: the calibration statistics file
+
+
+def rewrite_calibration_header(path, **fields):
+    """The file with header fields replaced (same lengths), its trailing SHA-256 made again: a
+    well-formed statistics file saying something else (docs/calibration.md)."""
+    data = bytearray(path.read_bytes())
+    n = int.from_bytes(data[8:16], "little")
+    header = data[16:16 + n].decode()
+    for key, value in fields.items():
+        old = json.loads(header)[key]
+        assert len(old) == len(value)
+        header = header.replace(old, value)
+    data[16:16 + n] = header.encode()
+    data[-32:] = hashlib.sha256(bytes(data[:-32])).digest()
+    path.write_bytes(bytes(data))
+
+
+def sha256_file(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["another model", "truncated", "checksum"])
+def test_resume_calibrates_again_when_the_stats_file_is_not_the_models(methods_sweep, inputs, tmp_path, damage):
+    out, _, _ = methods_sweep
+    copy = tmp_path / "recal"
+    shutil.copytree(out, copy)
+    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
+    (copy / "results.csv").write_text("".join(l for l in lines if not l.startswith("zeropoint:4:group64:minmax+gptq,")))
+    stats = copy / "calibration.qcal"
+    if damage == "another model":  # well-formed, but made from uniform.pt
+        rewrite_calibration_header(stats, model_sha256=sha256_file(os.path.join(FIXTURES, "uniform.pt")))
+    elif damage == "truncated":
+        stats.write_bytes(stats.read_bytes()[:4096])
+    else:  # one flipped data byte: the C++ reader would refuse it in every compare call
+        data = bytearray(stats.read_bytes())
+        data[len(data) // 2] ^= 1
+        stats.write_bytes(bytes(data))
+    calls(inputs)
+    r = run_sweep(inputs, copy, "--variants", ",".join(SPECS), "--methods", METHODS,
+                  "--calibration", str(inputs / "cal.txt"), "--calibration-tokens", "256")
+    assert r.returncode == 0, r.stderr
+    argvs = calls(inputs)
+    assert [a[0] for a in argvs] == ["calibrate", "compare"], argvs
+    assert "reusing" not in r.stderr and "calibrating once into" in r.stderr
+    # the file made again is the original (same model, text, tokens), read by the numpy reader
+    assert read_calibration_file(str(stats))["model_sha256"] == sha256_file(TINY)
+    assert stats.read_bytes() == (out / "calibration.qcal").read_bytes()
+    ref = {x["variant"]: x for x in read_rows(out)}
+    got = {x["variant"]: x for x in read_rows(copy)}
+    v = "zeropoint:4:group64:minmax+gptq"
+    assert got[v]["ppl"] == ref[v]["ppl"] and got[v]["rtn_delta_nll_mean"] == ref[v]["rtn_delta_nll_mean"]
+
+
+def test_resume_with_another_model_is_refused_before_any_call(methods_sweep, inputs, tmp_path):
+    out, _, _ = methods_sweep
+    copy = tmp_path / "othermodel"
+    shutil.copytree(out, copy)
+    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
+    (copy / "results.csv").write_text("".join(l for l in lines if not l.startswith("zeropoint:4:group64:minmax+gptq,")))
+    before = (copy / "calibration.qcal").read_bytes()
+    calls(inputs)
+    cmd = [sys.executable, SWEEP, "--bin", str(inputs / "quantppl"), "--model", os.path.join(FIXTURES, "uniform.pt"),
+           "--text", str(inputs / "eval.txt"), "--out", str(copy), "--max-length", "32", "--threads", "1",
+           "--variants", ",".join(SPECS), "--methods", METHODS, "--calibration", str(inputs / "cal.txt"),
+           "--calibration-tokens", "256"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "different settings (model_sha256 differ" in last and "Traceback" not in r.stderr
+    assert sha256_file(TINY)[:12] in last and sha256_file(os.path.join(FIXTURES, "uniform.pt"))[:12] in last
+    assert calls(inputs) == []  # neither the stale statistics passed on nor a calibration run
+    assert (copy / "calibration.qcal").read_bytes() == before
+    assert "reusing" not in r.stderr
+
+
+def test_resume_with_an_edited_calibration_text_is_refused(methods_sweep, inputs, tmp_path):
+    out, _, _ = methods_sweep
+    copy = tmp_path / "edited"
+    shutil.copytree(out, copy)
+    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
+    (copy / "results.csv").write_text("".join(l for l in lines if not l.startswith("zeropoint:4:group64:minmax+gptq,")))
+    text = inputs / "cal.txt"
+    original = text.read_bytes()
+    calls(inputs)
+    try:
+        text.write_bytes(original.replace(b"mutable", b"mutable!", 1))
+        r = run_sweep(inputs, copy, "--variants", ",".join(SPECS), "--methods", METHODS,
+                      "--calibration", str(text), "--calibration-tokens", "256")
+    finally:
+        text.write_bytes(original)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert f"--calibration {text} changed since" in last and hashlib.sha256(original).hexdigest()[:12] in last
+    assert "Traceback" not in r.stderr
+    assert calls(inputs) == []
+
+
+def test_group_size_check_covers_method_specs(inputs, tmp_path):
+    assert sweep_grid.group_size("zeropoint:4:group64+gptq") == 64
+    assert sweep_grid.group_size("absmax:4:group32:mse+awq+gptq") == 32
+    assert sweep_grid.group_size("q4_0+gptq") is None
+    # tiny.pt's Linear layers have 128 or 256 inputs: 48 does not divide them, so the spec and its
+    # method are skipped (one invalid spec would fail the whole batch in the CLI)
+    calls(inputs)
+    out = tmp_path / "g48"
+    r = run_sweep(inputs, out, "--variants", "zeropoint:4:group48,zeropoint:4:group64", "--methods", "rtn,hqq")
+    assert r.returncode == 0, r.stderr
+    assert "skipping zeropoint:4:group48+hqq: group size 48 does not divide" in r.stderr
+    sent = [v for a in calls(inputs) if a[0] == "compare" for v in flag_value(a, "--variants").split(",")]
+    assert sent == ["fp32", "zeropoint:4:group64", "zeropoint:4:group64+hqq"]
+    assert sorted(x["variant"] for x in read_rows(out)) == \
+        ["fp32", "zeropoint:4:group64:minmax", "zeropoint:4:group64:minmax+hqq"]
