@@ -102,6 +102,7 @@ namespace {
 
 std::unique_ptr<PreparedWeight> wrap_result(LayerMethodResult& r, const torch::Tensor& original,
                                             const std::shared_ptr<const WeightFormat>& format, const std::string& name) {
+  r.weight = torch::Tensor();  // W_hat (GPTQ: V's storage): the result below holds it, packed
   if (r.prepared) return std::move(r.prepared);  // HQQ: the format's own weight with HQQ's parameters
   std::unique_ptr<PreparedWeight> packer;
   if (r.parameter_source.defined()) {
