@@ -2,6 +2,7 @@
 #include "quantppl/methods/method_weight.h"
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <new>
 #include <vector>
@@ -133,6 +134,7 @@ int64_t MethodResultWeight::held_bytes() const {
   if (input_scales_.defined()) bytes += input_scales_.numel() * static_cast<int64_t>(input_scales_.element_size());
   return bytes;
 }
+
 torch::Tensor unpack_method_weight(const WeightFormat& format, bool scaled, PackedWeight packed,
                                    const std::string& name) {
   std::vector<PackedSection> scales;
