@@ -102,6 +102,7 @@ namespace {
 
 std::unique_ptr<PreparedWeight> wrap_result(LayerMethodResult& r, const torch::Tensor& original,
                                             const std::shared_ptr<const WeightFormat>& format, const std::string& name) {
+  r.weight = torch::Tensor();  // W_hat (GPTQ: V's storage): the result below holds it, packed
   if (r.prepared) return std::move(r.prepared);  // HQQ: the format's own weight with HQQ's parameters
   std::unique_ptr<PreparedWeight> packer;
   if (r.parameter_source.defined()) {
@@ -130,6 +131,29 @@ LayerMethodReport report_of(const std::string& name, const LayerMethodResult& r)
   return report;
 }
 
+// The layers apply_method must see together: AWQ scales the layers that share
+// an input (their statistics' shared_input) by one s; every other method
+// quantizes each layer on its own. In first-appearance order, layers in
+// model order within a chunk, as apply_method groups them.
+std::vector<std::vector<size_t>> method_chunks(const WeightBackup& backup, const CalibrationStats* stats,
+                                               MethodKind kind) {
+  const bool shared = kind == MethodKind::kAwq || kind == MethodKind::kAwqGptq;
+  std::vector<std::vector<size_t>> chunks;
+  std::map<int64_t, size_t> chunk_of;
+  for (size_t i = 0; i < backup.layers().size(); ++i) {
+    const LayerActivationStats* st =
+        shared && stats != nullptr ? find_layer_stats(*stats, backup.layers()[i].name) : nullptr;
+    if (st == nullptr || st->shared_input < 0) {
+      chunks.push_back({i});
+      continue;
+    }
+    const auto [it, inserted] = chunk_of.emplace(st->shared_input, chunks.size());
+    if (inserted) chunks.emplace_back();
+    chunks[it->second].push_back(i);
+  }
+  return chunks;
+}
+
 // apply_method on the backup's layers `indices` with their statistics (or none).
 std::vector<LayerMethodResult> run_method(const WeightBackup& backup, const std::vector<size_t>& indices,
                                           const CalibrationStats* stats, const Variant& variant,
@@ -154,7 +178,7 @@ PreparedVariant prepare_method_variant(WeightBackup& backup, const Variant& vari
   PreparedVariant out;
   out.reports.resize(n);
   for (size_t i = 0; i < n; ++i) out.reports[i].name = backup.layers()[i].name;
-  std::vector<size_t> all(n);  // every layer's index, for the methods that take all layers at once
+  std::vector<size_t> all(n);  // every layer's index, for RTN's reports
   std::iota(all.begin(), all.end(), size_t{0});
 
   if (choice.kind == MethodKind::kRtn) {
@@ -174,11 +198,17 @@ PreparedVariant prepare_method_variant(WeightBackup& backup, const Variant& vari
     if (calibrated && calibration.stats == nullptr) {
       throw UsageError(fmt::format("variant '{}' needs calibration statistics", variant.name));
     }
-    std::vector<LayerMethodResult> r = run_method(backup, all, calibration.stats, variant, choice);
-    for (size_t i = 0; i < n; ++i) {
-      out.reports[i] = report_of(backup.layers()[i].name, r[i]);
-      out.layers[i] = wrap_result(r[i], backup.original(i), variant.format, backup.layers()[i].name);
-      backup.release(i);
+    // Chunk by chunk, each packed before the next: the method's float32
+    // intermediates (W_hat, GPTQ's parameter source and copy of W: 8 to 16
+    // bytes a weight) then live for one chunk, not for every layer at once.
+    for (const std::vector<size_t>& chunk : method_chunks(backup, calibration.stats, choice.kind)) {
+      std::vector<LayerMethodResult> r = run_method(backup, chunk, calibration.stats, variant, choice);
+      for (size_t k = 0; k < chunk.size(); ++k) {
+        const size_t i = chunk[k];
+        out.reports[i] = report_of(backup.layers()[i].name, r[k]);
+        out.layers[i] = wrap_result(r[k], backup.original(i), variant.format, backup.layers()[i].name);
+        backup.release(i);
+      }
     }
     return out;
   }

@@ -14,14 +14,31 @@
 //     layer is V's sections followed by one more, "input_scales" (f32, in
 //     values): the reader unpacks V and divides column j by s_j, the very
 //     float32 division that made W_hat, so the weights come back bit-for-bit.
-// pack() checks that the format's unpack of what it wrote gives V (or W_hat)
-// bit-for-bit, and throws DataError naming the layer if not (a format whose
-// prepare_from_groups does not reproduce GPTQ's parameters: a bug, never a
-// silently different packed model).
+//
+// In memory the object holds that packed form, not V: compare prepares every
+// variant before evaluating any, so a float32 V per layer would cost each
+// method variant 4 bytes a weight (12 GB for three variants of a model with
+// 4 GB of Linear weights); the packed sections cost ~bits/32 of that (4.5
+// bits a weight for q4_0: 0.14x). The constructor packs V and checks that the
+// format's unpack of what it wrote gives V (as numbers: pack()'s check);
+// fake_quantize_into and weight() then rebuild W_hat from the packed sections
+// (unpack, and the division by s), bit-identical with V (or V / s). The one
+// difference unpack may make, a zero of the other sign (absmax unpacks q = 0
+// as +0 where GPTQ's rounding gave -0), is undone from a bit mask of those
+// positions, kept only when there are any (1/32 of V's bytes).
+//
+// Where that check fails (a format whose prepare_from_groups does not
+// reproduce the method's parameters: a bug) or pack() throws, the object keeps
+// the float32 V instead, so the variant is still evaluated as the method made
+// it, and pack() throws that DataError naming the layer (or pack()'s own
+// error): never a silently different packed model.
 #pragma once
 
+#include <cstdint>
+#include <exception>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <torch/types.h>
 
@@ -36,7 +53,8 @@ class MethodResultWeight final : public PreparedWeight {
  public:
   // format_weight: V (on the format's grid), float32 [out, in];
   // input_scales: s (float32 [in], > 0) or undefined (no scaling: W_hat = V);
-  // packer: a PreparedWeight of `format` whose pack(V) stores V.
+  // packer: a PreparedWeight of `format` whose pack(V) stores V. Packs V once
+  // (the packer and V are not kept unless packing fails, above).
   MethodResultWeight(torch::Tensor format_weight, torch::Tensor input_scales, std::unique_ptr<PreparedWeight> packer,
                      std::shared_ptr<const WeightFormat> format, std::string name);
 
@@ -45,13 +63,26 @@ class MethodResultWeight final : public PreparedWeight {
   PackedWeight pack(const torch::Tensor& src) const override;
   std::optional<int64_t> packed_bytes() const override;
 
-  // W_hat itself, float32 [out, in] (a new tensor when scaled).
+  // W_hat itself, float32 [out, in]: a new tensor (rebuilt from the packed sections).
   torch::Tensor weight() const;
 
+  // The bytes this object holds for the weight: the packed sections', the
+  // zero-sign mask's and s's (or V's 4 * out * in when packing failed). Not counted: the name, the
+  // format (shared) and the vectors' bookkeeping.
+  int64_t held_bytes() const;
+  // Whether V is held as float32 because packing failed.
+  bool holds_float32() const { return format_weight_.defined(); }
+
  private:
-  torch::Tensor format_weight_;
+  // V as float32 [out, in]: unpacked, or the kept copy.
+  torch::Tensor format_weight() const;
+
+  PackedWeight packed_;              // V's sections, without input_scales (empty when packing failed)
+  std::vector<uint8_t> zero_signs_;  // bit i set: element i of unpack(packed_) is a zero of V's other sign
+  torch::Tensor format_weight_;      // V, only when packing failed
+  std::exception_ptr pack_error_;    // why packing failed, thrown again by pack()
   torch::Tensor input_scales_;
-  std::unique_ptr<PreparedWeight> packer_;
+  int64_t packed_bytes_ = 0;         // what pack() writes, input_scales included
   std::shared_ptr<const WeightFormat> format_;
   std::string name_;
 };
