@@ -120,8 +120,12 @@ const std::array<std::string, 256>& byte_level_table() {
 }
 
 constexpr size_t kMaxCachedWords = 1 << 16;
-// A pre-tokenizer chain is a few steps; each step is a level of recursion in pre_tokenize.
+// A pre-tokenizer chain is a few steps; each step is a level of recursion in pre_tokenize, and
+// each Split or ByteLevel step a compiled (JIT) regex of tens of KB: counted while parsing, so a
+// file of a million steps fails at the 65th, not after compiling them all.
 constexpr size_t kMaxPreTokenizerSteps = 64;
+// A normalizer chain likewise: every step is a pass over the whole text.
+constexpr size_t kMaxNormalizerSteps = 64;
 
 // GPT-2's pre-tokenizer regex, the one tokenizers' ByteLevel(use_regex=true) applies.
 constexpr const char* kGpt2Pattern =
@@ -175,6 +179,18 @@ struct Regex {
   std::string pattern;  // as given, for messages
 };
 
+// What a regex may cost per encode() call. PCRE2's interpreter counts backtracking points per
+// start position it tries (the match limit), so a call with limit L that tried P positions did at
+// most L x P steps. Calls run with kFirstMatchLimit, which real patterns never reach (GPT-2's and
+// Llama-3's take at most ~18 steps a call on English, ~2 per byte), charged L x P against a
+// budget that grows by kRegexStepsPerByte for every byte a regex step scans; a position that
+// needs more (a long whitespace run before a lookahead) gets a limit quadrupled as needed. So a
+// regex that backtracks at every position within the per-call limit ((a|a){22}b|. takes 2^23
+// steps at each a) fails after ~kRegexStepsPerByte steps per byte instead of running for days.
+// The JIT runs only quantppl's own GPT-2 pattern and literals: its match limit does not count
+// backtracking into plain alternatives, and (a|a)(a|a)...b|. with 40 groups ran for hours in it.
+constexpr uint64_t kFirstMatchLimit = 32;
+
 std::string pcre2_message(int code) {
   std::array<PCRE2_UCHAR, 256> buffer{};
   pcre2_get_error_message(code, buffer.data(), buffer.size());
@@ -183,7 +199,10 @@ std::string pcre2_message(int code) {
 
 // UTF + UCP: \p{L}, \p{N}, \s and case folding follow Unicode, as in Oniguruma (which tokenizers
 // uses). MULTILINE: Oniguruma's Ruby syntax makes ^ and $ match at line boundaries.
-Regex compile_regex(const std::string& pattern, bool literal, const std::string& source, const std::string& field) {
+// `trusted`: quantppl's own GPT-2 pattern, JIT-compiled (it is linear on any text); a file's Regex
+// runs in the interpreter, where the match limit bounds it (kFirstMatchLimit above).
+Regex compile_regex(const std::string& pattern, bool literal, bool trusted, const std::string& source,
+                    const std::string& field) {
   if (pattern.empty()) throw DataError(fmt::format("{}: field '{}' is an empty pattern", source, field));
   if (pattern.size() > kMaxPreTokenizerPatternBytes) {
     throw DataError(fmt::format("{}: field '{}' is a {}-byte pattern, more than the {} allowed", source, field,
@@ -200,8 +219,9 @@ Regex compile_regex(const std::string& pattern, bool literal, const std::string&
     throw DataError(fmt::format("{}: field '{}': PCRE2 rejects the regex {} at offset {}: {}", source, field,
                                 JsonReader::shown(json(pattern)), offset, pcre2_message(error)));
   }
-  // JIT where the platform has it; the interpreter gives the same matches otherwise.
-  pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
+  // JIT where the platform has it; the interpreter gives the same matches otherwise. A literal
+  // cannot backtrack.
+  if (trusted || literal) pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
   return Regex{std::shared_ptr<pcre2_code>(code, CodeDeleter{}), pattern};
 }
 
@@ -230,16 +250,12 @@ class Matcher {
   // itself use this Matcher: nothing is read from the match data after it is called.
   template <typename Piece>
   void for_each_piece(const Regex& re, std::string_view text, const std::string& source, Piece&& piece) {
+    budget_ += kRegexStepsPerByte * (text.size() + 1);
     size_t prev = 0;
     size_t start = 0;
     while (start <= text.size()) {
-      const int rc = pcre2_match(re.code.get(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start,
-                                 PCRE2_NO_UTF_CHECK, data_, context_);
+      const int rc = match(re, text, start, source);
       if (rc == PCRE2_ERROR_NOMATCH) break;
-      if (rc < 0) {
-        throw DataError(fmt::format("{}: the pre-tokenizer regex {} fails on the text at byte {}: {}", source,
-                                    JsonReader::shown(json(re.pattern)), start, pcre2_message(rc)));
-      }
       const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data_);
       const size_t begin = ovector[0], end = ovector[1];
       if (end < begin || begin < start) {  // \K can do this
@@ -262,6 +278,56 @@ class Matcher {
   }
 
  private:
+  // The leftmost match from `start` (pcre2_match's result: >= 0, or NOMATCH) within the budget
+  // (kFirstMatchLimit). First one call in which every start position may take kFirstMatchLimit
+  // steps, charged that many per position it tried; if some position needs more, the positions
+  // from `start` are tried one at a time (anchored: the same match at each, so the same leftmost
+  // one), each with a limit quadrupled as needed and charged what it was allowed.
+  int match(const Regex& re, std::string_view text, size_t start, const std::string& source) {
+    int rc = run(re, text, start, 0, kFirstMatchLimit);
+    if (rc != PCRE2_ERROR_MATCHLIMIT) {
+      if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) throw fails(re, start, source, pcre2_message(rc));
+      size_t end = text.size();
+      if (rc >= 0) end = std::clamp<size_t>(pcre2_get_ovector_pointer(data_)[0], start, text.size());
+      charge(kFirstMatchLimit * (end - start + 1), re, start, source);
+      return rc;
+    }
+    for (size_t pos = start;;) {
+      charge(kFirstMatchLimit, re, pos, source);  // what the first call may have spent here
+      for (uint64_t limit = kFirstMatchLimit;; limit *= 4) {
+        const uint64_t allowed = std::min({limit, uint64_t{kRegexMatchLimit}, budget_});
+        charge(allowed, re, pos, source);
+        rc = run(re, text, pos, PCRE2_ANCHORED, allowed);
+        if (rc != PCRE2_ERROR_MATCHLIMIT) break;
+        if (allowed == kRegexMatchLimit) throw fails(re, pos, source, pcre2_message(rc));
+        if (allowed < limit) throw fails(re, pos, source, over_budget());
+      }
+      if (rc >= 0) return rc;
+      if (rc != PCRE2_ERROR_NOMATCH) throw fails(re, pos, source, pcre2_message(rc));
+      if (pos >= text.size()) return rc;
+      size_t len = 1;
+      decode_at(text, pos, len);
+      pos += len;
+    }
+  }
+  int run(const Regex& re, std::string_view text, size_t start, uint32_t options, uint64_t limit) {
+    pcre2_set_match_limit(context_, static_cast<uint32_t>(limit));
+    return pcre2_match(re.code.get(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start,
+                       options | PCRE2_NO_UTF_CHECK, data_, context_);
+  }
+  void charge(uint64_t steps, const Regex& re, size_t at, const std::string& source) {
+    if (steps > budget_ || steps == 0) throw fails(re, at, source, over_budget());
+    budget_ -= steps;
+  }
+  static std::string over_budget() {
+    return fmt::format("it needs more than {} matching steps per byte of text (it backtracks too much)",
+                       kRegexStepsPerByte);
+  }
+  static DataError fails(const Regex& re, size_t at, const std::string& source, const std::string& why) {
+    return DataError(fmt::format("{}: the pre-tokenizer regex {} fails on the text at byte {}: {}", source,
+                                 JsonReader::shown(json(re.pattern)), at, why));
+  }
+
   void release() {
     if (stack_ != nullptr) pcre2_jit_stack_free(stack_);
     if (data_ != nullptr) pcre2_match_data_free(data_);
@@ -273,6 +339,9 @@ class Matcher {
   pcre2_match_context* context_ = nullptr;
   pcre2_match_data* data_ = nullptr;
   pcre2_jit_stack* stack_ = nullptr;
+  // Matching steps left for this encode() call: kRegexMatchLimit to start with, plus
+  // kRegexStepsPerByte for every byte each regex step scans.
+  uint64_t budget_ = kRegexMatchLimit;
 };
 
 // tokenizers' SplitDelimiterBehavior.
@@ -638,14 +707,19 @@ void parse_pre_tokenizer(const JsonReader& r, const json& node, const std::strin
     for (size_t i = 0; i < list.size(); ++i) {
       parse_pre_tokenizer(r, list[i], fmt::format("{}.pretokenizers[{}]", field, i), steps);
     }
-  } else if (type == "Split") {
+    return;
+  }
+  if (steps.size() >= kMaxPreTokenizerSteps) {
+    r.fail(field, fmt::format("is a step beyond the {} a pre-tokenizer chain may have", kMaxPreTokenizerSteps));
+  }
+  if (type == "Split") {
     PreTokenizerStep step;
     const json& pattern = r.object(node, "pattern", field);
     const std::string pfield = JsonReader::join(field, "pattern");
     if (r.has(pattern, "Regex")) {
-      step.regex = compile_regex(r.string(pattern, "Regex", pfield), false, r.source(), pfield + ".Regex");
+      step.regex = compile_regex(r.string(pattern, "Regex", pfield), false, false, r.source(), pfield + ".Regex");
     } else if (r.has(pattern, "String")) {
-      step.regex = compile_regex(r.string(pattern, "String", pfield), true, r.source(), pfield + ".String");
+      step.regex = compile_regex(r.string(pattern, "String", pfield), true, false, r.source(), pfield + ".String");
     } else {
       r.fail(pfield, "must hold \"Regex\" or \"String\", got " + JsonReader::shown(pattern));
     }
@@ -657,7 +731,7 @@ void parse_pre_tokenizer(const JsonReader& r, const json& node, const std::strin
     step.byte_level = true;
     step.add_prefix_space = r.boolean(node, "add_prefix_space", field);
     const bool use_regex = r.has(node, "use_regex") ? r.boolean(node, "use_regex", field) : true;
-    if (use_regex) step.regex = compile_regex(kGpt2Pattern, false, r.source(), field);
+    if (use_regex) step.regex = compile_regex(kGpt2Pattern, false, true, r.source(), field);
     steps.push_back(std::move(step));
   } else {
     unsupported(r, JsonReader::join(field, "type"), "pre-tokenizer type " + JsonReader::shown(json(type)));
@@ -675,6 +749,9 @@ void parse_normalizer(const JsonReader& r, const json& node, const std::string& 
       parse_normalizer(r, list[i], fmt::format("{}.normalizers[{}]", field, i), out);
     }
     return;
+  }
+  if (out.size() >= kMaxNormalizerSteps) {
+    r.fail(field, fmt::format("is a step beyond the {} a normalizer chain may have", kMaxNormalizerSteps));
   }
   UErrorCode status = U_ZERO_ERROR;
   const UNormalizer2* n = nullptr;
@@ -910,9 +987,6 @@ BpeTokenizer BpeTokenizer::from_json(std::string_view json_text, const std::stri
   }
   parse_pre_tokenizer(r, doc.at("pre_tokenizer"), "pre_tokenizer", impl->pre_tokenizers);
   const auto& steps = impl->pre_tokenizers;
-  if (steps.size() > kMaxPreTokenizerSteps) {
-    r.fail("pre_tokenizer", fmt::format("has {} steps, more than the {} allowed", steps.size(), kMaxPreTokenizerSteps));
-  }
   const auto byte_levels = std::count_if(steps.begin(), steps.end(), [](const auto& s) { return s.byte_level; });
   if (byte_levels != 1 || !steps.back().byte_level) {
     unsupported(r, "pre_tokenizer",

@@ -18,8 +18,10 @@
 //
 // Bounds (docs/reliability.md): the file is at most kMaxTokenizerBytes (input_file.h) and
 // duplicate-key-free JSON nested at most kMaxJsonDepth; the vocabulary and merges at most
-// kMaxBpeVocab / kMaxBpeMerges entries; an added token at most kMaxAddedTokenBytes; regexes are run
-// with PCRE2 match and depth limits, and hitting one is a DataError, never a hang.
+// kMaxBpeVocab / kMaxBpeMerges entries; an added token at most kMaxAddedTokenBytes; a
+// pre-tokenizer or normalizer chain at most 64 steps; regexes are run with PCRE2 match and depth
+// limits per call and a matching budget per byte of text (kRegexStepsPerByte), and hitting one is
+// a DataError, never a hang.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +45,10 @@ constexpr size_t kMaxPreTokenizerPatternBytes = 4096;
 // PCRE2 limits per match call: real patterns need tens of steps per character of a match.
 constexpr uint32_t kRegexMatchLimit = 10'000'000;
 constexpr uint32_t kRegexDepthLimit = 10'000;
+// And per encode() call, a pre-tokenizer regex from the file may take kRegexMatchLimit matching
+// steps plus this many per byte it scans (real patterns take ~1-3; an interpreted step is ~40 ns,
+// so a hostile regex costs at most ~10 us per byte of text): beyond that, a DataError.
+constexpr uint64_t kRegexStepsPerByte = 256;
 
 // GPT-2's byte-to-unicode map (openai/gpt-2 encoder.py bytes_to_unicode): the printable bytes
 // 33-126, 161-172 and 174-255 map to the code point of the same value; the other 68 bytes, in
