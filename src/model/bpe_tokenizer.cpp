@@ -185,8 +185,8 @@ struct Regex {
 // Llama-3's take at most ~18 steps a call on English, ~2 per byte), charged L x P against a
 // budget that grows by kRegexStepsPerByte for every byte a regex step scans; a position that
 // needs more (a long whitespace run before a lookahead) gets a limit quadrupled as needed. So a
-// regex that backtracks at every position within the per-call limit ((a|a){22}b|. takes 2^23
-// steps at each a) fails after ~kRegexStepsPerByte steps per byte instead of running for days.
+// regex that backtracks at every position within the per-call limit ((a|a) 22 times then b|.:
+// 2^23 steps at each a) fails after ~kRegexStepsPerByte steps per byte instead of running for days.
 // The JIT runs only quantppl's own GPT-2 pattern and literals: its match limit does not count
 // backtracking into plain alternatives, and (a|a)(a|a)...b|. with 40 groups ran for hours in it.
 constexpr uint64_t kFirstMatchLimit = 32;
@@ -766,9 +766,10 @@ void parse_normalizer(const JsonReader& r, const json& node, const std::string& 
   out.push_back(n);
 }
 
-// The BOS of a TemplateProcessing post-processor's single-sequence template.
+// The BOS of a TemplateProcessing post-processor's single-sequence template, which must be one of
+// the tokens (`names`: the vocabulary and the added tokens by id, "" where none has the id).
 void parse_post_processor(const JsonReader& r, const json& node, const std::string& field,
-                          std::optional<int64_t>& bos) {
+                          const std::vector<std::string>& names, std::optional<int64_t>& bos) {
   if (node.is_null()) return;
   r.require_object(node, field);
   const std::string type = r.string(node, "type", field);
@@ -776,7 +777,7 @@ void parse_post_processor(const JsonReader& r, const json& node, const std::stri
   if (type == "Sequence") {
     const json& list = r.array(node, "processors", field);
     for (size_t i = 0; i < list.size(); ++i) {
-      parse_post_processor(r, list[i], fmt::format("{}.processors[{}]", field, i), bos);
+      parse_post_processor(r, list[i], fmt::format("{}.processors[{}]", field, i), names, bos);
     }
     return;
   }
@@ -797,7 +798,13 @@ void parse_post_processor(const JsonReader& r, const json& node, const std::stri
   if (ids.size() != 1) {
     unsupported(r, JsonReader::join(sfield, name) + ".ids", fmt::format("special token of {} ids", ids.size()));
   }
-  bos = r.integer_value(ids[0], JsonReader::join(sfield, name) + ".ids[0]", 0, kMaxBpeVocab - 1);
+  const std::string id_field = JsonReader::join(sfield, name) + ".ids[0]";
+  const int64_t id = r.integer_value(ids[0], id_field, 0, kMaxBpeVocab - 1);
+  if (id >= static_cast<int64_t>(names.size()) || names[static_cast<size_t>(id)].empty()) {
+    r.fail(id_field, fmt::format("is {}, which is no token of model.vocab or added_tokens (ids below {})", id,
+                                 names.size()));
+  }
+  bos = id;
 }
 
 void check_null_or(const JsonReader& r, const json& object, const std::string& key, const std::string& field,
@@ -993,7 +1000,7 @@ BpeTokenizer BpeTokenizer::from_json(std::string_view json_text, const std::stri
                 fmt::format("pre-tokenizer chain with {} ByteLevel steps{} (expected exactly one, last)", byte_levels,
                             steps.empty() || steps.back().byte_level ? "" : ", not last"));
   }
-  if (r.has(doc, "post_processor")) parse_post_processor(r, doc.at("post_processor"), "post_processor", impl->bos_id);
+  if (r.has(doc, "post_processor")) parse_post_processor(r, doc.at("post_processor"), "post_processor", names, impl->bos_id);
   if (r.has(doc, "decoder") && !doc.at("decoder").is_null()) {
     const json& decoder = doc.at("decoder");
     r.require_object(decoder, "decoder");
