@@ -932,6 +932,14 @@ BpeTokenizer BpeTokenizer::from_json(std::string_view json_text, const std::stri
     }
     std::unordered_map<std::string, int64_t> added_ids;
     int64_t max_added = -1;
+    size_t trie_bytes = 0;
+    const auto count_bytes = [&](const std::string& field, size_t bytes) {
+      trie_bytes += bytes;
+      if (trie_bytes > kMaxAddedTokenTotalBytes) {
+        r.fail(field, fmt::format("brings the added tokens' contents to more than the {} bytes allowed in all",
+                                  kMaxAddedTokenTotalBytes));
+      }
+    };
     const auto model_size = static_cast<int64_t>(impl->vocab.size());
     for (size_t i = 0; i < added.size(); ++i) {
       const std::string field = fmt::format("added_tokens[{}]", i);
@@ -981,8 +989,10 @@ BpeTokenizer BpeTokenizer::from_json(std::string_view json_text, const std::stri
       // "fix" under NFKC), as tokenizers' refresh_added_tokens does.
       if (t.normalized) {
         const std::string form = impl->normalize(t.content);
+        count_bytes(field + ".content", form.size());
         if (!form.empty()) impl->normalized_trie.insert(form, index);
       } else {
+        count_bytes(field + ".content", t.content.size());
         impl->raw_trie.insert(t.content, index);
       }
     }

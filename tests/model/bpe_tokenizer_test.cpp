@@ -6,6 +6,7 @@
 #include <fstream>
 #include <set>
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -354,6 +355,21 @@ TEST(BpeHostileTest, ChainsBeyond64StepsFailWhileParsing) {
   EXPECT_THAT(error_of(doc), HasSubstr("field 'normalizer.normalizers[64]' is a step beyond the 64"));
   doc["normalizer"]["normalizers"].erase(doc["normalizer"]["normalizers"].begin());
   EXPECT_THAT(load(doc).encode("e\xCC\x81"), ElementsAre(0xC3, 0xA9));  // NFC: e + U+0301 is U+00E9
+}
+
+TEST(BpeHostileTest, AddedTokensTotalAtMostOneMebibyte) {
+  // Each content byte is a trie node: 65 536 tokens of 256 bytes would be ~1 GB. 4096 tokens of
+  // 256 bytes are exactly 1 MiB; one byte more is refused, naming the token that crossed it.
+  json doc = make_doc({}, {});
+  for (int i = 0; i < 4096; ++i) {
+    std::string content = fmt::format("<{:04d}>", i);
+    content += std::string(256 - content.size(), 'x');
+    doc["added_tokens"].push_back(added(256 + i, content));
+  }
+  EXPECT_EQ(load(doc).vocab_size(), 256 + 4096);
+  doc["added_tokens"].push_back(added(byte_id('y'), "y"));  // in the vocabulary: keeps its id
+  EXPECT_THAT(error_of(doc), HasSubstr("field 'added_tokens[4096].content' brings the added tokens' contents to "
+                                       "more than the 1048576 bytes allowed in all"));
 }
 
 TEST(BpeHostileTest, RegexBacktrackingAtEveryPositionRunsOutOfItsBudget) {

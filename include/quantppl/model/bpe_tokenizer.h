@@ -40,6 +40,10 @@ constexpr int64_t kMaxBpeMerges = int64_t{1} << 21;
 // many byte comparisons per text position.
 constexpr size_t kMaxAddedTokenBytes = 256;
 constexpr int64_t kMaxAddedTokens = int64_t{1} << 16;
+// All added tokens' contents (as matched: normalized ones in their normalized form) together:
+// each byte is a node of the matching trie (~64 bytes), so 2^16 tokens of 256 bytes would take
+// ~1 GB from a 20 MB file. Llama-3's 256 special tokens total ~7 KB.
+constexpr size_t kMaxAddedTokenTotalBytes = size_t{1} << 20;
 // A pre-tokenizer regex is one line of alternatives (Llama-3's is 110 bytes).
 constexpr size_t kMaxPreTokenizerPatternBytes = 4096;
 // PCRE2 limits per match call: real patterns need tens of steps per character of a match.
