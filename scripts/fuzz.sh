@@ -3,7 +3,7 @@
 # runs each for SECONDS (default 60) from its seed corpus in fuzz/corpus/<target>/.
 # Exits non-zero if any target crashes; the reproducer is left in build-fuzz/artifacts/.
 # Part of the CI run: scripts/test.sh runs `scripts/fuzz.sh 60` (~50 s to build from scratch on
-# 2 cores, then 5 x 60 s, as many targets at a time as there are cores: ~3 minutes on 2).
+# 2 cores, then 6 x 60 s, as many targets at a time as there are cores: ~3 minutes on 2).
 # Its own build on purpose, not shared with scripts/sanitize.sh: libFuzzer needs clang and
 # coverage instrumentation of the code under test, the sanitized suite is a g++ build of
 # everything; sharing would save only the ~50 s build.
@@ -23,11 +23,11 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${QUANTPPL_FUZZ_DIR:-$repo_root/build-fuzz}"
 seconds="${1:-60}"
 cxx="${CXX_FUZZ:-clang++-14}"
-targets=(${QUANTPPL_FUZZ_TARGETS:-variant_spec_fuzz metadata_fuzz quantize_fuzz archive_fuzz qpack_fuzz})
+targets=(${QUANTPPL_FUZZ_TARGETS:-variant_spec_fuzz metadata_fuzz quantize_fuzz archive_fuzz qpack_fuzz bpe_fuzz})
 jobs="$(nproc)"
 
 command -v "$cxx" >/dev/null || { echo "fuzz: $cxx not found (apt-get install clang-14 libclang-rt-14-dev)" >&2; exit 2; }
-mkdir -p "$out/obj/formats" "$out/obj/methods" "$out/artifacts"
+mkdir -p "$out/obj/formats" "$out/obj/methods" "$out/obj/model" "$out/artifacts"
 
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 cxxflags=(-std=c++17 -O1 -g $sanitize -D_GLIBCXX_USE_CXX11_ABI=1 -DFMT_SHARED
@@ -36,7 +36,7 @@ libs=(-ltorch -ltorch_cpu -lc10 -lfmt -lcrypto -lz -lre2 -lpcre2-8 -licuuc -lpth
 library_sources=(error percentile quantize variant_spec methods/method_table model_metadata regular_file json_input sha256 archive_integrity
                  formats/format_table formats/spec_fields formats/packed_sections formats/uniform_format
                  formats/float_formats formats/scaled_element_format formats/mx_format formats/nvfp4_format
-                 formats/gguf_blocks formats/block_scan formats/zero_point_grid)
+                 formats/gguf_blocks formats/block_scan formats/zero_point_grid model/bpe_tokenizer)
 # qpack_fuzz reaches the .qpack reader through packed_model.cpp, whose loading half needs most of the
 # library (ContractModel, the quantizer, output files). Those parts are not what it fuzzes, so they
 # come uninstrumented from the regular build's static library, after the instrumented objects
@@ -98,7 +98,9 @@ export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 fuzz_one() {
   local t="$1"
   mkdir -p "$out/corpus/$t"
-  if ! "$out/$t" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=4096 -print_final_stats=1 \
+  local dict=()  # fuzz/<target>.dict: the tokens its input format is made of, when the target has one
+  [ -f "$repo_root/fuzz/$t.dict" ] && dict=(-dict="$repo_root/fuzz/$t.dict")
+  if ! "$out/$t" "${dict[@]}" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=4096 -print_final_stats=1 \
       -artifact_prefix="$out/artifacts/$t-" "$out/corpus/$t" "$repo_root/fuzz/corpus/$t" \
       >"$out/$t.log" 2>&1; then
     echo "fuzz: $t FAILED; see $out/$t.log and $out/artifacts/" >&2

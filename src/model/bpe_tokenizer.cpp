@@ -120,8 +120,12 @@ const std::array<std::string, 256>& byte_level_table() {
 }
 
 constexpr size_t kMaxCachedWords = 1 << 16;
-// A pre-tokenizer chain is a few steps; each step is a level of recursion in pre_tokenize.
+// A pre-tokenizer chain is a few steps; each step is a level of recursion in pre_tokenize, and
+// each Split or ByteLevel step a compiled regex: counted while parsing, so a
+// file of a million steps fails at the 65th, not after compiling them all.
 constexpr size_t kMaxPreTokenizerSteps = 64;
+// A normalizer chain likewise: every step is a pass over the whole text.
+constexpr size_t kMaxNormalizerSteps = 64;
 
 // GPT-2's pre-tokenizer regex, the one tokenizers' ByteLevel(use_regex=true) applies.
 constexpr const char* kGpt2Pattern =
@@ -175,6 +179,19 @@ struct Regex {
   std::string pattern;  // as given, for messages
 };
 
+// What a regex may cost per encode() call. PCRE2's interpreter counts backtracking points per
+// start position it tries (the match limit), so a call with limit L that tried P positions did at
+// most L x P steps. Calls run with kFirstMatchLimit, which real patterns never reach (GPT-2's and
+// Llama-3's take at most ~18 steps a call on English, ~2 per byte), charged L x P against a
+// budget that grows by kRegexStepsPerByte for every byte a regex step scans; a position that
+// needs more (a long whitespace run before a lookahead) gets a limit quadrupled as needed. So a
+// regex that backtracks at every position within the per-call limit ((a|a) 22 times then b|.:
+// 2^23 steps at each a) fails after ~kRegexStepsPerByte steps per byte instead of running for days.
+// The JIT runs only quantppl's own GPT-2 pattern and literals: its match limit does not count
+// backtracking into plain alternatives, and (a|a) 32 times then b|. took 59 s on 33 a's in it
+// (doubling with each further group). The interpreter is ~1.7x slower on Llama-3's pattern.
+constexpr uint64_t kFirstMatchLimit = 32;
+
 std::string pcre2_message(int code) {
   std::array<PCRE2_UCHAR, 256> buffer{};
   pcre2_get_error_message(code, buffer.data(), buffer.size());
@@ -183,7 +200,10 @@ std::string pcre2_message(int code) {
 
 // UTF + UCP: \p{L}, \p{N}, \s and case folding follow Unicode, as in Oniguruma (which tokenizers
 // uses). MULTILINE: Oniguruma's Ruby syntax makes ^ and $ match at line boundaries.
-Regex compile_regex(const std::string& pattern, bool literal, const std::string& source, const std::string& field) {
+// `trusted`: quantppl's own GPT-2 pattern, JIT-compiled (it is linear on any text); a file's Regex
+// runs in the interpreter, where the match limit bounds it (kFirstMatchLimit above).
+Regex compile_regex(const std::string& pattern, bool literal, bool trusted, const std::string& source,
+                    const std::string& field) {
   if (pattern.empty()) throw DataError(fmt::format("{}: field '{}' is an empty pattern", source, field));
   if (pattern.size() > kMaxPreTokenizerPatternBytes) {
     throw DataError(fmt::format("{}: field '{}' is a {}-byte pattern, more than the {} allowed", source, field,
@@ -200,8 +220,9 @@ Regex compile_regex(const std::string& pattern, bool literal, const std::string&
     throw DataError(fmt::format("{}: field '{}': PCRE2 rejects the regex {} at offset {}: {}", source, field,
                                 JsonReader::shown(json(pattern)), offset, pcre2_message(error)));
   }
-  // JIT where the platform has it; the interpreter gives the same matches otherwise.
-  pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
+  // JIT where the platform has it; the interpreter gives the same matches otherwise. A literal
+  // cannot backtrack.
+  if (trusted || literal) pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
   return Regex{std::shared_ptr<pcre2_code>(code, CodeDeleter{}), pattern};
 }
 
@@ -230,16 +251,12 @@ class Matcher {
   // itself use this Matcher: nothing is read from the match data after it is called.
   template <typename Piece>
   void for_each_piece(const Regex& re, std::string_view text, const std::string& source, Piece&& piece) {
+    budget_ += kRegexStepsPerByte * (text.size() + 1);
     size_t prev = 0;
     size_t start = 0;
     while (start <= text.size()) {
-      const int rc = pcre2_match(re.code.get(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start,
-                                 PCRE2_NO_UTF_CHECK, data_, context_);
+      const int rc = match(re, text, start, source);
       if (rc == PCRE2_ERROR_NOMATCH) break;
-      if (rc < 0) {
-        throw DataError(fmt::format("{}: the pre-tokenizer regex {} fails on the text at byte {}: {}", source,
-                                    JsonReader::shown(json(re.pattern)), start, pcre2_message(rc)));
-      }
       const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data_);
       const size_t begin = ovector[0], end = ovector[1];
       if (end < begin || begin < start) {  // \K can do this
@@ -262,6 +279,56 @@ class Matcher {
   }
 
  private:
+  // The leftmost match from `start` (pcre2_match's result: >= 0, or NOMATCH) within the budget
+  // (kFirstMatchLimit). First one call in which every start position may take kFirstMatchLimit
+  // steps, charged that many per position it tried; if some position needs more, the positions
+  // from `start` are tried one at a time (anchored: the same match at each, so the same leftmost
+  // one), each with a limit quadrupled as needed and charged what it was allowed.
+  int match(const Regex& re, std::string_view text, size_t start, const std::string& source) {
+    int rc = run(re, text, start, 0, kFirstMatchLimit);
+    if (rc != PCRE2_ERROR_MATCHLIMIT) {
+      if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) throw fails(re, start, source, pcre2_message(rc));
+      size_t end = text.size();
+      if (rc >= 0) end = std::clamp<size_t>(pcre2_get_ovector_pointer(data_)[0], start, text.size());
+      charge(kFirstMatchLimit * (end - start + 1), re, start, source);
+      return rc;
+    }
+    for (size_t pos = start;;) {
+      charge(kFirstMatchLimit, re, pos, source);  // what the first call may have spent here
+      for (uint64_t limit = kFirstMatchLimit;; limit *= 4) {
+        const uint64_t allowed = std::min({limit, uint64_t{kRegexMatchLimit}, budget_});
+        charge(allowed, re, pos, source);
+        rc = run(re, text, pos, PCRE2_ANCHORED, allowed);
+        if (rc != PCRE2_ERROR_MATCHLIMIT) break;
+        if (allowed == kRegexMatchLimit) throw fails(re, pos, source, pcre2_message(rc));
+        if (allowed < limit) throw fails(re, pos, source, over_budget());
+      }
+      if (rc >= 0) return rc;
+      if (rc != PCRE2_ERROR_NOMATCH) throw fails(re, pos, source, pcre2_message(rc));
+      if (pos >= text.size()) return rc;
+      size_t len = 1;
+      decode_at(text, pos, len);
+      pos += len;
+    }
+  }
+  int run(const Regex& re, std::string_view text, size_t start, uint32_t options, uint64_t limit) {
+    pcre2_set_match_limit(context_, static_cast<uint32_t>(limit));
+    return pcre2_match(re.code.get(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start,
+                       options | PCRE2_NO_UTF_CHECK, data_, context_);
+  }
+  void charge(uint64_t steps, const Regex& re, size_t at, const std::string& source) {
+    if (steps > budget_ || steps == 0) throw fails(re, at, source, over_budget());
+    budget_ -= steps;
+  }
+  static std::string over_budget() {
+    return fmt::format("it needs more than {} matching steps per byte of text (it backtracks too much)",
+                       kRegexStepsPerByte);
+  }
+  static DataError fails(const Regex& re, size_t at, const std::string& source, const std::string& why) {
+    return DataError(fmt::format("{}: the pre-tokenizer regex {} fails on the text at byte {}: {}", source,
+                                 JsonReader::shown(json(re.pattern)), at, why));
+  }
+
   void release() {
     if (stack_ != nullptr) pcre2_jit_stack_free(stack_);
     if (data_ != nullptr) pcre2_match_data_free(data_);
@@ -273,6 +340,9 @@ class Matcher {
   pcre2_match_context* context_ = nullptr;
   pcre2_match_data* data_ = nullptr;
   pcre2_jit_stack* stack_ = nullptr;
+  // Matching steps left for this encode() call: kRegexMatchLimit to start with, plus
+  // kRegexStepsPerByte for every byte each regex step scans.
+  uint64_t budget_ = kRegexMatchLimit;
 };
 
 // tokenizers' SplitDelimiterBehavior.
@@ -638,14 +708,19 @@ void parse_pre_tokenizer(const JsonReader& r, const json& node, const std::strin
     for (size_t i = 0; i < list.size(); ++i) {
       parse_pre_tokenizer(r, list[i], fmt::format("{}.pretokenizers[{}]", field, i), steps);
     }
-  } else if (type == "Split") {
+    return;
+  }
+  if (steps.size() >= kMaxPreTokenizerSteps) {
+    r.fail(field, fmt::format("is a step beyond the {} a pre-tokenizer chain may have", kMaxPreTokenizerSteps));
+  }
+  if (type == "Split") {
     PreTokenizerStep step;
     const json& pattern = r.object(node, "pattern", field);
     const std::string pfield = JsonReader::join(field, "pattern");
     if (r.has(pattern, "Regex")) {
-      step.regex = compile_regex(r.string(pattern, "Regex", pfield), false, r.source(), pfield + ".Regex");
+      step.regex = compile_regex(r.string(pattern, "Regex", pfield), false, false, r.source(), pfield + ".Regex");
     } else if (r.has(pattern, "String")) {
-      step.regex = compile_regex(r.string(pattern, "String", pfield), true, r.source(), pfield + ".String");
+      step.regex = compile_regex(r.string(pattern, "String", pfield), true, false, r.source(), pfield + ".String");
     } else {
       r.fail(pfield, "must hold \"Regex\" or \"String\", got " + JsonReader::shown(pattern));
     }
@@ -657,7 +732,7 @@ void parse_pre_tokenizer(const JsonReader& r, const json& node, const std::strin
     step.byte_level = true;
     step.add_prefix_space = r.boolean(node, "add_prefix_space", field);
     const bool use_regex = r.has(node, "use_regex") ? r.boolean(node, "use_regex", field) : true;
-    if (use_regex) step.regex = compile_regex(kGpt2Pattern, false, r.source(), field);
+    if (use_regex) step.regex = compile_regex(kGpt2Pattern, false, true, r.source(), field);
     steps.push_back(std::move(step));
   } else {
     unsupported(r, JsonReader::join(field, "type"), "pre-tokenizer type " + JsonReader::shown(json(type)));
@@ -676,6 +751,9 @@ void parse_normalizer(const JsonReader& r, const json& node, const std::string& 
     }
     return;
   }
+  if (out.size() >= kMaxNormalizerSteps) {
+    r.fail(field, fmt::format("is a step beyond the {} a normalizer chain may have", kMaxNormalizerSteps));
+  }
   UErrorCode status = U_ZERO_ERROR;
   const UNormalizer2* n = nullptr;
   if (type == "NFC") n = unorm2_getNFCInstance(&status);
@@ -689,9 +767,10 @@ void parse_normalizer(const JsonReader& r, const json& node, const std::string& 
   out.push_back(n);
 }
 
-// The BOS of a TemplateProcessing post-processor's single-sequence template.
+// The BOS of a TemplateProcessing post-processor's single-sequence template, which must be one of
+// the tokens (`names`: the vocabulary and the added tokens by id, "" where none has the id).
 void parse_post_processor(const JsonReader& r, const json& node, const std::string& field,
-                          std::optional<int64_t>& bos) {
+                          const std::vector<std::string>& names, std::optional<int64_t>& bos) {
   if (node.is_null()) return;
   r.require_object(node, field);
   const std::string type = r.string(node, "type", field);
@@ -699,7 +778,7 @@ void parse_post_processor(const JsonReader& r, const json& node, const std::stri
   if (type == "Sequence") {
     const json& list = r.array(node, "processors", field);
     for (size_t i = 0; i < list.size(); ++i) {
-      parse_post_processor(r, list[i], fmt::format("{}.processors[{}]", field, i), bos);
+      parse_post_processor(r, list[i], fmt::format("{}.processors[{}]", field, i), names, bos);
     }
     return;
   }
@@ -720,7 +799,13 @@ void parse_post_processor(const JsonReader& r, const json& node, const std::stri
   if (ids.size() != 1) {
     unsupported(r, JsonReader::join(sfield, name) + ".ids", fmt::format("special token of {} ids", ids.size()));
   }
-  bos = r.integer_value(ids[0], JsonReader::join(sfield, name) + ".ids[0]", 0, kMaxBpeVocab - 1);
+  const std::string id_field = JsonReader::join(sfield, name) + ".ids[0]";
+  const int64_t id = r.integer_value(ids[0], id_field, 0, kMaxBpeVocab - 1);
+  if (id >= static_cast<int64_t>(names.size()) || names[static_cast<size_t>(id)].empty()) {
+    r.fail(id_field, fmt::format("is {}, which is no token of model.vocab or added_tokens (ids below {})", id,
+                                 names.size()));
+  }
+  bos = id;
 }
 
 void check_null_or(const JsonReader& r, const json& object, const std::string& key, const std::string& field,
@@ -848,6 +933,14 @@ BpeTokenizer BpeTokenizer::from_json(std::string_view json_text, const std::stri
     }
     std::unordered_map<std::string, int64_t> added_ids;
     int64_t max_added = -1;
+    size_t trie_bytes = 0;
+    const auto count_bytes = [&](const std::string& field, size_t bytes) {
+      trie_bytes += bytes;
+      if (trie_bytes > kMaxAddedTokenTotalBytes) {
+        r.fail(field, fmt::format("brings the added tokens' contents to more than the {} bytes allowed in all",
+                                  kMaxAddedTokenTotalBytes));
+      }
+    };
     const auto model_size = static_cast<int64_t>(impl->vocab.size());
     for (size_t i = 0; i < added.size(); ++i) {
       const std::string field = fmt::format("added_tokens[{}]", i);
@@ -897,8 +990,10 @@ BpeTokenizer BpeTokenizer::from_json(std::string_view json_text, const std::stri
       // "fix" under NFKC), as tokenizers' refresh_added_tokens does.
       if (t.normalized) {
         const std::string form = impl->normalize(t.content);
+        count_bytes(field + ".content", form.size());
         if (!form.empty()) impl->normalized_trie.insert(form, index);
       } else {
+        count_bytes(field + ".content", t.content.size());
         impl->raw_trie.insert(t.content, index);
       }
     }
@@ -910,16 +1005,13 @@ BpeTokenizer BpeTokenizer::from_json(std::string_view json_text, const std::stri
   }
   parse_pre_tokenizer(r, doc.at("pre_tokenizer"), "pre_tokenizer", impl->pre_tokenizers);
   const auto& steps = impl->pre_tokenizers;
-  if (steps.size() > kMaxPreTokenizerSteps) {
-    r.fail("pre_tokenizer", fmt::format("has {} steps, more than the {} allowed", steps.size(), kMaxPreTokenizerSteps));
-  }
   const auto byte_levels = std::count_if(steps.begin(), steps.end(), [](const auto& s) { return s.byte_level; });
   if (byte_levels != 1 || !steps.back().byte_level) {
     unsupported(r, "pre_tokenizer",
                 fmt::format("pre-tokenizer chain with {} ByteLevel steps{} (expected exactly one, last)", byte_levels,
                             steps.empty() || steps.back().byte_level ? "" : ", not last"));
   }
-  if (r.has(doc, "post_processor")) parse_post_processor(r, doc.at("post_processor"), "post_processor", impl->bos_id);
+  if (r.has(doc, "post_processor")) parse_post_processor(r, doc.at("post_processor"), "post_processor", names, impl->bos_id);
   if (r.has(doc, "decoder") && !doc.at("decoder").is_null()) {
     const json& decoder = doc.at("decoder");
     r.require_object(decoder, "decoder");

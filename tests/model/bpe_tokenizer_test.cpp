@@ -6,6 +6,7 @@
 #include <fstream>
 #include <set>
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -297,6 +298,115 @@ TEST(BpeErrorTest, InvalidUtf8TextIsADataError) {
   const auto tok = load(make_doc({}, {}));
   EXPECT_THROW(tok.encode("ok \xC3("), DataError);
   EXPECT_THROW(tok.encode("\xED\xA0\x80"), DataError);  // a surrogate
+}
+
+// ---- hostile files (fuzz/bpe_fuzz.cpp; docs/reliability.md) ----
+
+// A Split step with `regex` in front of a ByteLevel without its own regex, so that the words are
+// exactly the pieces of `regex`.
+json with_split(json doc, const std::string& regex) {
+  doc["pre_tokenizer"] = {{"type", "Sequence"},
+                          {"pretokenizers",
+                           {{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}},
+                            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+  return doc;
+}
+
+std::string encode_error(const BpeTokenizer& tok, const std::string& text) {
+  try {
+    tok.encode(text);
+  } catch (const DataError& e) {
+    return e.what();
+  }
+  return "no DataError";
+}
+
+TEST(BpeHostileTest, PostProcessorBosMustBeAToken) {
+  // Found by bpe_fuzz (fuzz/corpus/bpe_fuzz/regress_bos_not_a_token.json): a BOS id that no token
+  // has was reported by post_processor_bos_id() as if it were one.
+  json doc = with_added(make_doc({}, {}), {added(256, "<|bos|>")});
+  doc["post_processor"] = json::parse(R"({"type": "TemplateProcessing",
+      "single": [{"SpecialToken": {"id": "<|bos|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+      "pair": [], "special_tokens": {"<|bos|>": {"id": "<|bos|>", "ids": [9999], "tokens": ["<|bos|>"]}}})");
+  EXPECT_THAT(error_of(doc), HasSubstr("field 'post_processor.special_tokens.<|bos|>.ids[0]' is 9999, which is no "
+                                       "token of model.vocab or added_tokens (ids below 257)"));
+  doc["post_processor"]["special_tokens"]["<|bos|>"]["ids"] = json::array({256});
+  EXPECT_EQ(load(doc).post_processor_bos_id(), 256);
+}
+
+TEST(BpeHostileTest, ChainsBeyond64StepsFailWhileParsing) {
+  // Each Split step compiles a regex: the 65th must fail before it is compiled, not after a
+  // million of them.
+  json doc = make_doc({}, {});
+  json steps = json::array();
+  for (int i = 0; i < 100; ++i) {
+    steps.push_back({{"type", "Split"}, {"pattern", {{"String", "x"}}}, {"behavior", "Isolated"}, {"invert", false}});
+  }
+  steps.push_back(doc["pre_tokenizer"]);
+  doc["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", steps}};
+  EXPECT_THAT(error_of(doc), HasSubstr("field 'pre_tokenizer.pretokenizers[64]' is a step beyond the 64"));
+  steps.erase(steps.begin() + 63, steps.end() - 1);  // 63 Splits + ByteLevel: 64 steps
+  doc["pre_tokenizer"]["pretokenizers"] = steps;
+  EXPECT_THAT(load(doc).encode("axb"), ElementsAre(byte_id('a'), byte_id('x'), byte_id('b')));
+
+  doc = make_doc({}, {});
+  doc["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array()}};
+  for (int i = 0; i < 65; ++i) doc["normalizer"]["normalizers"].push_back({{"type", "NFC"}});
+  EXPECT_THAT(error_of(doc), HasSubstr("field 'normalizer.normalizers[64]' is a step beyond the 64"));
+  doc["normalizer"]["normalizers"].erase(doc["normalizer"]["normalizers"].begin());
+  EXPECT_THAT(load(doc).encode("e\xCC\x81"), ElementsAre(0xC3, 0xA9));  // NFC: e + U+0301 is U+00E9
+}
+
+TEST(BpeHostileTest, AddedTokensTotalAtMostOneMebibyte) {
+  // Each content byte is a trie node: 65 536 tokens of 256 bytes would be ~1 GB. 4096 tokens of
+  // 256 bytes are exactly 1 MiB; one byte more is refused, naming the token that crossed it.
+  json doc = make_doc({}, {});
+  for (int i = 0; i < 4096; ++i) {
+    std::string content = fmt::format("<{:04d}>", i);
+    content += std::string(256 - content.size(), 'x');
+    doc["added_tokens"].push_back(added(256 + i, content));
+  }
+  EXPECT_EQ(load(doc).vocab_size(), 256 + 4096);
+  doc["added_tokens"].push_back(added(byte_id('y'), "y"));  // in the vocabulary: keeps its id
+  EXPECT_THAT(error_of(doc), HasSubstr("field 'added_tokens[4096].content' brings the added tokens' contents to "
+                                       "more than the 1048576 bytes allowed in all"));
+}
+
+TEST(BpeHostileTest, RegexBacktrackingAtEveryPositionRunsOutOfItsBudget) {
+  // (a|a) n times then b: 2^(n+1) backtracking steps at a position followed by n a's, then "."
+  // matches. Each call stays under the per-call limit (2^13 and 2^23 < 10 M), so only the budget
+  // per byte of text (256) stops it: without it, 64 MiB of a's would take days at n = 22.
+  const auto groups = [](int n) {
+    std::string r;
+    for (int i = 0; i < n; ++i) r += "(a|a)";
+    return r + "b|.";
+  };
+  const auto small = load(with_split(make_doc({}, {}), groups(12)));
+  // A few positions of 2^13 steps fit in the first 10 M; 2000 of them (16 M steps) do not.
+  EXPECT_THAT(small.encode(std::string(20, 'a')), ::testing::Each(byte_id('a')));
+  const std::string e = encode_error(small, std::string(2000, 'a'));
+  EXPECT_THAT(e, HasSubstr("tokenizer 't.json': the pre-tokenizer regex \"(a|a)(a|a)"));
+  EXPECT_THAT(e, HasSubstr("needs more than 256 matching steps per byte of text (it backtracks too much)"));
+  const auto big = load(with_split(make_doc({}, {}), groups(22)));
+  EXPECT_THAT(encode_error(big, std::string(100, 'a')), HasSubstr("fails on the text at byte 0: it needs more"));
+}
+
+TEST(BpeHostileTest, LongWhitespaceRunsAreNotMistakenForBacktracking) {
+  // Llama-3-style alternatives: at a run of n spaces, \s*[\r\n]+ backtracks n times before
+  // \s+(?!\S) matches n - 1 of them. That position needs ~2n steps, beyond the first limit (32):
+  // it is retried with a larger one, and the words are what the regex defines (worked out by
+  // hand: "ab", " " repeated, then the run less one space, " ", "x"; no merges, so byte ids).
+  const auto tok = load(with_split(make_doc({}, {}), R"(\s*[\r\n]+|\s+(?!\S)|\s+|\S+)"));
+  std::string text;
+  std::vector<int64_t> expected;
+  for (int i = 0; i < 20000; ++i) {
+    text += "ab ";
+    expected.insert(expected.end(), {byte_id('a'), byte_id('b'), byte_id(' ')});
+  }
+  text += std::string(5000, ' ') + "x";
+  expected.insert(expected.end(), 5000, byte_id(' '));
+  expected.push_back(byte_id('x'));
+  EXPECT_EQ(tok.encode(text), expected);
 }
 
 // ---- the facade ----

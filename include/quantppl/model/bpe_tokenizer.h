@@ -18,8 +18,10 @@
 //
 // Bounds (docs/reliability.md): the file is at most kMaxTokenizerBytes (input_file.h) and
 // duplicate-key-free JSON nested at most kMaxJsonDepth; the vocabulary and merges at most
-// kMaxBpeVocab / kMaxBpeMerges entries; an added token at most kMaxAddedTokenBytes; regexes are run
-// with PCRE2 match and depth limits, and hitting one is a DataError, never a hang.
+// kMaxBpeVocab / kMaxBpeMerges entries; an added token at most kMaxAddedTokenBytes; a
+// pre-tokenizer or normalizer chain at most 64 steps; regexes are run with PCRE2 match and depth
+// limits per call and a matching budget per byte of text (kRegexStepsPerByte), and hitting one is
+// a DataError, never a hang.
 #pragma once
 
 #include <cstdint>
@@ -38,11 +40,19 @@ constexpr int64_t kMaxBpeMerges = int64_t{1} << 21;
 // many byte comparisons per text position.
 constexpr size_t kMaxAddedTokenBytes = 256;
 constexpr int64_t kMaxAddedTokens = int64_t{1} << 16;
+// All added tokens' contents (as matched: normalized ones in their normalized form) together:
+// each byte is a node of the matching trie (~64 bytes), so 2^16 tokens of 256 bytes would take
+// ~1 GB from a 20 MB file. Llama-3's 256 special tokens total ~7 KB.
+constexpr size_t kMaxAddedTokenTotalBytes = size_t{1} << 20;
 // A pre-tokenizer regex is one line of alternatives (Llama-3's is 110 bytes).
 constexpr size_t kMaxPreTokenizerPatternBytes = 4096;
 // PCRE2 limits per match call: real patterns need tens of steps per character of a match.
 constexpr uint32_t kRegexMatchLimit = 10'000'000;
 constexpr uint32_t kRegexDepthLimit = 10'000;
+// And per encode() call, a pre-tokenizer regex from the file may take kRegexMatchLimit matching
+// steps plus this many per byte it scans (real patterns take ~1-3; an interpreted step is ~40 ns,
+// so a hostile regex costs at most ~10 us per byte of text): beyond that, a DataError.
+constexpr uint64_t kRegexStepsPerByte = 256;
 
 // GPT-2's byte-to-unicode map (openai/gpt-2 encoder.py bytes_to_unicode): the printable bytes
 // 33-126, 161-172 and 174-255 map to the code point of the same value; the other 68 bytes, in
