@@ -11,9 +11,9 @@
 # 4. scripts/sanitize.sh: the C++ suite, the CLI tests of the file readers (hostile inputs) and
 #    the gate under ASan + UBSan.
 # Estimated on a quiet 2-core machine (from CPU times measured on a shared one; docs/reliability.md,
-# "In CI"): setup + build ~8, CTest ~6, LibTorch 2.x ~8 (the first time, the 2.4 GB of wheels it
-# downloads into ~/.cache/quantppl come during CTest), fuzzing ~4, sanitizers ~10 minutes. All of them run even when
-# one fails; the exit status is non-zero if any failed.
+# "In CI"): setup + build ~5.5, CTest ~7 (with the 2.x venv made beside it: the first time, 2.4 GB
+# of wheels downloaded into ~/.cache/quantppl), LibTorch 2.x ~4.5, fuzzing ~4, sanitizers ~8.5
+# minutes. All of them run even when one fails; the exit status is non-zero if any failed.
 #
 #   scripts/test.sh                        everything (this is what CI runs: .ci/run)
 #   QUANTPPL_CI_QUICK=1 scripts/test.sh    CTest only, for a quick local check
