@@ -12,7 +12,7 @@
 #    the gate under ASan + UBSan.
 # Estimated on a quiet 2-core machine (from CPU times measured on a shared one; docs/reliability.md,
 # "In CI"): setup + build ~5.5, CTest ~7 (with the 2.x venv made beside it: the first time, 2.4 GB
-# of wheels downloaded into ~/.cache/quantppl), LibTorch 2.x ~4.5, fuzzing ~4, sanitizers ~8.5
+# of wheels downloaded into ~/.cache/quantppl), LibTorch 2.x ~4.5, fuzzing ~4, sanitizers ~8
 # minutes. All of them run even when one fails; the exit status is non-zero if any failed.
 #
 #   scripts/test.sh                        everything (this is what CI runs: .ci/run)
