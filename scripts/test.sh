@@ -46,7 +46,8 @@ if [ "${QUANTPPL_CI_QUICK:-0}" != 1 ] && [ "${QUANTPPL_CI_TORCH2:-1}" = 1 ]; the
   # Not left running if this script stops early (an interrupt, an error outside a step).
   trap '[ -z "$torch2_venv_pid" ] || kill "$torch2_venv_pid" 2>/dev/null || true' EXIT
 fi
-# The torch2 step: waits for the venv made in the background, then runs the job.
+# The torch2 step: waits for the venv made in the background, then runs the job. (Its CPU time
+# includes the venv's: bash counts a child's CPU when it is waited for.)
 torch2_job() {
   local t0=$SECONDS rc=0
   wait "$torch2_venv_pid" || rc=$?
