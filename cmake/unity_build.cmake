@@ -1,7 +1,9 @@
 # Included through -DCMAKE_PROJECT_INCLUDE (CMake runs it at the end of the top-level project()
 # call) by the builds that CI makes once and throws away: the sanitized build (scripts/sanitize.sh)
 # and the LibTorch 2.x build (scripts/setup_torch2.sh). Both also pass -DCMAKE_UNITY_BUILD=ON
-# -DCMAKE_UNITY_BUILD_BATCH_SIZE=8. The regular build (scripts/setup.sh) is untouched.
+# -DCMAKE_UNITY_BUILD_BATCH_SIZE=8. The regular build (scripts/setup.sh) includes it only for
+# quantppl_tests, when configured with -DQUANTPPL_UNITY_TESTS=ON (scripts/test.sh does for a new
+# build directory: CI's clean clone); its library and CLI stay one translation unit per source.
 #
 # A unity build compiles several sources as one translation unit. On 2 cores it cuts the ASan+UBSan
 # build from ~15 minutes to a few, and the LibTorch 2.x build (C++20, larger headers) likewise,

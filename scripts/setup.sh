@@ -86,6 +86,10 @@ fi
 # The venv (transformers pinned for torch 1.13) used by the parity tests.
 QUANTPPL_VENV="${QUANTPPL_VENV:-$build_dir/venv}" "$repo_root/scripts/setup_python_env.sh"
 
-cmake -S "$repo_root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release
+# QUANTPPL_UNITY_TESTS=ON|OFF: quantppl_tests as a unity build or not (CMakeLists.txt; unset: as
+# the build directory was configured, OFF for a new one). scripts/test.sh sets ON for a new one.
+cmake_args=(-S "$repo_root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release)
+[ -z "${QUANTPPL_UNITY_TESTS:-}" ] || cmake_args+=(-DQUANTPPL_UNITY_TESTS="$QUANTPPL_UNITY_TESTS")
+cmake "${cmake_args[@]}"
 cmake --build "$build_dir" -j "$(nproc)"
 echo "setup: built $build_dir/quantppl"
