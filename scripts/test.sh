@@ -10,9 +10,9 @@
 # 3. scripts/fuzz.sh 60: each libFuzzer target for 60 s from its seed corpus, two at a time;
 # 4. scripts/sanitize.sh: the C++ suite, the CLI tests of the file readers (hostile inputs) and
 #    the gate under ASan + UBSan.
-# Estimated on a quiet 2-core machine (from CPU times measured on a shared one; docs/reliability.md,
-# "In CI"): setup + build ~5.5, CTest ~7 (with the 2.x venv made beside it: the first time, 2.4 GB
-# of wheels downloaded into ~/.cache/quantppl), LibTorch 2.x ~4.5, fuzzing ~4, sanitizers ~8
+# A clean clone on the quiet 2-core machine, 2026-11-30 (docs/reliability.md, "In CI"): setup +
+# build 5.7, CTest 7.1 (with the 2.x venv made beside it: the first time, 2.4 GB of wheels
+# downloaded into ~/.cache/quantppl), LibTorch 2.x 4.5, fuzzing 4.5, sanitizers 8.1: 30
 # minutes. All of them run even when one fails; the exit status is non-zero if any failed.
 #
 #   scripts/test.sh                        everything (this is what CI runs: .ci/run)
