@@ -433,13 +433,18 @@ def sha256_file(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
+def copy_without_the_gptq_row(out, copy):
+    """A copy of a finished sweep whose results lack zeropoint's gptq row: a resume has one row to run."""
+    shutil.copytree(out, copy)
+    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
+    (copy / "results.csv").write_text("".join(l for l in lines if not l.startswith("zeropoint:4:group64:minmax+gptq,")))
+
+
 @pytest.mark.parametrize("damage", ["another model", "truncated", "checksum"])
 def test_resume_calibrates_again_when_the_stats_file_is_not_the_models(methods_sweep, inputs, tmp_path, damage):
     out, _, _ = methods_sweep
     copy = tmp_path / "recal"
-    shutil.copytree(out, copy)
-    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
-    (copy / "results.csv").write_text("".join(l for l in lines if not l.startswith("zeropoint:4:group64:minmax+gptq,")))
+    copy_without_the_gptq_row(out, copy)
     stats = copy / "calibration.qcal"
     if damage == "another model":  # well-formed, but made from uniform.pt
         rewrite_calibration_header(stats, model_sha256=sha256_file(os.path.join(FIXTURES, "uniform.pt")))
@@ -468,9 +473,7 @@ def test_resume_calibrates_again_when_the_stats_file_is_not_the_models(methods_s
 def test_resume_with_another_model_is_refused_before_any_call(methods_sweep, inputs, tmp_path):
     out, _, _ = methods_sweep
     copy = tmp_path / "othermodel"
-    shutil.copytree(out, copy)
-    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
-    (copy / "results.csv").write_text("".join(l for l in lines if not l.startswith("zeropoint:4:group64:minmax+gptq,")))
+    copy_without_the_gptq_row(out, copy)
     before = (copy / "calibration.qcal").read_bytes()
     calls(inputs)
     cmd = [sys.executable, SWEEP, "--bin", str(inputs / "quantppl"), "--model", os.path.join(FIXTURES, "uniform.pt"),
@@ -490,9 +493,7 @@ def test_resume_with_another_model_is_refused_before_any_call(methods_sweep, inp
 def test_resume_with_an_edited_calibration_text_is_refused(methods_sweep, inputs, tmp_path):
     out, _, _ = methods_sweep
     copy = tmp_path / "edited"
-    shutil.copytree(out, copy)
-    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
-    (copy / "results.csv").write_text("".join(l for l in lines if not l.startswith("zeropoint:4:group64:minmax+gptq,")))
+    copy_without_the_gptq_row(out, copy)
     text = inputs / "cal.txt"
     original = text.read_bytes()
     calls(inputs)
