@@ -637,10 +637,8 @@ class GgufGrid final : public ZeroPointGrid {
       const float k = inverse_scale[b], z = zero_point[b];
       GgufParams& p = stored[b];
       if (std::isfinite(k) && k > 0 && std::isfinite(z)) {
-        p.d16 = f16_bits(1.0f / k);
-        p.d = f16_value(p.d16);
-        p.m16 = f16_bits(-(z * p.d));
-        p.m = f16_value(p.m16);
+        p.d = f16_round_trip(1.0f / k, &p.d16);
+        p.m = f16_round_trip(-(z * p.d), &p.m16);
       }
       if (!(std::isfinite(k) && k > 0 && std::isfinite(z)) || !std::isfinite(p.d) || !std::isfinite(p.m) ||
           !(p.d > 0)) {
