@@ -129,10 +129,12 @@ __attribute__((target("avx2"))) void minifloat_div_avx2(const float* src, float*
   }
 }
 
-__attribute__((target("avx2"))) void minifloat_pow2_avx2(const float* src, float* dst, int64_t nblocks, int64_t L,
-                                                         const MiniFloat& f, const int32_t* ks, int64_t stride) {
-  const Round8 r(f);
-  const MiniFloat g = f;
+// Blocks with a power-of-two scale 2^k (MX): x_hat = elem(x * 2^-k) * 2^k,
+// 8-wide over i < L - L % 8, the scalar formula on the rest. Elem gives the
+// element value of v = x * 2^-k on 8 lanes (lanes) and on one (scalar).
+template <class Elem>
+__attribute__((target("avx2"))) void pow2_blocks_avx2(const float* src, float* dst, int64_t nblocks, int64_t L,
+                                                      const int32_t* ks, int64_t stride, const Elem& elem) {
   for (int64_t b = 0; b < nblocks; ++b) {
     const int k = ks[b * stride];
     const float inverse = pow2(-k), scale = pow2(k);
@@ -141,37 +143,37 @@ __attribute__((target("avx2"))) void minifloat_pow2_avx2(const float* src, float
     float* y = dst + b * L;
     int64_t i = 0;
     for (; i + 8 <= L; i += 8) {
-      _mm256_storeu_ps(y + i, _mm256_mul_ps(round_minifloat8(_mm256_mul_ps(_mm256_loadu_ps(x + i), vi), r), vs));
+      _mm256_storeu_ps(y + i, _mm256_mul_ps(elem.lanes(_mm256_mul_ps(_mm256_loadu_ps(x + i), vi)), vs));
     }
-    for (; i < L; ++i) y[i] = round_to_minifloat(x[i] * inverse, g) * scale;
+    for (; i < L; ++i) y[i] = elem.scalar(x[i], inverse) * scale;
   }
 }
 
-// mxint8_code on 8 lanes: (x * 2^-k) * 64, min(|.|, 127), (a + 2^23) - 2^23,
-// the sign put back unless the code is 0 (+0, as the scalar form).
-__attribute__((target("avx2"))) void mxint8_avx2(const float* src, float* dst, int64_t nblocks, int64_t L,
-                                                 const int32_t* ks, int64_t stride) {
-  const __m256 sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
-  const __m256 c64 = _mm256_set1_ps(64.0f), c127 = _mm256_set1_ps(127.0f), magic = _mm256_set1_ps(8388608.0f);
-  const __m256 step = _mm256_set1_ps(0.015625f), zero = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nblocks; ++b) {
-    const int k = ks[b * stride];
-    const float inverse = pow2(-k), scale = pow2(k);
-    const __m256 vi = _mm256_set1_ps(inverse), vs = _mm256_set1_ps(scale);
-    const float* x = src + b * L;
-    float* y = dst + b * L;
-    int64_t i = 0;
-    for (; i + 8 <= L; i += 8) {
-      const __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vi), c64);
-      const __m256 sign = _mm256_and_ps(v, sign_mask);
-      const __m256 a = _mm256_min_ps(_mm256_xor_ps(v, sign), c127);
-      const __m256 q = _mm256_sub_ps(_mm256_add_ps(a, magic), magic);
-      const __m256 code = _mm256_or_ps(q, _mm256_and_ps(sign, _mm256_cmp_ps(q, zero, _CMP_NEQ_OQ)));
-      _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(code, step), vs));
-    }
-    for (; i < L; ++i) y[i] = (mxint8_code(x[i], inverse) * 0.015625f) * scale;
+// round_to_minifloat of v.
+struct MinifloatLanes {
+  Round8 r;
+  MiniFloat g;
+  __attribute__((target("avx2"))) explicit MinifloatLanes(const MiniFloat& f) : r(f), g(f) {}
+  __attribute__((target("avx2"))) __m256 lanes(__m256 v) const { return round_minifloat8(v, r); }
+  float scalar(float x, float inverse) const { return round_to_minifloat(x * inverse, g); }
+};
+
+// mxint8_code on 8 lanes, times its step 2^-6: v * 64, min(|.|, 127),
+// (a + 2^23) - 2^23, the sign put back unless the code is 0 (+0, as the
+// scalar form).
+struct Mxint8Lanes {
+  __attribute__((target("avx2"))) __m256 lanes(__m256 v) const {
+    const __m256 sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
+    const __m256 magic = _mm256_set1_ps(8388608.0f);
+    const __m256 y = _mm256_mul_ps(v, _mm256_set1_ps(64.0f));
+    const __m256 sign = _mm256_and_ps(y, sign_mask);
+    const __m256 a = _mm256_min_ps(_mm256_xor_ps(y, sign), _mm256_set1_ps(127.0f));
+    const __m256 q = _mm256_sub_ps(_mm256_add_ps(a, magic), magic);
+    const __m256 code = _mm256_or_ps(q, _mm256_and_ps(sign, _mm256_cmp_ps(q, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
+    return _mm256_mul_ps(code, _mm256_set1_ps(0.015625f));
   }
-}
+  float scalar(float x, float inverse) const { return mxint8_code(x, inverse) * 0.015625f; }
+};
 
 const bool kFloatFormatsAvx2 = __builtin_cpu_supports("avx2");
 #endif
@@ -231,7 +233,7 @@ void fake_quantize_minifloat_div(const float* src, float* dst, int64_t nblocks, 
 void fake_quantize_minifloat_pow2(const float* src, float* dst, int64_t nblocks, int64_t L, const MiniFloat& f,
                                   const int32_t* ks, int64_t stride) {
 #if QUANTPPL_FLOAT_FORMATS_AVX2
-  if (kFloatFormatsAvx2) return minifloat_pow2_avx2(src, dst, nblocks, L, f, ks, stride);
+  if (kFloatFormatsAvx2) return pow2_blocks_avx2(src, dst, nblocks, L, ks, stride, MinifloatLanes(f));
 #endif
   fake_quantize_minifloat_pow2_loop(src, dst, nblocks, L, f, ks, stride);
 }
@@ -239,7 +241,7 @@ void fake_quantize_minifloat_pow2(const float* src, float* dst, int64_t nblocks,
 void fake_quantize_mxint8(const float* src, float* dst, int64_t nblocks, int64_t L, const int32_t* ks,
                           int64_t stride) {
 #if QUANTPPL_FLOAT_FORMATS_AVX2
-  if (kFloatFormatsAvx2) return mxint8_avx2(src, dst, nblocks, L, ks, stride);
+  if (kFloatFormatsAvx2) return pow2_blocks_avx2(src, dst, nblocks, L, ks, stride, Mxint8Lanes{});
 #endif
   fake_quantize_mxint8_loop(src, dst, nblocks, L, ks, stride);
 }
