@@ -82,20 +82,23 @@ std::vector<std::unique_ptr<PreparedWeight>> prepare_variant(const WeightBackup&
   std::vector<std::string> names;
   for (const LinearLayer& layer : backup.layers()) names.push_back(layer.name);
   // The backup's summaries (one read of each original for the whole run) spare
-  // each variant's prepare() its own read where the format needs no more.
+  // each variant's prepare() its own read where the format needs no more;
+  // they are not computed for a format that does not use them.
+  const bool known = format.uses_summaries();
   if (!backup.pages_dropped()) {
     std::vector<torch::Tensor> originals;
-    std::vector<WeightSummary> known;
+    std::vector<WeightSummary> summaries;
     for (size_t i = 0; i < backup.layers().size(); ++i) {
       originals.push_back(backup.original(i));
-      known.push_back(backup.summary(i));
+      if (known) summaries.push_back(backup.summary(i));
     }
-    return format.prepare_many(originals, names, &known);
+    return format.prepare_many(originals, names, known ? &summaries : nullptr);
   }
   // Pages dropped after use: one layer resident at a time.
   std::vector<std::unique_ptr<PreparedWeight>> prepared;
   for (size_t i = 0; i < backup.layers().size(); ++i) {
-    prepared.push_back(format.prepare_known(backup.original(i), names[i], backup.summary(i)));
+    const torch::Tensor& w = backup.original(i);
+    prepared.push_back(known ? format.prepare_known(w, names[i], backup.summary(i)) : format.prepare(w, names[i]));
     backup.release(i);
   }
   return prepared;

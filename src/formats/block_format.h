@@ -378,6 +378,8 @@ class BlockFormat final : public WeightFormat {
   // choose_local of the whole weight's stats. The stats are the ones prepare()
   // would compute (summarize_weight merges pieces as block_stats does), so
   // the result is the same, bit for bit.
+  bool uses_summaries() const override { return codec_.local(); }
+
   std::unique_ptr<PreparedWeight> prepare_known(const torch::Tensor& weight, const std::string& name,
                                                 const WeightSummary& known) const override {
     check_weight(weight, name, "prepare");

@@ -156,6 +156,9 @@ class WeightFormat {
                                                         const WeightSummary& /*known*/) const {
     return prepare(weight, name);
   }
+  // Whether prepare_known uses `known` (a caller need not compute summaries
+  // for a format that ignores them: the uniform grids read their rows anyway).
+  virtual bool uses_summaries() const { return false; }
 
   // prepare() of many weights (every selected layer of a model), identical
   // with calling it on each; names[i] names weights[i]; known, when given,
