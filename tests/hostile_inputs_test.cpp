@@ -102,7 +102,9 @@ TEST_F(HostileDir, DevicesFifosAndDirectoriesAreNeverReplaced) {
     EXPECT_THAT(error_of<IoError>([&] { write_file_atomically(path(name), "x", /*force=*/true); }),
                 HasSubstr("it is " + kind));
   }
-  if (fs::exists(path("null"))) EXPECT_TRUE(fs::is_character_file(path("null")));
+  if (fs::exists(path("null"))) {
+    EXPECT_TRUE(fs::is_character_file(path("null")));
+  }
   EXPECT_TRUE(fs::is_fifo(path("fifo")));
 }
 
